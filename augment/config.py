@@ -1,0 +1,192 @@
+"""One typed config object that every stage receives.
+
+Precedence, lowest first: built-in defaults < ``pipelines/<dataset>.yaml`` preset < ``--config``
+file < CLI flags. Unknown keys are refused (a typo must not silently fall back to a default).
+The resolved object is written to ``run.json`` by every stage that creates a run folder, so a
+run can always be reproduced and a re-run can detect that a folder belongs to another setup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from augment.errors import AugmentError
+
+PIPELINES_DIR = Path(os.environ.get("AUGMENT_PIPELINES", Path(__file__).resolve().parents[1] / "pipelines"))
+
+
+@dataclass
+class TokenConfig:
+    """DisCo token training (see DESIGN.md, 'Facts about the method')."""
+
+    init_token: str | None = None  # None: the class name's last word if it is one token, else init_fallback
+    init_fallback: str = "a"
+    prompts: list[str] = field(default_factory=lambda: ["A photo of a {token} {name}"])
+    lr: float = 0.00125
+    weight_decay: float = 0.01
+    batch_size: int = 5  # images per step, one batched forward
+    grad_steps: int | str = 1  # final denoising steps the gradient flows through; "all" = every step
+    max_steps: int = 50
+    patience: int = 15  # stop when the loss has not improved for this many steps
+    acc_threshold: float = 0.7  # stop when the batch accuracy is strictly above this
+    fresh_seeds: bool = False  # False: the same seeds every step (the reference code)
+    grad_clip: float = 1.0
+    steps: int = 30  # sampler steps while training
+    guidance_scale: float = 7.0
+    checkpointing: bool = True  # activation checkpointing per denoising step (memory for deep grad_steps)
+
+
+@dataclass
+class GenerateConfig:
+    """Mass generation into shards."""
+
+    prompts: list[str] = field(default_factory=lambda: ["A photo of a {token} {name}"])
+    negative_prompt: str = ""
+    per_class: int = 100
+    steps: int = 30
+    guidance_scale: float = 7.0
+    batch_size: int | None = None  # None: chosen per device
+    shard_size: int = 1000
+    image_format: str = "jpg"
+    min_confidence: float = 0.0
+    max_attempts: int = 5  # per sample, with --min-confidence
+
+
+@dataclass
+class TrainConfig:
+    """Downstream classifier training and the Table-2 grid."""
+
+    arch: str = "resnet18"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    opt: str = "adamw"
+    sched: str = "cosine"
+    input_size: int = 32
+    synthetic_prob: float = 0.5
+    synthetic_weight: float = 1.0
+    min_confidence: float = 0.0
+    k_values: list[int] = field(default_factory=lambda: [0, 3, 9, 15])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+@dataclass
+class Config:
+    dataset: str = "digits"
+    data_root: str | None = None
+    model: str = "embedded:tiny-digits"
+    classifier: str = "embedded:digits-guide"
+    judge: str | None = "embedded:digits-judge"
+    out: str = "runs/digits"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    workers: int = 2
+    address: str | None = None
+    classes: str | None = None  # "3,8" or "0-9"; None = all
+    resolution: int | None = None  # None: the backbone's native size
+    scheduler: str = "ddim"
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
+    """Set the fields of dataclass ``obj`` from ``data``, recursing into sections; refuse unknown keys."""
+    known = {f.name: f for f in fields(obj)}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if key not in known:
+            raise AugmentError(
+                f"unknown config key {key!r} in {where}; known keys: {', '.join(sorted(known))}"
+            )
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise AugmentError(f"config key {key!r} in {where} must be a mapping of {key} settings")
+            _merge(current, value, f"{where} [{key}]")
+        else:
+            setattr(obj, key, value)
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise AugmentError(f"{what} {path} does not exist; check the path") from None
+    except (OSError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AugmentError(f"cannot read {what} {path}: {first}; fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise AugmentError(f"{what} {path} must hold a YAML mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def preset_path(dataset: str) -> Path:
+    return PIPELINES_DIR / f"{dataset}.yaml"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+
+
+def resolve_config(
+    config_file: str | None = None, overrides: dict[str, Any] | None = None, dataset: str | None = None
+) -> Config:
+    """Build the config: defaults < preset of the dataset < config file < overrides (CLI flags).
+
+    ``overrides`` may hold dotted keys (``tokens.lr``) and ``None`` values are ignored (flag not given).
+    """
+    cfg = Config()
+    file_data = _read_yaml(Path(config_file), "config file") if config_file else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    ds = dataset or overrides.get("dataset") or file_data.get("dataset") or cfg.dataset
+    preset = preset_path(ds)
+    if preset.exists():
+        _merge(cfg, _read_yaml(preset, "preset"), str(preset))
+    if file_data:
+        _merge(cfg, file_data, str(config_file))
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    _merge(cfg, nested, "command-line options")
+    cfg.dataset = ds
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    gs = cfg.tokens.grad_steps
+    if not (gs == "all" or (isinstance(gs, int) and gs >= 1)):
+        raise AugmentError(f"tokens.grad_steps must be a positive integer or 'all', got {gs!r}")
+    if cfg.generate.image_format not in ("jpg", "png", "webp"):
+        raise AugmentError(f"image format {cfg.generate.image_format!r} is not one of jpg, png, webp")
+    if cfg.dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise AugmentError(f"--dtype {cfg.dtype!r} is not one of auto, float32, float16, bfloat16")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``run.json``'s ``config`` entry (for stages that read a run folder)."""
+    cfg = Config()
+    _merge(cfg, data, "run.json")
+    return cfg
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes)

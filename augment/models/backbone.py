@@ -1,0 +1,133 @@
+"""Load a diffusers Stable Diffusion pipeline from one of three spec forms.
+
+``embedded:<name>``  a pipeline folder shipped inside the package (the offline default);
+``<path>``           a local ``save_pretrained`` folder (SD 1.x/2.x layout);
+``hf:<id>`` / ``<owner>/<name>``  a hub id, resolved from the local Hugging Face cache only:
+                     there is no network at run time, so a missing model must fail fast with the
+                     command that downloads it, never hang.
+The sampler is always swapped for a DDIM scheduler built from the model's own config (the sampler
+the method's settings were measured with), unless ``scheduler`` names another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from augment.errors import AugmentError
+from augment.models.device import resolve_device, resolve_dtype
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+
+def embedded_dir() -> Path:
+    return Path(str(resources.files("augment.models.embedded")))
+
+
+def list_embedded_backbones() -> list[str]:
+    root = embedded_dir()
+    return sorted(p.name for p in root.iterdir() if (p / "model_index.json").exists()) if root.exists() else []
+
+
+def resolve_backbone_path(spec: str) -> str:
+    """Turn a spec into something ``from_pretrained`` accepts, or raise a one-line AugmentError."""
+    if spec.startswith("embedded:"):
+        name = spec.split(":", 1)[1]
+        path = embedded_dir() / name
+        if not (path / "model_index.json").exists():
+            known = ", ".join(f"embedded:{n}" for n in list_embedded_backbones()) or "none shipped"
+            raise AugmentError(f"unknown embedded model {spec!r}; known: {known}")
+        return str(path)
+    if spec.startswith("hf:"):
+        return spec[3:]
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise AugmentError(
+                f"{spec} is not a diffusers pipeline folder (no model_index.json); "
+                "save one with pipe.save_pretrained(DIR) or pass a hub id"
+            )
+        return str(path)
+    if HUB_ID.match(spec):
+        return spec
+    raise AugmentError(
+        f"cannot read model spec {spec!r}: use embedded:<name>, a local pipeline folder, or a hub id like "
+        "stabilityai/stable-diffusion-2-1-base"
+    )
+
+
+def load_backbone(
+    spec: str, device: str | torch.device = "cpu", dtype: str = "auto", scheduler: str = "ddim"
+):
+    """Load a StableDiffusionPipeline on ``device`` in the resolved compute dtype.
+
+    Offline by construction: ``local_files_only=True`` always, so a hub id that is not in the cache
+    fails at once with a message saying how to download it.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    where = resolve_backbone_path(spec)
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            where,
+            torch_dtype=torch_dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as e:
+        if HUB_ID.match(where) and not Path(where).exists():
+            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            raise AugmentError(
+                f"model {where!r} is not in the local Hugging Face cache{' (HF_HUB_OFFLINE is set)' if offline else ''}; "
+                f"download it on a connected machine with `hf download {where}` and copy the cache, "
+                "or pass --model /path/to/pipeline-folder"
+            ) from None
+        raise AugmentError(f"cannot load diffusers pipeline from {where}: {str(e).splitlines()[0]}") from None
+    finally:
+        dlogging.set_verbosity(verbosity)
+    pipe = set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(dev)
+    try:  # SDPA is the default attention processor in diffusers on torch 2; make it explicit.
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+    except Exception:  # noqa: BLE001 - older/other attention layouts keep their own processor
+        pass
+    pipe.augment_spec = spec  # the spec we were loaded from, recorded in manifests
+    return pipe
+
+
+def set_scheduler(pipe, name: str):
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise AugmentError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+    cls = getattr(diffusers, SCHEDULERS[name])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def native_resolution(pipe) -> int:
+    """The image size the backbone was trained at (UNet sample size x VAE downsampling)."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -1,0 +1,70 @@
+"""A differentiable classifier-free-guidance sampling loop over diffusers components.
+
+``StableDiffusionPipeline.__call__`` runs under ``torch.no_grad``, so token training drives the
+same components (text encoder, UNet, scheduler, VAE) itself. ``grad_steps`` sets how many of the
+final denoising steps the gradient flows through: 1 is DisCo's "gradient skipping", ``all`` is
+full back-propagation through the sampler; each step with gradient is activation-checkpointed, so
+deep settings cost compute rather than memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from augment.models.device import autocast
+
+
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def sample_latents(
+    pipe,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    steps: int,
+    guidance_scale: float,
+    grad_steps: int | str = 0,
+    checkpointing: bool = True,
+) -> torch.Tensor:
+    """Denoise ``latents`` (already scaled by the scheduler's init sigma) under text embeddings.
+
+    ``grad_steps`` = 0 runs without gradient; otherwise the last ``grad_steps`` steps keep the
+    autograd graph (``cond`` must require grad for anything to flow).
+    """
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    n = len(timesteps)
+    k = n if grad_steps == "all" else min(int(grad_steps), n)
+    device, dtype = latents.device, pipe.unet.dtype
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+            eps = pipe.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
+        eps_u, eps_c = eps.float().chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    for i, t in enumerate(timesteps):
+        with_grad = i >= n - k
+        with torch.set_grad_enabled(with_grad):
+            context = torch.cat([uncond, cond if with_grad else cond.detach()])
+            if with_grad and checkpointing and torch.is_grad_enabled():
+                eps = checkpoint(denoise, latents, t, context, use_reentrant=False)
+            else:
+                eps = denoise(latents, t, context)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1], float32 (differentiable)."""
+    vae = pipe.vae
+    with autocast(latents.device, vae.dtype):
+        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,98 @@
+"""New class tokens in a diffusers pipeline, stored in the diffusers textual-inversion format.
+
+A token file holds exactly one key, the token string, mapped to a ``[1, D]`` float32 tensor, so
+``pipe.load_textual_inversion([file, ...])`` loads many of them in one call into any pipeline of
+the same base model. Files are written atomically (temp + rename): a token file that exists is a
+finished token, which is what resume relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from augment.errors import AugmentError
+
+
+def token_string(class_index: int) -> str:
+    return f"<c{class_index:04d}>"
+
+
+def single_token_id(tokenizer, word: str) -> int:
+    """The id of ``word`` if it is exactly one token, else a one-line error."""
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise AugmentError(
+            f"initialiser {word!r} is not a single token for this tokenizer (it splits into {pieces}); "
+            "pass tokens.init_token as one word the tokenizer knows, e.g. 'a'"
+        )
+    return ids[0]
+
+
+def add_token(pipe, token: str, init_id: int, reuse: bool = False) -> int:
+    """Add ``token`` to the tokenizer and a new embedding row initialised from row ``init_id``.
+
+    Every existing row stays bit-identical (resize copies them). A token already present is an
+    error unless ``reuse`` (a retry of the same class in the same worker process).
+    """
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    if token in tokenizer.get_vocab():
+        if reuse:
+            return tokenizer.convert_tokens_to_ids(token)
+        raise AugmentError(
+            f"the tokenizer already contains {token!r}; load a fresh pipeline (tokens of an earlier run "
+            "must not be loaded while training) or pick another run folder"
+        )
+    tokenizer.add_tokens([token])
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    emb = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[token_id] = emb[init_id]
+    return token_id
+
+
+def save_token(path: Path, token: str, embedding: torch.Tensor) -> str:
+    """Write one token file atomically; returns its sha256."""
+    from safetensors.torch import save
+
+    data = save({token: embedding.detach().float().reshape(1, -1).contiguous().cpu()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_token(path: Path) -> tuple[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+        if len(keys) != 1:
+            raise AugmentError(f"{path} holds {len(keys)} keys; a token file holds exactly one (the token)")
+        return keys[0], f.get_tensor(keys[0])
+
+
+def load_tokens(pipe, paths: list[Path]) -> list[str]:
+    """Load token files into ``pipe`` with diffusers' own loader; returns the token strings."""
+    if not paths:
+        return []
+    tokens = [read_token(p)[0] for p in paths]
+    present = [t for t in tokens if t in pipe.tokenizer.get_vocab()]
+    todo = [(p, t) for p, t in zip(paths, tokens, strict=True) if t not in present]
+    if todo:
+        pipe.load_textual_inversion([str(p) for p, _ in todo])
+    return tokens

@@ -1,0 +1,131 @@
+"""The backbone and classifier factories on micro fixtures, and every bad spec they must refuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from augment.errors import AugmentError
+from augment.models.backbone import load_backbone, native_resolution
+from augment.models.classifier import check_classes, load_classifier
+
+
+def test_backbone_loads_from_folder_and_generates(micro_pipe):
+    assert type(micro_pipe).__name__ == "StableDiffusionPipeline"
+    assert type(micro_pipe.scheduler).__name__ == "DDIMScheduler"
+    assert native_resolution(micro_pipe) == 32
+    out = micro_pipe("a photo of a cat", num_inference_steps=2, guidance_scale=2.0, output_type="pt",
+                     generator=torch.Generator().manual_seed(0), height=32, width=32)
+    assert out.images.shape == (1, 3, 32, 32)
+    assert torch.isfinite(out.images).all()
+
+
+def test_backbone_other_scheduler(micro_pipeline_dir):
+    pipe = load_backbone(str(micro_pipeline_dir), scheduler="euler")
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("embedded:nope", "unknown embedded model"),
+        ("not a spec!", "cannot read model spec"),
+        ("someone/not-cached-model", "not in the local Hugging Face cache"),
+    ],
+)
+def test_backbone_bad_specs(spec, fragment, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(AugmentError, match=fragment):
+        load_backbone(spec)
+
+
+def test_backbone_folder_without_model_index(tmp_path):
+    with pytest.raises(AugmentError, match="model_index.json"):
+        load_backbone(str(tmp_path))
+
+
+def test_classifier_from_checkpoint_is_differentiable(micro_classifier):
+    assert micro_classifier.class_names == ["cat", "dog", "bird"]
+    assert micro_classifier.num_classes == 3
+    x = torch.rand(2, 3, 48, 48, requires_grad=True)
+    logits = micro_classifier(x)
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in micro_classifier.parameters())
+
+
+def test_classifier_pth_checkpoint_weights_only(micro_classifier_path, tmp_path):
+    from safetensors.torch import load_file
+
+    sd = load_file(str(micro_classifier_path))
+    pth = tmp_path / "clf.pth"
+    torch.save({"state_dict": sd}, pth)
+    clf = load_classifier(f"timm:test_resnet@{pth}")
+    assert clf.num_classes == 3
+    assert clf.class_names is None  # no sidecar: names come from the dataset
+
+
+def test_classifier_refuses_pickled_objects(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, bad)  # a pickled module, not a state dict
+    with pytest.raises(AugmentError, match="cannot load checkpoint"):
+        load_classifier(f"timm:test_resnet@{bad}")
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("resnet18", "cannot read classifier spec"),
+        ("timm:no_such_arch_xyz", "unknown timm architecture"),
+        ("timm:test_resnet@/nonexistent/ckpt.safetensors", "does not exist"),
+        ("embedded:nope", "unknown embedded classifier"),
+        ("hf:/nonexistent/folder", "cannot load transformers classifier"),
+    ],
+)
+def test_classifier_bad_specs(spec, fragment):
+    with pytest.raises(AugmentError, match=fragment):
+        load_classifier(spec)
+
+
+def test_classifier_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(AugmentError, match="cannot load checkpoint"):
+        load_classifier(f"timm:test_resnet@{bad}")
+
+
+def test_class_count_mismatch_names_both_numbers(micro_classifier):
+    with pytest.raises(AugmentError, match="3 outputs but the dataset has 10 classes"):
+        check_classes(micro_classifier, [str(i) for i in range(10)])
+    check_classes(micro_classifier, ["a", "b", "c"])
+
+
+def test_hf_classifier_from_local_folder(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=16, num_labels=2, id2label={0: "tabby cat", 1: "golden retriever"},
+                    label2id={"tabby cat": 0, "golden retriever": 1})
+    ViTForImageClassification(cfg).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": 16, "width": 16}}))
+    clf = load_classifier(f"hf:{tmp_path}")
+    assert clf.class_names == ["tabby cat", "golden retriever"]
+    assert clf.data.input_size == (16, 16)
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    clf(x).sum().backward()
+    assert x.grad is not None and clf(x).shape == (3, 2)
+
+
+def test_embedded_backbone_spec_resolves_when_shipped():
+    from augment.models.backbone import list_embedded_backbones
+
+    if "tiny-digits" not in list_embedded_backbones():
+        pytest.skip("embedded model not built yet")
+    pipe = load_backbone("embedded:tiny-digits")
+    assert native_resolution(pipe) == 32
+
+

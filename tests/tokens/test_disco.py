@@ -1,0 +1,105 @@
+"""DisCo token training on the micro pipeline: only the new row learns, grad depth matters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from augment.config import TokenConfig
+
+EMB_KEY = "embeddings.token_embedding.weight"
+from augment.errors import AugmentError
+from augment.tokens.disco import DiscoTrainer, choose_init_token
+from augment.tokens.textual_inversion import add_token, load_tokens, save_token, single_token_id
+
+
+def _cfg(**kw) -> TokenConfig:
+    base = dict(batch_size=2, steps=3, max_steps=2, patience=5, acc_threshold=1.1, lr=0.05,
+                guidance_scale=3.0, grad_steps="all", checkpointing=True)
+    base.update(kw)
+    return TokenConfig(**base)
+
+
+def test_only_the_new_row_changes(micro_pipe, micro_classifier):
+    before = {k: v.clone() for k, v in micro_pipe.text_encoder.state_dict().items()}
+    unet_before = {k: v.clone() for k, v in micro_pipe.unet.state_dict().items()}
+    n_rows = before[EMB_KEY].shape[0]
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(), run_seed=0, resolution=32)
+    res = trainer.train(1, "dog")
+    assert res.status == "ok", res.error
+    assert res.steps == 2 and len(res.history) == 2
+    emb = micro_pipe.text_encoder.get_input_embeddings().weight
+    assert emb.shape[0] == n_rows + 1
+    assert torch.equal(emb[:n_rows], before[EMB_KEY])
+    for k, v in micro_pipe.text_encoder.state_dict().items():
+        if "token_embedding" not in k:
+            assert torch.equal(v, before[k]), k
+    for k, v in micro_pipe.unet.state_dict().items():
+        assert torch.equal(v, unet_before[k]), k
+    assert res.embedding.shape == (1, emb.shape[1])
+    # the learned vector left in the table is the best one, and it moved away from its initialiser
+    assert torch.equal(emb[n_rows], res.embedding[0])
+    init_id = single_token_id(micro_pipe.tokenizer, "dog")
+    if res.history[1][0] < res.history[0][0]:
+        assert not torch.equal(emb[n_rows], emb[init_id])
+
+
+def test_gradient_reaches_token_for_grad_steps_1_and_all(micro_pipe, micro_classifier):
+    norms = {}
+    for gs in (1, "all"):
+        trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(grad_steps=gs), run_seed=0, resolution=32)
+        token_cls = 0 if gs == 1 else 2
+        captured = {}
+
+        orig_step = torch.optim.AdamW.step
+
+        def spy(self, *a, _captured=captured, **k):
+            _captured["grad"] = self.param_groups[0]["params"][0].grad.clone()
+            return orig_step(self, *a, **k)
+
+        torch.optim.AdamW.step = spy
+        try:
+            trainer.train(token_cls, "cat" if gs == 1 else "bird")
+        finally:
+            torch.optim.AdamW.step = orig_step
+        norms[gs] = float(captured["grad"].norm())
+    assert norms[1] > 0 and norms["all"] > 0
+    assert norms[1] != pytest.approx(norms["all"])
+
+
+def test_init_token_rules(micro_pipe):
+    tok = micro_pipe.tokenizer
+    assert choose_init_token(tok, "red fox", TokenConfig()) == "fox"
+    assert choose_init_token(tok, "zzqx", TokenConfig(init_fallback="a")) == "a"
+    assert choose_init_token(tok, "zzqx", TokenConfig(init_token="bird")) == "bird"
+    with pytest.raises(AugmentError, match="not a single token"):
+        choose_init_token(tok, "cat", TokenConfig(init_token="zzqx"))
+
+
+def test_existing_token_refused(micro_pipe):
+    init = single_token_id(micro_pipe.tokenizer, "a")
+    add_token(micro_pipe, "<c0007>", init)
+    with pytest.raises(AugmentError, match="already contains"):
+        add_token(micro_pipe, "<c0007>", init)
+
+
+def test_token_file_loads_in_fresh_pipeline(micro_pipe, micro_pipeline_dir, tmp_path):
+    from augment.models.backbone import load_backbone
+
+    vec = torch.randn(1, micro_pipe.text_encoder.config.hidden_size)
+    path = tmp_path / "0001-dog.safetensors"
+    save_token(path, "<c0001>", vec)
+    fresh = load_backbone(str(micro_pipeline_dir))
+    assert load_tokens(fresh, [path]) == ["<c0001>"]
+    tid = fresh.tokenizer.convert_tokens_to_ids("<c0001>")
+    assert torch.allclose(fresh.text_encoder.get_input_embeddings().weight[tid], vec[0])
+    # diffusers' own call works with the token in a prompt
+    out = fresh("a photo of a <c0001> dog", num_inference_steps=2, output_type="pt", height=32, width=32)
+    assert out.images.shape == (1, 3, 32, 32)
+
+
+def test_nan_loss_marks_failed(micro_pipe, micro_classifier, monkeypatch):
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=3), run_seed=0, resolution=32)
+    monkeypatch.setattr(trainer.classifier, "forward", lambda x: torch.full((x.shape[0], 3), float("nan")))
+    res = trainer.train(0, "cat")
+    assert res.status == "failed" and "nan" in res.error.lower()
