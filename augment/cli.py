@@ -1,9 +1,229 @@
-"""placeholder"""
+"""The ``augment`` command line: thin wrappers that resolve a config and call the stages.
+
+Every stage reads the previous stage's files in ``--out``, so each command can run alone, on
+another machine, or again after a crash; ``augment build`` runs them in order. User mistakes are
+AugmentError (one line on stderr, exit code 2); a stage that partly failed exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
 
-@click.group()
+from augment import __version__
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def common_options(f: Callable) -> Callable:
+    """Options every stage understands; they override the preset and the --config file."""
+    opts = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings (overrides the preset)."),
+        click.option("--dataset", help="Dataset name: digits, cub, inat, imagenet, folder (selects pipelines/<name>.yaml)."),
+        click.option("--data-root", type=click.Path(), help="Folder holding the dataset's images."),
+        click.option("--model", help="Diffusion backbone: embedded:<name>, a pipeline folder, or a hub id."),
+        click.option("--classifier", help="Guidance classifier: embedded:<name>, timm:<arch>[@ckpt], hf:<repo-or-folder>."),
+        click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<dataset>)."),
+        click.option("--seed", type=int, help="Run seed; every sample's seed derives from it."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute dtype (CPU always uses float32)."),
+        click.option("--classes", help="Class selection, e.g. 3,8 or 0-9 (default: all)."),
+        click.option("--workers", type=int, help="Ray workers (one per GPU on GPU machines; CPU actors otherwise); 0 runs inline."),
+        click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+COMMON = ("dataset", "data_root", "model", "classifier", "out", "seed", "device", "dtype", "classes",
+          "workers", "address")
+
+
+def build_config(kwargs: dict[str, Any], extra: dict[str, Any] | None = None):
+    """Pop the common options from ``kwargs`` and resolve the config (preset < file < flags)."""
+    from augment.config import resolve_config
+
+    overrides = {k: kwargs.pop(k, None) for k in COMMON}
+    overrides.update(extra or {})
+    cfg = resolve_config(kwargs.pop("config_file", None), overrides, dataset=overrides.get("dataset"))
+    if overrides.get("out") is None and not _out_from_file(cfg):
+        cfg.out = f"runs/{cfg.dataset}"
+    return cfg
+
+
+def _out_from_file(cfg) -> bool:
+    return cfg.out != "runs/digits" or cfg.dataset == "digits"
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Turn AugmentError into one line + exit 2 even when raised from deep inside a stage."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from augment.errors import AugmentError
+
+        try:
+            return f(*args, **kwargs)
+        except AugmentError:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; re-run the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="augment")
 def cli() -> None:
-    pass
+    """Turn a classifier and a text-to-image diffusion model into a labelled synthetic training set.
+
+    Pipeline: tokens (one learned class token per class) -> generate (WebDataset shards + Parquet
+    manifests) -> verify / show / eval -> train / benchmark. `augment build` runs tokens and generate.
+    With no arguments everything runs offline on the embedded default (a tiny diffusion model and
+    classifiers trained on scikit-learn's digits).
+    """
+
+
+# ------------------------------------------------------------------------------------ datasets
+@cli.group()
+def datasets() -> None:
+    """List and inspect datasets."""
+
+
+@datasets.command("list")
+def datasets_list() -> None:
+    """List the datasets augment knows."""
+    from augment.datasets import list_datasets
+
+    for name, desc, needs_root in list_datasets():
+        click.echo(f"{name:10s} {'(needs --data-root) ' if needs_root else ''}{desc}")
+
+
+@datasets.command("show")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(), help="Folder holding the dataset's images.")
+@click.option("--class-list", type=click.Path(dir_okay=False), help="inat: file of class names or ids to keep.")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many class names to print.")
+def datasets_show(name: str, data_root: str | None, class_list: str | None, limit: int) -> None:
+    """Print a dataset's classes and split sizes."""
+    from augment.datasets import get_dataset
+
+    ds = get_dataset(name, data_root, **({"class_list": class_list} if class_list else {}))
+    names = ds.class_names
+    click.echo(f"dataset: {name}")
+    click.echo(f"classes: {len(names)}")
+    sizes = ds.split_sizes()
+    click.echo("splits:  " + (", ".join(f"{s}={n}" for s, n in sizes.items()) if sizes else "none (class names only)"))
+    for i, n in enumerate(names[:limit]):
+        click.echo(f"  {i:4d}  {n}")
+    if len(names) > limit:
+        click.echo(f"  ... {len(names) - limit} more (--limit)")
+    skipped = getattr(ds, "skipped", None)
+    if skipped:
+        click.echo(f"skipped unreadable files: {len(skipped) if hasattr(skipped, '__len__') else skipped}")
+
+
+# -------------------------------------------------------------------------------------- models
+@cli.group()
+def models() -> None:
+    """List, inspect and build models."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the embedded models and the spec forms for real ones."""
+    from augment.models.backbone import list_embedded_backbones
+    from augment.models.classifier import list_embedded_classifiers
+
+    click.echo("embedded backbones (diffusers StableDiffusionPipeline):")
+    for n in list_embedded_backbones() or ["(none built: augment models build-embedded)"]:
+        click.echo(f"  embedded:{n}")
+    click.echo("embedded classifiers (timm):")
+    for n in list_embedded_classifiers() or ["(none built)"]:
+        click.echo(f"  embedded:{n}")
+    click.echo("other backbones:   a local pipeline folder (save_pretrained), or a hub id in the local HF cache")
+    click.echo("other classifiers: timm:<arch>[@checkpoint.safetensors|.pth], hf:<repo-or-folder>")
+
+
+@models.command("show")
+@click.argument("spec")
+def models_show(spec: str) -> None:
+    """Print an embedded model's card (config, data, seeds, wall time, measured accuracy)."""
+    from augment.errors import AugmentError
+    from augment.models.backbone import embedded_dir
+
+    if not spec.startswith("embedded:"):
+        raise AugmentError(f"models show reads the cards of embedded models; {spec!r} is not embedded:<name>")
+    name = spec.split(":", 1)[1]
+    for card in (embedded_dir() / name / "card.json", embedded_dir() / f"{name}.json"):
+        if card.exists():
+            data = json.loads(card.read_text())
+            click.echo(json.dumps(data.get("card", data), indent=2))
+            return
+    raise AugmentError(f"no embedded model {spec!r}; see `augment models list`")
+
+
+@models.command("build-embedded")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the package's embedded folder).")
+@click.option("--budget", type=click.Choice(["full", "smoke"]), default="full", show_default=True, help="smoke: a few steps per part (for tests).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@handle_errors
+def models_build_embedded(out: str | None, budget: str, seed: int) -> None:
+    """Train the embedded tiny-digits diffusion model and the two digit classifiers from scratch."""
+    from augment.models.backbone import embedded_dir
+    from augment.models.embedded_build import build_embedded
+
+    result = build_embedded(Path(out) if out else embedded_dir(), budget=budget, seed=seed)
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+# -------------------------------------------------------------------------------------- tokens
+@cli.command()
+@common_options
+@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
+@click.option("--lr", type=float, help="Learning rate of the token embedding.")
+@click.option("--max-steps", type=int, help="Most optimisation steps per class.")
+@click.option("--force", is_flag=True, help="Retrain tokens that exist / write into a folder made with other settings.")
+@handle_errors
+def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int | None, **kwargs) -> None:
+    """Learn one discriminative token per class (DisCo), resumable; writes OUT/tokens/."""
+    from augment.tokens.runner import run_tokens
+
+    gs: int | str | None = None
+    if grad_steps is not None:
+        gs = "all" if grad_steps == "all" else _int_or_error(grad_steps, "--grad-steps")
+    cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps})
+    summary = run_tokens(cfg, force=force)
+    click.echo(f"tokens: {summary.trained} trained, {summary.skipped} already done, {len(summary.failed)} failed "
+               f"in {summary.seconds:.0f}s -> {Path(cfg.out) / 'tokens'}")
+    for line in summary.failed:
+        click.echo(f"failed: {line}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+def _int_or_error(value: str, flag: str) -> int:
+    from augment.errors import AugmentError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise AugmentError(f"{flag} {value!r} is not an integer or 'all'") from None
+
 
 def main() -> None:
-    cli()
+    cli(prog_name="augment")
+
+
+if __name__ == "__main__":
+    main()

@@ -83,6 +83,7 @@ class TrainConfig:
 class Config:
     dataset: str = "digits"
     data_root: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. inat: {class_list: FILE}
     model: str = "embedded:tiny-digits"
     classifier: str = "embedded:digits-guide"
     judge: str | None = "embedded:digits-judge"

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from augment.config import TokenConfig
-
-EMB_KEY = "embeddings.token_embedding.weight"
 from augment.errors import AugmentError
 from augment.tokens.disco import DiscoTrainer, choose_init_token
 from augment.tokens.textual_inversion import add_token, load_tokens, save_token, single_token_id
+
+EMB_KEY = "embeddings.token_embedding.weight"
 
 
 def _cfg(**kw) -> TokenConfig:
@@ -53,9 +53,9 @@ def test_gradient_reaches_token_for_grad_steps_1_and_all(micro_pipe, micro_class
 
         orig_step = torch.optim.AdamW.step
 
-        def spy(self, *a, _captured=captured, **k):
+        def spy(self, *a, _captured=captured, _orig=orig_step, **k):
             _captured["grad"] = self.param_groups[0]["params"][0].grad.clone()
-            return orig_step(self, *a, **k)
+            return _orig(self, *a, **k)
 
         torch.optim.AdamW.step = spy
         try:

@@ -1,0 +1,126 @@
+"""ImageNet-1k: class names from timm's bundled ImageNet info (no files needed), optional local images.
+
+Class index = timm's order (sorted WordNet ids, the usual 0..999); the name is the first synonym
+of timm's description, lower case (``"great white shark, white shark, ..."`` -> ``great white
+shark``). Three pairs of classes share a first synonym (crane, cardigan, maillot); the token and the
+index tell them apart. :attr:`ImageNetDataset.wnids` keeps the WordNet ids.
+
+With ``data_root``: either a folder of ``<wnid>/*.JPEG`` class folders (split ``val``), or a folder
+holding ``train/`` and/or ``val/`` laid out that way (splits named after them). Class folders that
+are not ImageNet-1k ids are ignored; a subset of the 1000 classes is fine (k-shot then needs a
+split that has every class). The flat ``ILSVRC2012_val_*.JPEG`` folder is refused with a hint.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from augment.datasets.base import Sample
+from augment.datasets.folder import ImageFileDataset, is_image_file, list_images, resolve_root
+from augment.datasets.names import imagenet_class_name, is_wnid
+from augment.errors import AugmentError
+
+
+def _read_timm_info_files() -> tuple[list[str], list[str]] | None:
+    """The files behind ``timm.data.ImageNetInfo``, read without importing timm (seconds of torch imports)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    info_dir = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
+    try:
+        wnids = (info_dir / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
+        rows = csv.reader(
+            (info_dir / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines(),
+            delimiter="\t",
+        )
+        lemmas = {r[0]: r[1] for r in rows if len(r) >= 2}
+        descriptions = [lemmas[w] for w in wnids]
+    except (OSError, KeyError):
+        return None
+    return (wnids, descriptions) if len(wnids) == 1000 else None
+
+
+@lru_cache(maxsize=1)
+def imagenet_info() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(wnids, prompt names) of ImageNet-1k, in timm's class order (``timm.data.ImageNetInfo``)."""
+    found = _read_timm_info_files()
+    if found is None:  # another timm layout: ask timm itself
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        found = (list(info.label_names()), list(info.label_descriptions()))
+    wnids, descriptions = found
+    return tuple(wnids), tuple(imagenet_class_name(d) for d in descriptions)
+
+
+def _wnid_dirs(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_dir() and is_wnid(e.name))
+
+
+class ImageNetDataset(ImageFileDataset):
+    name = "imagenet"
+    description = "ImageNet-1k class names (bundled with timm); optional local <wnid>/*.JPEG val folder"
+    needs_data_root = False
+    option_names: tuple[str, ...] = ()
+
+    @staticmethod
+    def clean(raw: str) -> str:
+        """A WordNet id -> its name; a description -> its first synonym."""
+        wnids, names = imagenet_info()
+        if is_wnid(raw) and raw in wnids:
+            return names[wnids.index(raw)]
+        return imagenet_class_name(raw)
+
+    def __init__(self, data_root: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        wnids, names = imagenet_info()
+        self.wnids = list(wnids)
+        self._names = list(names)
+        self.root: Path | None = None
+        self._samples: dict[str, list[Sample]] = {}
+        if data_root is None:
+            return
+        self.root = resolve_root(data_root, self.name)
+        if _wnid_dirs(self.root):
+            split_roots = {"val": self.root}
+        else:
+            split_roots = {s: self.root / s for s in ("train", "val") if (self.root / s).is_dir()}
+        index = {w: i for i, w in enumerate(self.wnids)}
+        for split, sroot in split_roots.items():
+            dirs = [d for d in _wnid_dirs(sroot) if d in index]
+            if dirs:
+                self._samples[split] = [
+                    Sample(str(p), index[d]) for d in dirs for p in list_images(sroot / d)
+                ]
+        if not self._samples:
+            flat = self.root / "val" if (self.root / "val").is_dir() else self.root
+            with os.scandir(flat) as it:
+                has_flat_images = any(e.is_file() and is_image_file(e.name) for e in it)
+            hint = (
+                "sort the flat validation images into <wnid>/ class folders (e.g. with valprep.sh)"
+                if has_flat_images
+                else "lay it out as <wnid>/*.JPEG (e.g. n01440764/ILSVRC2012_val_00000293.JPEG)"
+            )
+            raise AugmentError(f"ImageNet data root {self.root} has no ImageNet-1k class folders; {hint}")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._names)
+
+    def splits(self) -> list[str]:
+        return list(self._samples)
+
+    def samples(self, split: str) -> list[Sample]:
+        if split not in self._samples:
+            if self.root is None:
+                raise AugmentError(
+                    f"dataset 'imagenet' has no real split {split!r} without images; "
+                    "pass --data-root pointing at a folder of <wnid>/*.JPEG class folders"
+                )
+            raise self.no_split(split)
+        return list(self._samples[split])

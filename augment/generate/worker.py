@@ -1,0 +1,135 @@
+"""Generate one shard's images: batched diffusers sampling, guidance-classifier scoring, encoding.
+
+The worker loads the pipeline, every class token and the guidance classifier once. Images are
+encoded on a small thread pool while the next batch is sampled, so the sampler does not wait on
+PNG/JPEG encoding; the driver writes the shard to disk while the worker goes on.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from augment.config import config_from_dict
+from augment.generate.plan import ShardUnit, render_prompt, sample_seed
+from augment.io.shards import SynthSample, sample_key
+from augment.seeds import initial_latents
+
+PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def encode_image(array: np.ndarray, fmt: str) -> bytes:
+    """uint8 HWC -> encoded bytes; deterministic settings (same pixels -> same bytes)."""
+    buf = io.BytesIO()
+    img = Image.fromarray(array)
+    if fmt == "jpg":
+        img.save(buf, "JPEG", quality=95, subsampling=0, optimize=False)
+    elif fmt == "webp":
+        img.save(buf, "WEBP", quality=95, method=4)
+    else:
+        img.save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def default_batch_size(device: torch.device, resolution: int) -> int:
+    """Images per sampler call: enough to fill the device at this resolution."""
+    scale = (512 / max(resolution, 8)) ** 2
+    if device.type == "cuda":
+        return int(max(1, min(256, 8 * scale)))
+    return int(max(1, min(64, 0.5 * scale)))
+
+
+@dataclass
+class GenSpec:
+    """What the driver resolved for the worker: names, token files, the arm."""
+
+    class_names: list[str]
+    token_files: dict[int, str]  # class index -> token file (empty for the baseline arm)
+    token_sha: dict[int, str]
+    baseline: bool
+
+
+class GenerateWorker:
+    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec) -> None:
+        from augment.models.backbone import load_backbone, native_resolution
+        from augment.models.classifier import load_classifier
+        from augment.tokens.textual_inversion import load_tokens
+
+        self.cfg = cfg = config_from_dict(cfg_dict)
+        self.spec = spec
+        self.pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
+        if not spec.baseline:
+            load_tokens(self.pipe, [Path(spec.token_files[c]) for c in sorted(spec.token_files)])
+        self.device = self.pipe.unet.device
+        self.classifier = load_classifier(cfg.classifier, self.device)
+        self.resolution = cfg.resolution or native_resolution(self.pipe)
+        self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
+        self.encoder = ThreadPoolExecutor(max_workers=2)
+
+    def token(self, c: int) -> str:
+        from augment.tokens.textual_inversion import token_string
+
+        return "" if self.spec.baseline else token_string(c)
+
+    def prompt(self, c: int, i: int) -> str:
+        templates = self.cfg.generate.prompts
+        return render_prompt(templates[i % len(templates)], self.token(c), self.spec.class_names[c])
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Images in [0,1] (N,3,H,W) from diffusers' own pipeline call, noise from per-sample seeds."""
+        pipe, g = self.pipe, self.cfg.generate
+        shape = (pipe.unet.config.in_channels, self.resolution // pipe.vae_scale_factor,
+                 self.resolution // pipe.vae_scale_factor)
+        latents = initial_latents(seeds, shape, self.device, pipe.unet.dtype)
+        out = pipe(prompt=prompts, negative_prompt=[g.negative_prompt] * len(prompts) if g.negative_prompt else None,
+                   latents=latents, num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
+                   height=self.resolution, width=self.resolution, output_type="pt")
+        return out.images.float().clamp(0, 1)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        probs = self.classifier(images.to(self.device)).softmax(-1).float().cpu()
+        target = torch.tensor(classes)
+        return probs[torch.arange(len(classes)), target].numpy(), probs.argmax(-1).numpy()
+
+    def run(self, unit: ShardUnit) -> list[SynthSample]:
+        g, seed = self.cfg.generate, self.cfg.seed
+        # queue of (position in shard, class, sample index, attempt)
+        queue = [(pos, c, i, 0) for pos, (c, i) in enumerate(unit.entries)]
+        best: dict[int, tuple[float, Any]] = {}  # pos -> (confidence, record)
+        while queue:
+            batch, queue = queue[: self.batch_size], queue[self.batch_size :]
+            seeds = [sample_seed(seed, c, i, a) for _, c, i, a in batch]
+            images = self.sample([self.prompt(c, i) for _, c, i, _ in batch], seeds)
+            conf, pred = self.score(images, [c for _, c, _, _ in batch])
+            arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            for j, (pos, c, i, a) in enumerate(batch):
+                ok = conf[j] >= g.min_confidence
+                retry = not ok and a + 1 < g.max_attempts
+                if pos not in best or conf[j] > best[pos][0]:
+                    fut = self.encoder.submit(encode_image, arrays[j], g.image_format)
+                    best[pos] = (float(conf[j]), (c, i, a, seeds[j], int(pred[j]), fut))
+                if retry:
+                    queue.append((pos, c, i, a + 1))
+        samples = []
+        for pos in range(len(unit.entries)):
+            confidence, (c, i, a, s, p, fut) = best[pos]
+            meta = {
+                "class_name": self.spec.class_names[c], "prompt": self.prompt(c, i),
+                "negative_prompt": g.negative_prompt or None, "seed": s, "token": self.token(c) or None,
+                "token_sha256": None if self.spec.baseline else self.spec.token_sha.get(c),
+                "mode": "txt2img", "model_id": self.cfg.model, "scheduler": self.cfg.scheduler, "steps": g.steps,
+                "guidance_scale": g.guidance_scale, "guide_confidence": confidence, "guide_pred": p,
+                "attempts": a + 1 if confidence >= g.min_confidence else g.max_attempts,
+                "status": "ok" if confidence >= g.min_confidence else "low_confidence", "sample_index": i,
+            }
+            samples.append(SynthSample(sample_key(c, i), c, fut.result(), g.image_format, meta))
+        return samples

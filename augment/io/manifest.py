@@ -1,0 +1,252 @@
+"""Parquet manifests: one row per synthetic sample (``manifests/*.parquet``) and one per class token.
+
+The schemas below are the contract with downstream tools (pyarrow, pandas, duckdb, training
+filters). Each column carries a description in its field metadata; ``manifests/schema/*.json``
+(human-readable column lists) are generated from these schemas by :func:`write_schema_docs`
+(``python -m augment.io.manifest``) and a test checks that they match, so they never drift.
+
+Columns marked ``nullable=False`` must be filled; :func:`write_parquet` refuses rows that leave
+them empty or that name a column the schema does not have (a typo must not silently drop data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from augment.io.atomic import atomic_path, atomic_write_text, is_temp_name
+
+__all__ = [
+    "MANIFEST_SCHEMA",
+    "SCHEMA_DOCS",
+    "TOKENS_SCHEMA",
+    "read_manifests",
+    "schema_doc",
+    "write_parquet",
+    "write_schema_docs",
+]
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "manifests" / "schema"
+
+
+def _field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": description})
+
+
+MANIFEST_SCHEMA: pa.Schema = pa.schema(
+    [
+        _field(
+            "key",
+            pa.string(),
+            "WebDataset sample key (no dots), e.g. c0042_s000017; the tar "
+            "members are <key>.<image_format>, <key>.cls, <key>.json",
+            nullable=False,
+        ),
+        _field(
+            "shard",
+            pa.string(),
+            "shard basename without extension, e.g. synth-000000 "
+            "(shards/<shard>.tar, manifests/<shard>.parquet)",
+            nullable=False,
+        ),
+        _field(
+            "sample_index",
+            pa.int32(),
+            "index of the sample within its class (0, 1, ...); "
+            "with the run seed and class_index it determines the seed",
+            nullable=False,
+        ),
+        _field("class_index", pa.int32(), "class index, the label stored in <key>.cls", nullable=False),
+        _field("class_name", pa.string(), "human-readable class name", nullable=False),
+        _field("prompt", pa.string(), "text prompt the image was generated from (with the token)"),
+        _field("negative_prompt", pa.string(), "negative prompt (empty string if none)"),
+        _field("seed", pa.int64(), "random seed of this sample's initial noise", nullable=False),
+        _field("token", pa.string(), "the learned class token string used in the prompt, e.g. <c0042>"),
+        _field("token_sha256", pa.string(), "sha256 (hex) of the token's .safetensors file"),
+        _field("mode", pa.string(), "generation mode: txt2img or edit", nullable=False),
+        _field("source_key", pa.string(), "edit mode: key of the real source image; null for txt2img"),
+        _field(
+            "strength",
+            pa.float32(),
+            "edit mode: noising strength (fraction of the schedule); null for txt2img",
+        ),
+        _field("model_id", pa.string(), "diffusion backbone id (hub id, local dir or embedded:name)"),
+        _field("scheduler", pa.string(), "sampler/scheduler name, e.g. ddim"),
+        _field("steps", pa.int16(), "number of denoising steps"),
+        _field("guidance_scale", pa.float32(), "classifier-free guidance scale"),
+        _field("width", pa.int32(), "image width in pixels (read from the encoded image)", nullable=False),
+        _field("height", pa.int32(), "image height in pixels (read from the encoded image)", nullable=False),
+        _field(
+            "image_format", pa.string(), "image file extension in the shard: jpg, png or webp", nullable=False
+        ),
+        _field("image_sha256", pa.string(), "sha256 (hex) of the encoded image bytes", nullable=False),
+        _field("bytes", pa.int64(), "size of the encoded image in bytes", nullable=False),
+        _field(
+            "guide_confidence",
+            pa.float32(),
+            "the guidance classifier's probability of the target class for this image",
+        ),
+        _field("guide_pred", pa.int32(), "the guidance classifier's predicted class index"),
+        _field(
+            "attempts",
+            pa.int16(),
+            "how many seeds were tried for this sample under --min-confidence (1 when no retry was needed)",
+        ),
+        _field(
+            "status",
+            pa.string(),
+            "ok, or a word the generate stage sets for kept-but-flagged samples "
+            "(e.g. low_confidence: no attempt reached --min-confidence)",
+            nullable=False,
+        ),
+        _field(
+            "created_at", pa.timestamp("us", tz="UTC"), "when the shard was written (UTC)", nullable=False
+        ),
+        _field("tool_version", pa.string(), "augment version that wrote the sample", nullable=False),
+    ],
+    metadata={"description": "one row per synthetic sample; one Parquet file per shard"},
+)
+
+TOKENS_SCHEMA: pa.Schema = pa.schema(
+    [
+        _field("class_index", pa.int32(), "class index", nullable=False),
+        _field("class_name", pa.string(), "human-readable class name", nullable=False),
+        _field("token", pa.string(), "the token string added to the tokenizer, e.g. <c0042>", nullable=False),
+        _field("init_token", pa.string(), "the existing token whose embedding initialised the new one"),
+        _field(
+            "token_file",
+            pa.string(),
+            "file name of the embedding inside tokens/, e.g. "
+            "0042-red_fox.safetensors (diffusers textual-inversion format, one key = token)",
+        ),
+        _field("token_sha256", pa.string(), "sha256 (hex) of token_file"),
+        _field("steps", pa.int32(), "optimisation steps run"),
+        _field("best_loss", pa.float32(), "lowest training loss reached (the saved embedding's)"),
+        _field(
+            "final_accuracy", pa.float32(), "the guidance classifier's accuracy on the last training batch"
+        ),
+        _field("seconds", pa.float32(), "wall-clock seconds spent training this token"),
+        _field("status", pa.string(), "ok or failed", nullable=False),
+        _field("error", pa.string(), "error message when status is failed, else null"),
+        _field(
+            "grad_steps", pa.string(), "denoising steps the gradient flowed through (an integer or 'all')"
+        ),
+        _field("lr", pa.float32(), "learning rate"),
+        _field("seeds", pa.list_(pa.int64()), "noise seeds used during training"),
+        _field("model_id", pa.string(), "diffusion backbone id the token was trained for"),
+    ],
+    metadata={"description": "one row per class token; tokens/tokens.parquet"},
+)
+
+SCHEMA_DOCS: dict[str, pa.Schema] = {"manifest": MANIFEST_SCHEMA, "tokens": TOKENS_SCHEMA}
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def _check_rows(rows: list[dict[str, Any]], schema: pa.Schema, where: str) -> None:
+    names = set(schema.names)
+    required = [f.name for f in schema if not f.nullable]
+    for i, row in enumerate(rows):
+        unknown = sorted(set(row) - names)
+        if unknown:
+            raise ValueError(f"{where}: row {i} has columns not in the schema: {', '.join(unknown)}")
+        for name in required:
+            value = row.get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise ValueError(f"{where}: row {i} leaves required column {name!r} empty")
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema, where: str = "rows") -> pa.Table:
+    """Validate ``rows`` against ``schema`` and build a table with exactly its columns and types."""
+    _check_rows(rows, schema, where)
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as e:
+        raise ValueError(f"{where}: a value does not fit the schema: {e}") from e
+
+
+def write_parquet(path: str | os.PathLike[str], rows: list[dict[str, Any]], schema: pa.Schema) -> Path:
+    """Write ``rows`` (dicts keyed by column name; missing nullable columns become null) to
+    ``path`` atomically, with ``schema``'s column order and types.
+
+    Raises ValueError for unknown columns, empty required columns or values of the wrong type.
+    The output is byte-identical for identical rows (no wall-clock data is added).
+    """
+    path = Path(path)
+    table = rows_to_table(rows, schema, str(path))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def parquet_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The ``*.parquet`` files of ``folder`` in name order, without temp/hidden files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.glob("*.parquet")
+        if p.is_file() and not p.name.startswith((".", "_")) and not is_temp_name(p.name)
+    )
+
+
+def read_manifests(folder: str | os.PathLike[str]) -> pa.Table:
+    """All manifests as one table (shards in name order, rows in shard order).
+
+    ``folder`` is a ``manifests/`` folder or a run folder (then its ``manifests/`` is read). An
+    empty or missing folder gives an empty table with :data:`MANIFEST_SCHEMA`.
+    """
+    folder = Path(folder)
+    if (folder / "manifests").is_dir():
+        folder = folder / "manifests"
+    files = parquet_files(folder)
+    if not files:
+        return MANIFEST_SCHEMA.empty_table()
+    tables = [pq.read_table(p) for p in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+# ------------------------------------------------------------------------------------ schema docs
+
+
+def schema_doc(schema: pa.Schema) -> dict[str, Any]:
+    """A JSON-able description of ``schema``: per column its name, Arrow type, nullability, meaning."""
+    meta = schema.metadata or {}
+    return {
+        "description": meta.get(b"description", b"").decode(),
+        "columns": [
+            {
+                "name": f.name,
+                "type": str(f.type),
+                "nullable": f.nullable,
+                "description": (f.metadata or {}).get(b"description", b"").decode(),
+            }
+            for f in schema
+        ],
+    }
+
+
+def schema_doc_text(schema: pa.Schema) -> str:
+    return json.dumps(schema_doc(schema), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_schema_docs(folder: str | os.PathLike[str] = SCHEMA_DIR) -> list[Path]:
+    """(Re)generate ``manifests/schema/manifest.json`` and ``tokens.json`` from the schemas."""
+    folder = Path(folder)
+    return [atomic_write_text(folder / f"{name}.json", schema_doc_text(s)) for name, s in SCHEMA_DOCS.items()]
+
+
+if __name__ == "__main__":  # python -m augment.io.manifest
+    for p in write_schema_docs():
+        print(p)

@@ -1,0 +1,295 @@
+"""The run folder (``--out DIR``): its layout, ``run.json``, and the checks before writing into it.
+
+``run.json`` records what made the folder: the resolved config, package versions, augment's
+version and git sha, the model/classifier ids and the class names, plus when each stage last
+wrote to it. A later stage (or a re-run) calls :func:`check_compatible` so that it does not mix
+its output with files made by another setup.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import augment
+from augment.errors import AugmentError
+from augment.io.atomic import atomic_write_json, temp_path_for
+
+__all__ = [
+    "RUN_JSON",
+    "RunDir",
+    "check_compatible",
+    "check_writable",
+    "git_sha",
+    "package_versions",
+    "read_run_json",
+    "write_run_json",
+]
+
+RUN_JSON = "run.json"
+PACKAGES = ("torch", "diffusers", "transformers", "timm", "ray", "webdataset", "pyarrow")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of a run folder; nothing is created until :meth:`make` is called."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_JSON
+
+    @property
+    def tokens(self) -> Path:
+        return self.path / "tokens"
+
+    @property
+    def tokens_parquet(self) -> Path:
+        return self.tokens / "tokens.parquet"
+
+    @property
+    def shards(self) -> Path:
+        return self.path / "shards"
+
+    @property
+    def info_json(self) -> Path:
+        return self.shards / "_info.json"
+
+    @property
+    def manifests(self) -> Path:
+        return self.path / "manifests"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    def make(self) -> RunDir:
+        """Create the folder and its sub-folders (tokens/, shards/, manifests/, report/)."""
+        for p in (self.path, self.tokens, self.shards, self.manifests, self.report):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _as_path(run_dir: RunDir | str | os.PathLike[str]) -> Path:
+    return run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape the output (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+    ).stdout.strip()
+
+
+def git_sha() -> str | None:
+    """The commit of the git checkout augment runs from (``-dirty`` when tracked files are
+    modified), or None when augment is not run from a checkout (an installed wheel), the
+    checkout has no commit yet, or git is missing. Never raises."""
+    package = Path(augment.__file__).resolve().parent
+    try:
+        top = Path(_git(["rev-parse", "--show-toplevel"], package)).resolve()
+        if (top / "augment").resolve() != package:  # e.g. installed in a venv inside some other repo
+            return None
+        sha = _git(["rev-parse", "HEAD"], top)
+        if not sha:
+            return None
+        dirty = _git(["status", "--porcelain", "--untracked-files=no"], top)
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def read_run_json(run_dir: RunDir | str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The parsed ``run.json``, or None when there is none; AugmentError when it is unreadable."""
+    path = _as_path(run_dir) / RUN_JSON
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AugmentError(f"cannot read {path}: {e.strerror}; check its permissions") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AugmentError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}); "
+            "use another --out or pass --force to overwrite it"
+        ) from None
+    if not isinstance(data, dict):
+        raise AugmentError(f"{path} does not hold a JSON object; use another --out or pass --force")
+    return data
+
+
+def write_run_json(
+    run_dir: RunDir | str | os.PathLike[str],
+    config_dict: dict[str, Any],
+    stage: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write (or update) ``run.json`` atomically and return what was written.
+
+    Fields: ``config`` (as given), ``stage`` (the last one that wrote), ``stages`` (stage ->
+    last update time), ``created`` (kept from an existing file) and ``updated`` (ISO-8601 UTC),
+    ``augment_version``, ``git_sha`` (None outside a checkout), ``packages``, ``model_id`` and
+    ``classifier_id`` (from ``config_dict["model"]`` / ``["classifier"]`` unless ``extra`` gives
+    them), ``class_names`` (from ``extra``, else kept from an existing file). Any other ``extra``
+    entries are stored at the top level. An unreadable existing run.json is replaced.
+    """
+    path = _as_path(run_dir)
+    try:
+        old = read_run_json(path) or {}
+    except AugmentError:
+        old = {}
+    now = _now()
+    extra = dict(extra or {})
+    record: dict[str, Any] = {k: v for k, v in old.items() if k not in ("config",)}
+    record.update(
+        {
+            "config": config_dict,
+            "stage": stage,
+            "stages": {**(old.get("stages") or {}), stage: now},
+            "created": old.get("created", now),
+            "updated": now,
+            "augment_version": augment.__version__,
+            "git_sha": git_sha(),
+            "packages": package_versions(),
+            "model_id": config_dict.get("model"),
+            "classifier_id": config_dict.get("classifier"),
+            "class_names": old.get("class_names"),
+        }
+    )
+    record.update(extra)
+    path.mkdir(parents=True, exist_ok=True)
+    # round-trip through JSON so the return value equals what a later read_run_json gives
+    atomic_write_json(path / RUN_JSON, record)
+    return json.loads((path / RUN_JSON).read_text(encoding="utf-8"))
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+def _normal(value: Any) -> Any:
+    """Compare values as JSON would store them (tuples == lists, paths == strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_compatible(
+    run_dir: RunDir | str | os.PathLike[str],
+    config_dict: dict[str, Any],
+    keys: list[str],
+    force: bool,
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """Refuse to write into a run folder that was made with a different setup.
+
+    Each dotted key (``"model"``, ``"generate.prompts"``, ``"class_names"``) is looked up in the
+    new ``config_dict`` (then in ``extra``) and in the existing run.json's ``config`` (then its
+    top level, where ``class_names``/``model_id`` live). Keys absent on either side are skipped.
+    Without run.json there is nothing to compare. Returns the differences as
+    ``"key: old -> new"`` strings; raises AugmentError naming the first ones with both values
+    unless ``force`` is true.
+    """
+    path = _as_path(run_dir)
+    try:
+        old = read_run_json(path)
+    except AugmentError:
+        if force:
+            return []
+        raise
+    if old is None:
+        return []
+    old_config = old.get("config") if isinstance(old.get("config"), dict) else {}
+    diffs: list[str] = []
+    for key in keys:
+        new_value = _lookup(config_dict, key)
+        if new_value is _MISSING and extra is not None:
+            new_value = _lookup(extra, key)
+        old_value = _lookup(old_config, key)
+        if old_value is _MISSING:
+            old_value = _lookup(old, key)
+        if new_value is _MISSING or old_value is _MISSING:
+            continue
+        if _normal(new_value) != _normal(old_value):
+            diffs.append(f"{key}: {_short(old_value)} in run.json, {_short(new_value)} now")
+    if diffs and not force:
+        shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+        raise AugmentError(
+            f"{path} was made with a different setup ({shown}); use another --out, or pass --force "
+            "to write into it anyway"
+        )
+    return diffs
+
+
+def stage_ran(run_dir: RunDir | str | os.PathLike[str], stage: str) -> bool:
+    """Whether ``stage`` has written this run folder before (its settings are then binding)."""
+    try:
+        old = read_run_json(_as_path(run_dir)) or {}
+    except AugmentError:
+        return False
+    return stage in (old.get("stages") or {})
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Make sure ``--out`` can be written: create it if missing and try a temp file in it.
+
+    Raises AugmentError naming the folder and the reason (a file in the way, no permission,
+    read-only filesystem). Returns the folder as a Path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AugmentError(f"--out {path} is a file, not a folder; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = temp_path_for(path / ".write-check")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise AugmentError(f"--out {path} is not writable ({reason}); choose another --out") from None
+    return path

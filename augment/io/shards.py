@@ -1,0 +1,355 @@
+"""WebDataset shards + their Parquet manifests + timm's ``_info.json``.
+
+Layout inside a run folder (DESIGN.md, "Run directory")::
+
+    shards/synth-000000.tar          <key>.cls, <key>.<jpg|png|webp>, <key>.json per sample
+    shards/_info.json                timm's wds split info, rebuilt from the manifests
+    manifests/synth-000000.parquet   one row per sample (augment.io.manifest.MANIFEST_SCHEMA)
+
+A shard is *done* iff its Parquet exists: the tar is written to a temp name and renamed first,
+the Parquet last (the completion marker), so an interrupted run leaves at worst a tar without
+its Parquet (or a temp file), which :func:`cleanup_partial` removes before the shard is redone.
+
+Writing is deterministic: identical samples give a byte-identical tar (fixed mtime, uid/gid,
+user/group names and mode in every header; members in sample order, a sample's files contiguous
+and sorted by extension; the JSON sidecar has sorted keys and no wall-clock fields). The Parquet
+is byte-identical too when the caller passes ``created_at`` in ``meta`` (otherwise it is "now").
+
+This module knows nothing about models: it takes already-encoded images.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+import augment
+from augment.io.atomic import atomic_path, atomic_write_json, is_temp_name
+from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "SynthSample",
+    "cleanup_partial",
+    "done_shards",
+    "image_size",
+    "manifest_path",
+    "parse_shard_name",
+    "sample_key",
+    "shard_name",
+    "shard_path",
+    "shard_urls",
+    "write_info",
+    "write_shard",
+]
+
+SHARD_PREFIX = "synth-"
+SHARDS_DIR = "shards"
+MANIFESTS_DIR = "manifests"
+INFO_NAME = "_info.json"
+
+#: extension in the shard -> the format name PIL reports for such a file
+IMAGE_FORMATS: dict[str, str] = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+#: fixed tar header fields, so that equal samples give byte-identical shards
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
+TAR_USER = "augment"
+TAR_MODE = 0o644
+
+#: manifest columns that are not copied into ``<key>.json``: wall-clock / file-level facts that
+#: live in the manifest (the sidecar must stay byte-identical when a shard is rewritten)
+JSON_EXCLUDE = frozenset({"created_at", "shard", "image_sha256", "bytes"})
+
+#: columns write_shard fills itself; ``meta`` must not contradict them
+_COMPUTED = ("key", "shard", "class_index", "image_format", "width", "height", "image_sha256", "bytes")
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d{{6,}})$")
+_SAMPLE_KEY_RE = re.compile(r"^c(\d+)_s(\d+)$")
+
+
+@dataclass
+class SynthSample:
+    """One encoded synthetic image and its manifest fields.
+
+    ``meta`` holds the other manifest columns (class_name, prompt, seed, token, mode, status, ...;
+    see ``manifests/schema/manifest.json``). ``key``, ``shard``, ``class_index``,
+    ``image_format``, ``width``, ``height``, ``image_sha256`` and ``bytes`` are filled by
+    :func:`write_shard`; ``created_at`` and ``tool_version`` default to now / augment's version;
+    ``sample_index`` defaults to the number in a ``c0042_s000017`` key.
+    """
+
+    key: str
+    class_index: int
+    image: bytes
+    image_format: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_key(class_index: int, sample_index: int) -> str:
+    """``c0042_s000017``: class and per-class sample index, zero-padded, no dots."""
+    if class_index < 0 or sample_index < 0:
+        raise ValueError(f"sample_key: negative index ({class_index}, {sample_index})")
+    return f"c{class_index:04d}_s{sample_index:06d}"
+
+
+def shard_name(index: int) -> str:
+    """``synth-000000``: the basename (no extension) of shard ``index`` and of its manifest."""
+    if index < 0:
+        raise ValueError(f"shard index must be >= 0, got {index}")
+    return f"{SHARD_PREFIX}{index:06d}"
+
+
+def parse_shard_name(name: str) -> int | None:
+    """Shard index of a basename like ``synth-000012`` (extension allowed), else None."""
+    stem = name.split(".", 1)[0]
+    m = _SHARD_RE.match(stem)
+    return int(m.group(1)) if m else None
+
+
+def shard_path(out_dir: str | os.PathLike[str], index: int) -> Path:
+    return Path(out_dir) / SHARDS_DIR / f"{shard_name(index)}.tar"
+
+
+def manifest_path(out_dir: str | os.PathLike[str], index: int) -> Path:
+    return Path(out_dir) / MANIFESTS_DIR / f"{shard_name(index)}.parquet"
+
+
+def image_size(data: bytes, image_format: str | None = None) -> tuple[int, int]:
+    """(width, height) from the encoded image's header; checks the bytes match ``image_format``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, size = im.format, im.size
+    except Exception as e:  # PIL raises several types for corrupt data
+        raise ValueError(f"image bytes are not a readable image: {e}") from e
+    if image_format is not None and IMAGE_FORMATS.get(image_format) != fmt:
+        raise ValueError(f"image_format is {image_format!r} but the bytes are a {fmt} image")
+    return size
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    item = getattr(v, "item", None)  # numpy / torch scalars
+    if callable(item) and not isinstance(v, (str, bytes)):
+        return _json_value(item())
+    if isinstance(v, list | tuple):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, _dt.datetime | _dt.date):
+        return v.isoformat()
+    return v
+
+
+def _sidecar(row: dict[str, Any]) -> bytes:
+    """The ``<key>.json`` bytes: the row's columns (schema order) minus JSON_EXCLUDE, sorted keys."""
+    doc = {name: _json_value(row.get(name)) for name in MANIFEST_SCHEMA.names if name not in JSON_EXCLUDE}
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _rows(shard: str, samples: list[SynthSample], now: _dt.datetime) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for s in samples:
+        if not isinstance(s.key, str) or not _KEY_RE.match(s.key):
+            raise ValueError(f"sample key {s.key!r} must be letters, digits, '_' or '-' (no dots or slashes)")
+        if s.key in seen:
+            raise ValueError(f"sample key {s.key!r} appears twice in shard {shard}")
+        seen.add(s.key)
+        if s.image_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"sample {s.key}: image_format {s.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}"
+            )
+        if not isinstance(s.image, bytes | bytearray | memoryview) or len(s.image) == 0:
+            raise ValueError(f"sample {s.key}: image must be non-empty encoded bytes")
+        image = bytes(s.image)
+        try:
+            width, height = image_size(image, s.image_format)
+        except ValueError as e:
+            raise ValueError(f"sample {s.key}: {e}") from None
+        computed = {
+            "key": s.key,
+            "shard": shard,
+            "class_index": int(s.class_index),
+            "image_format": s.image_format,
+            "width": width,
+            "height": height,
+            "image_sha256": hashlib.sha256(image).hexdigest(),
+            "bytes": len(image),
+        }
+        for name in _COMPUTED:
+            if name in s.meta and s.meta[name] is not None and s.meta[name] != computed[name]:
+                raise ValueError(
+                    f"sample {s.key}: meta[{name!r}]={s.meta[name]!r} contradicts the "
+                    f"computed value {computed[name]!r}"
+                )
+        row = {**s.meta, **computed}
+        row.setdefault("created_at", now)
+        if row["created_at"] is None:
+            row["created_at"] = now
+        if row.get("tool_version") is None:
+            row["tool_version"] = augment.__version__
+        if row.get("sample_index") is None:
+            m = _SAMPLE_KEY_RE.match(s.key)
+            if m:
+                row["sample_index"] = int(m.group(2))
+        rows.append(row)
+    return rows
+
+
+def write_shard(
+    out_dir: str | os.PathLike[str], shard_index: int, samples: list[SynthSample]
+) -> dict[str, Any]:
+    """Write ``shards/synth-NNNNNN.tar`` then ``manifests/synth-NNNNNN.parquet`` (the done marker).
+
+    Both are written to temp names and renamed; an existing Parquet for this index is removed
+    first, so a crash mid-rewrite never leaves a "done" marker next to a different tar. Refuses
+    an empty ``samples`` list (readers reject empty tars). Raises ValueError for bad samples
+    (dotted or duplicate keys, unknown formats, bytes that are not the declared image format,
+    meta columns not in the manifest schema or contradicting computed ones). Returns a summary:
+    shard name, paths, sample count, tar size, image bytes and per-class counts.
+    """
+    if not samples:
+        raise ValueError(
+            f"write_shard: refusing to write an empty shard {shard_name(shard_index)} "
+            "(WebDataset readers reject empty tars)"
+        )
+    out_dir = Path(out_dir)
+    name = shard_name(shard_index)
+    tar_path = shard_path(out_dir, shard_index)
+    pq_path = manifest_path(out_dir, shard_index)
+    now = _dt.datetime.now(_dt.UTC)
+
+    rows = _rows(name, samples, now)
+    rows_to_table(rows, MANIFEST_SCHEMA, f"shard {name}")  # validate before touching any file
+
+    pq_path.parent.mkdir(parents=True, exist_ok=True)
+    pq_path.unlink(missing_ok=True)  # un-mark "done" before replacing the tar
+    with atomic_path(tar_path) as tmp, open(tmp, "wb") as f:
+        with wds.TarWriter(
+            f, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME
+        ) as writer:
+            for s, row in zip(samples, rows, strict=True):
+                writer.write(
+                    {
+                        "__key__": s.key,
+                        s.image_format: bytes(s.image),
+                        "cls": str(int(s.class_index)).encode("ascii"),
+                        "json": _sidecar(row),
+                    }
+                )
+        f.flush()
+        os.fsync(f.fileno())
+    write_parquet(pq_path, rows, MANIFEST_SCHEMA)
+
+    per_class: dict[int, int] = {}
+    for s in samples:
+        per_class[int(s.class_index)] = per_class.get(int(s.class_index), 0) + 1
+    return {
+        "shard": name,
+        "index": shard_index,
+        "tar": str(tar_path),
+        "manifest": str(pq_path),
+        "num_samples": len(samples),
+        "tar_bytes": tar_path.stat().st_size,
+        "image_bytes": sum(r["bytes"] for r in rows),
+        "per_class": per_class,
+    }
+
+
+# ----------------------------------------------------------------------------------------- resume
+
+
+def _indices(folder: Path, suffix: str) -> set[int]:
+    if not folder.is_dir():
+        return set()
+    out = set()
+    for p in folder.iterdir():
+        if p.name.endswith(suffix) and p.is_file():
+            i = parse_shard_name(p.name[: -len(suffix)])
+            if i is not None:
+                out.add(i)
+    return out
+
+
+def done_shards(out_dir: str | os.PathLike[str]) -> set[int]:
+    """Indices of the complete shards: the Parquet (done marker) and the tar both exist."""
+    out_dir = Path(out_dir)
+    return _indices(out_dir / MANIFESTS_DIR, ".parquet") & _indices(out_dir / SHARDS_DIR, ".tar")
+
+
+def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove what an interrupted run left: temp files in shards/ and manifests/, tars without
+    their Parquet (not done) and Parquets without their tar (a marker for missing data, so the
+    shard is redone). Returns the removed paths. Run it before resuming; not while writing.
+    """
+    out_dir = Path(out_dir)
+    removed: list[Path] = []
+    for sub in (SHARDS_DIR, MANIFESTS_DIR):
+        folder = out_dir / sub
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                if is_temp_name(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    tars = _indices(out_dir / SHARDS_DIR, ".tar")
+    pqs = _indices(out_dir / MANIFESTS_DIR, ".parquet")
+    for i in sorted(tars - pqs):
+        shard_path(out_dir, i).unlink(missing_ok=True)
+        removed.append(shard_path(out_dir, i))
+    for i in sorted(pqs - tars):
+        manifest_path(out_dir, i).unlink(missing_ok=True)
+        removed.append(manifest_path(out_dir, i))
+    return removed
+
+
+# ------------------------------------------------------------------------------------ _info.json
+
+
+def shard_urls(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Absolute paths of the complete shards, in index order (for ``wds.WebDataset(urls)``)."""
+    return [str(shard_path(out_dir, i).resolve()) for i in sorted(done_shards(out_dir))]
+
+
+def info_dict(out_dir: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """timm's wds split info for the complete shards (counts from the manifests' row counts)."""
+    out_dir = Path(out_dir)
+    filenames: list[str] = []
+    lengths: list[int] = []
+    for i in sorted(done_shards(out_dir)):
+        filenames.append(shard_path(out_dir, i).name)
+        lengths.append(pq.read_metadata(manifest_path(out_dir, i)).num_rows)
+    return {
+        "name": name,
+        "splits": {
+            "train": {
+                "name": "train",
+                "num_samples": sum(lengths),
+                "filenames": filenames,
+                "shard_lengths": lengths,
+            }
+        },
+    }
+
+
+def write_info(out_dir: str | os.PathLike[str], name: str) -> Path:
+    """Rebuild ``shards/_info.json`` (timm ``create_dataset("wds/<name>", root=shards/,
+    split="train")``) from the complete shards' manifests, atomically. Returns its path."""
+    out_dir = Path(out_dir)
+    return atomic_write_json(out_dir / SHARDS_DIR / INFO_NAME, info_dict(out_dir, name))

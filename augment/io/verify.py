@@ -1,0 +1,450 @@
+"""Check a run folder's files against each other: shards vs manifests vs ``_info.json`` vs tokens.
+
+:func:`verify_run` reads every shard completely and returns a :class:`VerifyReport`; it never
+raises for a problem in the data (only the report says what is wrong) and never modifies
+anything. What it checks:
+
+* every tar has its Parquet and vice versa; no leftover temp files; file names follow
+  ``synth-NNNNNN``;
+* per shard: the manifest has the manifest schema's columns, its ``shard`` column names the file,
+  and the tar holds the same keys in the same order, each sample's files contiguous and exactly
+  ``<key>.<image_format>``, ``<key>.cls``, ``<key>.json``; the image's sha256 and size match,
+  PIL decodes it at the manifest's width x height; ``.cls`` equals ``class_index``; the JSON
+  sidecar parses and its ``class_name`` (and ``key``/``class_index`` when present) match;
+* keys are unique across shards and each class index has one class name;
+* ``shards/_info.json`` lists exactly the complete shards with their true lengths and total;
+* ``tokens/*.safetensors`` against ``tokens/tokens.parquet``: each ``ok`` row's file exists, has
+  the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [1, D];
+  no unlisted token files; manifests' ``token_sha256`` agree with the tokens table.
+
+The CLI maps the report to an exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from augment.io.atomic import is_temp_name
+from augment.io.manifest import MANIFEST_SCHEMA, TOKENS_SCHEMA
+from augment.io.shards import (
+    INFO_NAME,
+    MANIFESTS_DIR,
+    SHARDS_DIR,
+    manifest_path,
+    parse_shard_name,
+    shard_name,
+    shard_path,
+)
+
+__all__ = ["VerifyReport", "verify_run"]
+
+#: at most this many problems are listed per shard (then a count of the rest)
+MAX_PROBLEMS_PER_SHARD = 20
+
+
+@dataclass
+class VerifyReport:
+    """``problems``: one line each, empty when the run is consistent. ``summary``: shards,
+    samples, classes, per_class (class index -> samples), class_names (index -> name), image_bytes,
+    tokens (rows in tokens.parquet), token_files, problems (count)."""
+
+    problems: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": list(self.problems), "summary": dict(self.summary)}
+
+
+class _Problems:
+    """Collects problem lines, capping how many one shard may add."""
+
+    def __init__(self, out: list[str], limit: int | None = None) -> None:
+        self.out, self.limit, self.count, self.extra = out, limit, 0, 0
+
+    def add(self, msg: str) -> None:
+        if self.limit is not None and self.count >= self.limit:
+            self.extra += 1
+        else:
+            self.out.append(msg)
+            self.count += 1
+
+    def close(self, where: str) -> None:
+        if self.extra:
+            self.out.append(f"{where}: ... and {self.extra} more problems")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _schema_problems(schema: pa.Schema, expected: pa.Schema, where: str) -> list[str]:
+    out = []
+    missing = [n for n in expected.names if n not in schema.names]
+    if missing:
+        out.append(f"{where}: missing columns {', '.join(missing)}")
+    for f in expected:
+        if f.name in schema.names and not schema.field(f.name).type.equals(f.type):
+            out.append(f"{where}: column {f.name} is {schema.field(f.name).type}, expected {f.type}")
+    extra = [n for n in schema.names if n not in expected.names]
+    if extra:
+        out.append(f"{where}: unexpected columns {', '.join(extra)}")
+    return out
+
+
+def _indices(folder: Path, suffix: str, problems: list[str]) -> set[int]:
+    out: set[int] = set()
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.iterdir()):
+        if is_temp_name(p.name):
+            problems.append(f"{p}: leftover temporary file of an interrupted write (a re-run removes it)")
+        elif p.name.endswith(suffix):
+            i = parse_shard_name(p.name[: -len(suffix)])
+            if i is None or p.name != f"{shard_name(i)}{suffix}":
+                problems.append(f"{p}: not a shard name (expected synth-NNNNNN{suffix})")
+            else:
+                out.add(i)
+    return out
+
+
+def _read_tar(path: Path, probs: _Problems) -> list[tuple[str, dict[str, bytes]]] | None:
+    """The samples of a tar in order: (key, {extension: bytes}); None when unreadable."""
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, "r|") as tf:
+            for m in tf:
+                if not m.isfile():
+                    probs.add(f"{path.name}: member {m.name!r} is not a regular file")
+                    continue
+                if "/" in m.name or "." not in m.name:
+                    probs.add(f"{path.name}: member {m.name!r} is not <key>.<ext>")
+                    continue
+                key, ext = m.name.split(".", 1)
+                f = tf.extractfile(m)
+                data = f.read() if f is not None else b""
+                if samples and samples[-1][0] == key:
+                    if ext in samples[-1][1]:
+                        probs.add(f"{path.name}: {m.name} appears twice")
+                    samples[-1][1][ext] = data
+                else:
+                    if key in seen:
+                        probs.add(f"{path.name}: the files of sample {key} are not contiguous")
+                    seen.add(key)
+                    samples.append((key, {ext: data}))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        probs.add(f"{path.name}: cannot read the tar ({e})")
+        return None
+    return samples
+
+
+def _check_sample(
+    shard: str, key: str, files: dict[str, bytes], row: dict[str, Any], probs: _Problems, decode: bool
+) -> None:
+    fmt = row.get("image_format")
+    expected = {str(fmt), "cls", "json"}
+    if set(files) != expected:
+        probs.add(f"{shard}: sample {key} has files {sorted(files)}, expected {sorted(expected)}")
+    image = files.get(str(fmt))
+    if image is not None:
+        if hashlib.sha256(image).hexdigest() != row.get("image_sha256"):
+            probs.add(
+                f"{shard}: sample {key}: image sha256 differs from the manifest (changed bytes; "
+                f"{len(image)} bytes, manifest says {row.get('bytes')})"
+            )
+        elif len(image) != row.get("bytes"):
+            probs.add(f"{shard}: sample {key}: image is {len(image)} bytes, manifest says {row.get('bytes')}")
+        if decode:
+            try:
+                with Image.open(io.BytesIO(image)) as im:
+                    im.load()
+                    size = im.size
+                if size != (row.get("width"), row.get("height")):
+                    probs.add(
+                        f"{shard}: sample {key}: image is {size[0]}x{size[1]}, manifest says "
+                        f"{row.get('width')}x{row.get('height')}"
+                    )
+            except Exception as e:  # PIL raises many types for corrupt data
+                probs.add(f"{shard}: sample {key}: PIL cannot read the image ({type(e).__name__}: {e})")
+    cls = files.get("cls")
+    if cls is not None:
+        try:
+            value = int(cls.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            probs.add(f"{shard}: sample {key}: .cls is not an ASCII integer ({cls[:20]!r})")
+        else:
+            if value != row.get("class_index"):
+                probs.add(
+                    f"{shard}: sample {key}: .cls is {value}, manifest class_index {row.get('class_index')}"
+                )
+    side = files.get("json")
+    if side is not None:
+        try:
+            doc = json.loads(side.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError) as e:
+            probs.add(f"{shard}: sample {key}: .json does not parse ({e})")
+        else:
+            if doc.get("class_name") != row.get("class_name"):
+                probs.add(
+                    f"{shard}: sample {key}: .json class_name {doc.get('class_name')!r} != manifest "
+                    f"{row.get('class_name')!r}"
+                )
+            for name in ("key", "class_index"):
+                if name in doc and doc[name] != row.get(name):
+                    probs.add(
+                        f"{shard}: sample {key}: .json {name} {doc[name]!r} != manifest {row.get(name)!r}"
+                    )
+
+
+def _check_shard(out_dir: Path, i: int, problems: list[str], decode: bool) -> pa.Table | None:
+    name = shard_name(i)
+    probs = _Problems(problems, MAX_PROBLEMS_PER_SHARD)
+    try:
+        table = pq.read_table(manifest_path(out_dir, i))
+    except Exception as e:  # corrupt Parquet: ArrowInvalid, OSError, ...
+        probs.add(f"{name}: cannot read manifests/{name}.parquet ({e})")
+        probs.close(name)
+        return None
+    for p in _schema_problems(table.schema, MANIFEST_SCHEMA, f"manifests/{name}.parquet"):
+        probs.add(p)
+    rows = table.to_pylist()
+    if any(r.get("shard") != name for r in rows):
+        probs.add(f"{name}: manifest rows name another shard in their 'shard' column")
+    if not rows:
+        probs.add(f"{name}: manifest has no rows")
+    samples = _read_tar(shard_path(out_dir, i), probs)
+    if samples is not None:
+        tar_keys = [k for k, _ in samples]
+        man_keys = [r.get("key") for r in rows]
+        if tar_keys != man_keys:
+            first = next(
+                (j for j, (a, b) in enumerate(zip(tar_keys, man_keys, strict=False)) if a != b),
+                min(len(tar_keys), len(man_keys)),
+            )
+            probs.add(
+                f"{name}: tar has {len(tar_keys)} samples, manifest {len(man_keys)} rows; keys differ "
+                f"from position {first} (tar {tar_keys[first] if first < len(tar_keys) else None!r}, "
+                f"manifest {man_keys[first] if first < len(man_keys) else None!r})"
+            )
+        by_key = {r.get("key"): r for r in rows}
+        for key, files in samples:
+            if key in by_key:
+                _check_sample(name, key, files, by_key[key], probs, decode)
+    probs.close(name)
+    return table
+
+
+def _check_info(out_dir: Path, complete: list[int], lengths: dict[int, int], problems: list[str]) -> None:
+    path = out_dir / SHARDS_DIR / INFO_NAME
+    if not complete:
+        return
+    if not path.exists():
+        problems.append(f"{path}: missing (timm's wds reader needs it; a re-run of generate rebuilds it)")
+        return
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        split = info["splits"]["train"]
+        filenames, shard_lengths, num = (
+            list(split["filenames"]),
+            list(split["shard_lengths"]),
+            split["num_samples"],
+        )
+        if "name" not in info or split.get("name") != "train":
+            raise KeyError("name")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problems.append(f"{path}: not timm's wds info format ({type(e).__name__}: {e})")
+        return
+    expected_files = [f"{shard_name(i)}.tar" for i in complete]
+    if filenames != expected_files:
+        missing = sorted(set(expected_files) - set(filenames))
+        extra = sorted(set(filenames) - set(expected_files))
+        problems.append(
+            f"{path}: filenames do not match the shards (missing {missing}, not on disk or "
+            f"incomplete {extra}, or another order)"
+        )
+    if len(shard_lengths) != len(filenames):
+        problems.append(f"{path}: {len(filenames)} filenames but {len(shard_lengths)} shard_lengths")
+    else:
+        by_name = {f"{shard_name(i)}.tar": lengths.get(i) for i in complete}
+        for fname, n in zip(filenames, shard_lengths, strict=True):
+            if fname in by_name and by_name[fname] is not None and by_name[fname] != n:
+                problems.append(
+                    f"{path}: shard_lengths says {fname} has {n} samples, it has {by_name[fname]}"
+                )
+    total = sum(lengths.get(i, 0) for i in complete)
+    if num != total:
+        problems.append(f"{path}: num_samples is {num}, the shards hold {total}")
+
+
+def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -> dict[int, str]:
+    """Check tokens/; returns class index -> token sha256 of the ok rows."""
+    folder = out_dir / "tokens"
+    table_path = folder / "tokens.parquet"
+    files = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if is_temp_name(p.name):
+                problems.append(f"{p}: leftover temporary file of an interrupted write")
+    summary["token_files"] = len(files)
+    if not table_path.exists():
+        summary["tokens"] = 0
+        if files:
+            problems.append(f"{folder}: {len(files)} token files but no tokens.parquet listing them")
+        return {}
+    try:
+        table = pq.read_table(table_path)
+    except Exception as e:
+        problems.append(f"{table_path}: cannot read ({e})")
+        return {}
+    problems.extend(_schema_problems(table.schema, TOKENS_SCHEMA, str(table_path)))
+    rows = table.to_pylist()
+    summary["tokens"] = len(rows)
+    listed: set[str] = set()
+    shas: dict[int, str] = {}
+    for r in rows:
+        where = f"tokens.parquet class {r.get('class_index')} ({r.get('class_name')})"
+        if r.get("token_file"):
+            listed.add(r["token_file"])
+        if r.get("status") != "ok":
+            continue
+        fname, token = r.get("token_file"), r.get("token")
+        if not fname:
+            problems.append(f"{where}: status ok but no token_file")
+            continue
+        path = folder / fname
+        if not path.is_file():
+            problems.append(f"{where}: token file {fname} is missing")
+            continue
+        sha = _sha256_file(path)
+        if r.get("token_sha256") and sha != r["token_sha256"]:
+            problems.append(f"{where}: {fname} sha256 differs from tokens.parquet (file changed)")
+        if r.get("class_index") is not None and r.get("token_sha256"):
+            shas[int(r["class_index"])] = r["token_sha256"]
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as st:
+                keys = list(st.keys())
+                shape = st.get_slice(keys[0]).get_shape() if len(keys) == 1 else None
+        except Exception as e:
+            problems.append(f"{where}: {fname} is not a readable safetensors file ({e})")
+            continue
+        if keys != [token]:
+            problems.append(f"{where}: {fname} holds keys {keys}, expected exactly [{token!r}]")
+        elif shape is not None and not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)):
+            problems.append(f"{where}: {fname} tensor has shape {list(shape)}, expected [D] or [1, D]")
+    for name in files:
+        if name not in listed:
+            problems.append(f"{folder / name}: token file not listed in tokens.parquet")
+    return shas
+
+
+def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> VerifyReport:
+    """Check the run folder ``out_dir`` (see the module doc); ``decode_images=False`` skips the
+    PIL decode of every image (the sha256 check still catches changed bytes)."""
+    out_dir = Path(out_dir)
+    report = VerifyReport()
+    problems, summary = report.problems, report.summary
+    summary.update(
+        {
+            "shards": 0,
+            "samples": 0,
+            "classes": 0,
+            "per_class": {},
+            "class_names": {},
+            "image_bytes": 0,
+            "tokens": 0,
+            "token_files": 0,
+        }
+    )
+    if not out_dir.is_dir():
+        problems.append(f"{out_dir}: no such folder")
+        summary["problems"] = len(problems)
+        return report
+
+    tars = _indices(out_dir / SHARDS_DIR, ".tar", problems)
+    pqs = _indices(out_dir / MANIFESTS_DIR, ".parquet", problems)
+    for i in sorted(tars - pqs):
+        problems.append(
+            f"{shard_path(out_dir, i)}: tar without its manifest (an interrupted shard; a re-run redoes it)"
+        )
+    for i in sorted(pqs - tars):
+        problems.append(f"{manifest_path(out_dir, i)}: manifest without its tar (the shard is missing)")
+    complete = sorted(tars & pqs)
+
+    lengths: dict[int, int] = {}
+    tables: list[pa.Table] = []
+    for i in complete:
+        table = _check_shard(out_dir, i, problems, decode_images)
+        if table is not None:
+            lengths[i] = table.num_rows
+            tables.append(table)
+    _check_info(out_dir, complete, lengths, problems)
+    token_shas = _check_tokens(out_dir, problems, summary)
+
+    per_class: dict[int, int] = {}
+    names: dict[int, str] = {}
+    seen_keys: dict[str, str] = {}
+    image_bytes = 0
+    sha_mismatch: set[int] = set()
+    for table in tables:
+        cols = [
+            c
+            for c in ("key", "shard", "class_index", "class_name", "bytes", "token_sha256")
+            if c in table.column_names
+        ]
+        for r in table.select(cols).to_pylist():
+            key, ci, cn = r.get("key"), r.get("class_index"), r.get("class_name")
+            if key in seen_keys:
+                problems.append(f"sample key {key} appears in {seen_keys[key]} and {r.get('shard')}")
+            else:
+                seen_keys[key] = r.get("shard")
+            if ci is None:
+                continue
+            per_class[ci] = per_class.get(ci, 0) + 1
+            if ci in names and names[ci] != cn:
+                problems.append(f"class {ci} is named both {names[ci]!r} and {cn!r} in the manifests")
+            names.setdefault(ci, cn)
+            image_bytes += r.get("bytes") or 0
+            t = r.get("token_sha256")
+            if t and ci in token_shas and token_shas[ci] != t and ci not in sha_mismatch:
+                sha_mismatch.add(ci)
+                problems.append(
+                    f"class {ci}: samples were made with token sha256 {t[:12]}..., tokens.parquet "
+                    f"has {token_shas[ci][:12]}... (tokens retrained after generating?)"
+                )
+    summary.update(
+        {
+            "shards": len(complete),
+            "samples": sum(per_class.values()),
+            "classes": len(per_class),
+            "per_class": dict(sorted(per_class.items())),
+            "class_names": dict(sorted(names.items())),
+            "image_bytes": image_bytes,
+        }
+    )
+    if not complete and not summary["tokens"] and not summary["token_files"] and not problems:
+        problems.append(f"{out_dir}: no shards and no tokens to verify (is this a run folder?)")
+    summary["problems"] = len(problems)
+    return report

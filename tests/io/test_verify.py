@@ -1,0 +1,176 @@
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from augment.io.manifest import TOKENS_SCHEMA, write_parquet
+from augment.io.shards import manifest_path, shard_path, write_shard
+from augment.io.verify import verify_run
+from tests.io import encode, make_run, make_sample
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("clean"))
+    tokens = run / "tokens"
+    tokens.mkdir()
+    rows = []
+    for i, name in enumerate(["zero", "one", "two"]):
+        fname = f"{i:04d}-{name}.safetensors"
+        save_file({f"<c{i:04d}>": torch.full((1, 8), float(i))}, str(tokens / fname))
+        sha = hashlib.sha256((tokens / fname).read_bytes()).hexdigest()
+        rows.append(
+            {
+                "class_index": i,
+                "class_name": name,
+                "token": f"<c{i:04d}>",
+                "token_file": fname,
+                "token_sha256": sha,
+                "status": "ok",
+                "seeds": [0],
+            }
+        )
+    rows.append(
+        {
+            "class_index": 3,
+            "class_name": "three",
+            "token": "<c0003>",
+            "status": "failed",
+            "error": "out of memory",
+        }
+    )
+    write_parquet(tokens / "tokens.parquet", rows, TOKENS_SCHEMA)
+    return run
+
+
+@pytest.fixture
+def run(clean, tmp_path):
+    return shutil.copytree(clean, tmp_path / "run")
+
+
+def _rewrite_tar(path, change):
+    """Rebuild a tar, passing each (TarInfo, bytes) through change() (None drops the member)."""
+    out = []
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            item = change(m, tf.extractfile(m).read())
+            if item is not None:
+                out.append(item)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for m, data in out:
+            m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+
+
+def test_clean_run(clean):
+    r = verify_run(clean)
+    assert r.ok, r.problems
+    s = r.summary
+    assert s["shards"] == 3 and s["samples"] == 8 and s["classes"] == 3
+    assert s["per_class"] == {0: 3, 1: 3, 2: 2} and s["class_names"] == {0: "zero", 1: "one", 2: "two"}
+    assert s["tokens"] == 4 and s["token_files"] == 3
+    json.dumps(r.to_dict())
+
+
+def test_tampered_image(run):
+    def change(m, data):
+        if m.name == "c0001_s000000.jpg":
+            data = encode(2, 7)  # a valid JPEG, but not the one in the manifest
+        return m, data
+
+    _rewrite_tar(shard_path(run, 0), change)
+    r = verify_run(run)
+    assert len(r.problems) == 1 and "c0001_s000000" in r.problems[0] and "sha256" in r.problems[0]
+
+
+def test_corrupt_image_and_wrong_cls(run):
+    def change(m, data):
+        if m.name == "c0002_s000000.jpg":
+            data = data[:20] + b"\0" * (len(data) - 20)
+        if m.name == "c0000_s000000.cls":
+            data = b"2"
+        if m.name == "c0001_s000000.json":
+            data = json.dumps({**json.loads(data), "class_name": "uno"}).encode()
+        return m, data
+
+    _rewrite_tar(shard_path(run, 0), change)
+    text = "\n".join(verify_run(run).problems)
+    assert "c0002_s000000: image sha256" in text and "PIL cannot read" in text
+    assert ".cls is 2, manifest class_index 0" in text and "'uno'" in text
+
+
+def test_missing_and_extra_members(run):
+    _rewrite_tar(shard_path(run, 1), lambda m, d: None if m.name == "c0001_s000001.json" else (m, d))
+    _rewrite_tar(shard_path(run, 2), lambda m, d: None if m.name.startswith("c0000_s000002") else (m, d))
+    text = "\n".join(verify_run(run).problems)
+    assert "c0001_s000001 has files ['cls', 'jpg']" in text
+    assert "synth-000002: tar has 1 samples, manifest 2 rows" in text
+
+
+def test_missing_shard_and_orphans(run):
+    shard_path(run, 1).unlink()
+    manifest_path(run, 2).unlink()
+    (run / "shards" / ".synth-000003.tar.abcd.tmp").write_bytes(b"x")
+    text = "\n".join(verify_run(run).problems)
+    assert "synth-000001.parquet: manifest without its tar" in text
+    assert "synth-000002.tar: tar without its manifest" in text
+    assert "leftover temporary file" in text
+    assert "_info.json: filenames do not match" in text and "num_samples is 8, the shards hold 3" in text
+
+
+def test_wrong_info_counts(run):
+    path = run / "shards" / "_info.json"
+    info = json.loads(path.read_text())
+    info["splits"]["train"]["shard_lengths"][1] = 5
+    info["splits"]["train"]["num_samples"] = 10
+    path.write_text(json.dumps(info))
+    text = "\n".join(verify_run(run).problems)
+    assert "synth-000001.tar has 5 samples, it has 3" in text and "num_samples is 10" in text
+    path.unlink()
+    assert any("_info.json: missing" in p for p in verify_run(run).problems)
+
+
+def test_non_contiguous_sample(tmp_path):
+    make_run(tmp_path, shards=(2,))
+    members = []
+    with tarfile.open(shard_path(tmp_path, 0)) as tf:
+        for m in tf.getmembers():
+            members.append((m, tf.extractfile(m).read()))
+    members = [members[0], members[3], members[1], members[2], members[4], members[5]]
+    with tarfile.open(shard_path(tmp_path, 0), "w", format=tarfile.USTAR_FORMAT) as tf:
+        for m, d in members:
+            tf.addfile(m, io.BytesIO(d))
+    assert any("not contiguous" in p for p in verify_run(tmp_path).problems)
+
+
+def test_token_problems(run):
+    tokens = run / "tokens"
+    save_file(
+        {"<c0001>": torch.zeros(1, 8), "extra": torch.zeros(1, 8)}, str(tokens / "0001-one.safetensors")
+    )
+    (tokens / "0002-two.safetensors").unlink()
+    save_file({"<c0009>": torch.zeros(8)}, str(tokens / "0009-stray.safetensors"))
+    text = "\n".join(verify_run(run).problems)
+    assert "class 1 (one): 0001-one.safetensors sha256 differs" in text
+    assert "holds keys ['<c0001>', 'extra'], expected exactly ['<c0001>']" in text
+    assert "class 2 (two): token file 0002-two.safetensors is missing" in text
+    assert "0009-stray.safetensors: token file not listed" in text
+
+
+def test_manifest_token_sha_cross_check(run):
+    s = make_sample(0, 50)
+    s.meta["token_sha256"] = "0" * 64
+    write_shard(run, 0, [s])
+    text = "\n".join(verify_run(run).problems)
+    assert "class 0: samples were made with token sha256 000000000000" in text
+    assert "_info.json" in text  # the rewritten shard changed its length
+
+
+def test_not_a_run(tmp_path):
+    assert "no such folder" in verify_run(tmp_path / "nope").problems[0]
+    assert "no shards and no tokens" in verify_run(tmp_path).problems[0]
