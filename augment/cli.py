@@ -31,7 +31,7 @@ def common_options(f: Callable) -> Callable:
         click.option("--data-root", type=click.Path(), help="Folder holding the dataset's images."),
         click.option("--model", help="Diffusion backbone: embedded:<name>, a pipeline folder, or a hub id."),
         click.option("--classifier", help="Guidance classifier: embedded:<name>, timm:<arch>[@ckpt], hf:<repo-or-folder>."),
-        click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<dataset>)."),
+        click.option("--out", help="Run folder (default: runs/<dataset>)."),
         click.option("--seed", type=int, help="Run seed; every sample's seed derives from it."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute dtype (CPU always uses float32)."),
@@ -54,14 +54,7 @@ def build_config(kwargs: dict[str, Any], extra: dict[str, Any] | None = None):
 
     overrides = {k: kwargs.pop(k, None) for k in COMMON}
     overrides.update(extra or {})
-    cfg = resolve_config(kwargs.pop("config_file", None), overrides, dataset=overrides.get("dataset"))
-    if overrides.get("out") is None and not _out_from_file(cfg):
-        cfg.out = f"runs/{cfg.dataset}"
-    return cfg
-
-
-def _out_from_file(cfg) -> bool:
-    return cfg.out != "runs/digits" or cfg.dataset == "digits"
+    return resolve_config(kwargs.pop("config_file", None), overrides, dataset=overrides.get("dataset"))
 
 
 def handle_errors(f: Callable) -> Callable:
@@ -210,6 +203,146 @@ def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int
         click.echo(f"failed: {line}", err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def generate_options(f: Callable) -> Callable:
+    opts = [
+        click.option("--per-class", type=int, help="Images per class (raising it later only adds samples)."),
+        click.option("--shard-size", type=int, help="Samples per shard (default 1000)."),
+        click.option("--image-format", type=click.Choice(["jpg", "png", "webp"]), help="Encoding of the images in the shards."),
+        click.option("--batch-size", type=int, help="Images per sampler call (default: chosen per device)."),
+        click.option("--steps", type=int, help="Denoising steps."),
+        click.option("--guidance-scale", type=float, help="Classifier-free guidance scale."),
+        click.option("--min-confidence", type=float, help="Regenerate samples whose guide confidence is below this (0 = keep all)."),
+        click.option("--max-attempts", type=int, help="Seeds tried per sample under --min-confidence."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _generate_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    keys = ("per_class", "shard_size", "image_format", "batch_size", "steps", "guidance_scale", "min_confidence",
+            "max_attempts")
+    return {f"generate.{k}": kw.pop(k, None) for k in keys}
+
+
+def _print_generate(s) -> None:
+    conf = f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""
+    click.echo(f"generate: {s.samples} samples of {s.classes} classes in {s.shards} shards "
+               f"({s.written} written, {s.skipped} already done) in {s.seconds:.0f}s{conf} -> {s.out}")
+    for line in s.failed:
+        click.echo(f"failed: {line}", err=True)
+
+
+@cli.command()
+@common_options
+@generate_options
+@click.option("--baseline", is_flag=True, help="Plain prompts without the class token, same seeds (writes OUT/baseline/).")
+@click.option("--force", is_flag=True, help="Rewrite done shards / write into a folder made with other settings.")
+@handle_errors
+def generate(baseline: bool, force: bool, **kwargs) -> None:
+    """Generate --per-class images per class into WebDataset shards + Parquet manifests (resumable)."""
+    from augment.generate.runner import run_generate
+
+    cfg = build_config(kwargs, _generate_overrides(kwargs))
+    s = run_generate(cfg, baseline=baseline, force=force)
+    _print_generate(s)
+    if s.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@common_options
+@generate_options
+@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
+@click.option("--baseline/--no-baseline", "with_baseline", default=None,
+              help="Also generate the plain-prompt arm with the same seeds (OUT/baseline/).")
+@click.option("--force", is_flag=True, help="Retrain / regenerate what exists.")
+@handle_errors
+def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwargs) -> None:
+    """Run the whole job: tokens, then generate (and the baseline arm), then verify.
+
+    With no arguments it runs the embedded default end to end: digits, 10 classes x 100 images.
+    """
+    import time
+
+    from augment.generate.runner import run_generate
+    from augment.io.verify import verify_run
+    from augment.tokens.runner import run_tokens
+
+    start = time.perf_counter()
+    gs: int | str | None = None
+    if grad_steps is not None:
+        gs = "all" if grad_steps == "all" else _int_or_error(grad_steps, "--grad-steps")
+    extra = _generate_overrides(kwargs) | {"tokens.grad_steps": gs}
+    cfg = build_config(kwargs, extra)
+    t = run_tokens(cfg, force=force)
+    click.echo(f"tokens: {t.trained} trained, {t.skipped} already done, {len(t.failed)} failed in {t.seconds:.0f}s")
+    for line in t.failed:
+        click.echo(f"failed: {line}", err=True)
+    if t.failed:
+        click.echo("some tokens failed; fix and re-run (done classes are kept)", err=True)
+        sys.exit(1)
+    s = run_generate(cfg, force=force)
+    _print_generate(s)
+    baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
+    if baseline:
+        _print_generate(run_generate(cfg, baseline=True, force=force))
+    report = verify_run(s.out)
+    out = Path(cfg.out)
+    click.echo("")
+    click.echo(f"done in {time.perf_counter() - start:.0f}s: {s.classes} classes, {s.samples} samples, {s.shards} shards"
+               + (f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""))
+    click.echo(f"  tokens:    {out / 'tokens'}  (pipe.load_textual_inversion)")
+    click.echo(f"  shards:    {out / 'shards'}  (+ _info.json for timm wds/)")
+    click.echo(f"  manifests: {out / 'manifests'}")
+    click.echo(f"  verify:    {'ok' if report.ok else f'{len(report.problems)} problems (augment verify {out})'}")
+    click.echo(f"  read it:   python -c \"import webdataset as wds; ds = wds.WebDataset('{out}/shards/synth-{{000000..{s.shards - 1:06d}}}.tar', "
+               f"shardshuffle=False).decode('pil').to_tuple('{cfg.generate.image_format}', 'cls'); print(next(iter(ds)))\"")
+    if s.failed or not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster; hashes are still checked).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify(out: str, no_decode: bool, as_json: bool) -> None:
+    """Check shards against manifests, _info.json and tokens; exit 1 naming any mismatch."""
+    from augment.io.verify import verify_run
+
+    failed = False
+    arms = [Path(out)] + ([Path(out) / "baseline"] if (Path(out) / "baseline" / "manifests").exists() else [])
+    for arm in arms:
+        report = verify_run(arm, decode_images=not no_decode)
+        if as_json:
+            click.echo(json.dumps({"arm": str(arm), **report.to_dict()}, indent=2, default=str))
+        else:
+            summ = report.summary
+            click.echo(f"{arm}: {summ.get('shards', 0)} shards, {summ.get('samples', 0)} samples, "
+                       f"{summ.get('classes', 0)} classes: {'ok' if report.ok else 'PROBLEMS'}")
+            for p in report.problems:
+                click.echo(f"  problem: {p}", err=True)
+        failed |= not report.ok
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class on the sheet.")
+@click.option("--max-classes", type=int, default=None, help="At most this many classes (default: all).")
+@handle_errors
+def show(out: str, per_class: int, max_classes: int | None) -> None:
+    """Write contact sheets (token vs baseline images of the same seeds) and eval figures to OUT/report/."""
+    from augment.report.contact import write_contact_sheets, write_eval_figures
+
+    paths = write_contact_sheets(Path(out), per_class=per_class, max_classes=max_classes)
+    paths += write_eval_figures(Path(out)) or []
+    for p in paths:
+        click.echo(str(p))
 
 
 def _int_or_error(value: str, flag: str) -> int:

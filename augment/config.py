@@ -85,9 +85,9 @@ class Config:
     data_root: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. inat: {class_list: FILE}
     model: str = "embedded:tiny-digits"
-    classifier: str = "embedded:digits-guide"
+    classifier: str | None = "embedded:digits-guide"
     judge: str | None = "embedded:digits-judge"
-    out: str = "runs/digits"
+    out: str | None = None  # None: runs/<dataset>
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -168,6 +168,8 @@ def resolve_config(
         node[parts[-1]] = value
     _merge(cfg, nested, "command-line options")
     cfg.dataset = ds
+    if not cfg.out:
+        cfg.out = f"runs/{ds}"
     validate(cfg)
     return cfg
 

@@ -73,9 +73,13 @@ def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_
     dataset = load_dataset(cfg)
     names = dataset.class_names
     classes = select_classes(cfg.classes, len(names))
-    root = RunDir(check_writable(cfg.out))
+    from augment.models.backbone import resolve_backbone_path
+    from augment.models.classifier import check_classes, load_classifier
+
+    resolve_backbone_path(cfg.model)  # every check that needs no run folder comes before creating it
+    check_classes(load_classifier(cfg.classifier), names)
+    root = RunDir(cfg.out)
     out = arm_dir(cfg.out, baseline)
-    out.mkdir(parents=True, exist_ok=True)
     token_files: dict[int, str] = {}
     token_sha: dict[int, str] = {}
     if not baseline:
@@ -96,11 +100,8 @@ def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_
     extra = {"class_names": names, "baseline": baseline}
     if stage_ran(out, "generate"):
         check_compatible(out, cfg_dict, COMPAT_KEYS, force, extra=extra)
-    from augment.models.backbone import resolve_backbone_path
-    from augment.models.classifier import check_classes, load_classifier
-
-    resolve_backbone_path(cfg.model)
-    check_classes(load_classifier(cfg.classifier), names)
+    check_writable(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     write_run_json(out, cfg_dict, "generate", extra=extra)
     cleanup_partial(out)
     units = plan_shards(classes, g.per_class, g.shard_size)

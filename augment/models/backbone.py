@@ -51,7 +51,7 @@ def resolve_backbone_path(spec: str) -> str:
             raise AugmentError(f"unknown embedded model {spec!r}; known: {known}")
         return str(path)
     if spec.startswith("hf:"):
-        return spec[3:]
+        return cached_hub_snapshot(spec[3:])
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "model_index.json").exists():
@@ -61,11 +61,27 @@ def resolve_backbone_path(spec: str) -> str:
             )
         return str(path)
     if HUB_ID.match(spec):
-        return spec
+        return cached_hub_snapshot(spec)
     raise AugmentError(
         f"cannot read model spec {spec!r}: use embedded:<name>, a local pipeline folder, or a hub id like "
         "stabilityai/stable-diffusion-2-1-base"
     )
+
+
+def cached_hub_snapshot(repo_id: str) -> str:
+    """The local folder of a hub model from the Hugging Face cache; never touches the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        # The cache location is read at call time so HF_HUB_CACHE set after import is honoured.
+        return snapshot_download(repo_id, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE"))
+    except Exception:  # noqa: BLE001 - any miss (not cached, bad id) is the same user problem
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise AugmentError(
+            f"model {repo_id!r} is not in the local Hugging Face cache{' (HF_HUB_OFFLINE is set)' if offline else ''}; "
+            f"download it on a connected machine with `hf download {repo_id}` and copy the cache "
+            "(~/.cache/huggingface), or pass --model /path/to/pipeline-folder"
+        ) from None
 
 
 def load_backbone(

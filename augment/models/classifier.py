@@ -142,7 +142,7 @@ def _timm_names(model: nn.Module, num_classes: int) -> list[str] | None:
 def _load_timm(arch: str, ckpt: Path | None, spec: str) -> Classifier:
     import timm
 
-    if arch not in timm.list_models():
+    if not timm.is_model(arch.split(".", 1)[0]):
         raise AugmentError(f"unknown timm architecture {arch!r} in {spec!r}; see timm.list_models()")
     side = _sidecar(ckpt) if ckpt else {}
     kwargs = dict(side.get("kwargs", {}))
@@ -212,6 +212,11 @@ def _load_hf(where: str, spec: str) -> Classifier:
 
 def load_classifier(spec: str, device: str | torch.device = "cpu") -> Classifier:
     """The classifier for ``spec``, frozen (no grads on its weights), in float32 on ``device``."""
+    if not spec:
+        raise AugmentError(
+            "no classifier given: pass --classifier timm:<arch>@<checkpoint>, hf:<folder> or embedded:<name> "
+            "(a classifier trained on this dataset's classes)"
+        )
     if spec.startswith("embedded:"):
         name = spec.split(":", 1)[1]
         ckpt = embedded_dir() / f"{name}.safetensors"

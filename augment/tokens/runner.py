@@ -93,12 +93,12 @@ def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True) -> 
     dataset = load_dataset(cfg)
     names = dataset.class_names
     classes = select_classes(cfg.classes, len(names))
-    out = check_writable(cfg.out)
-    run = RunDir(out)
+    preflight(cfg, names)  # every check that needs no run folder comes before creating it
     cfg_dict = cfg.to_dict()
+    run = RunDir(cfg.out)
     if stage_ran(run, "tokens"):
         check_compatible(run, cfg_dict, COMPAT_KEYS, force, extra={"class_names": names})
-    preflight(cfg, names)
+    check_writable(cfg.out)
     write_run_json(run, cfg_dict, "tokens", extra={"class_names": names})
     Path(run.tokens).mkdir(parents=True, exist_ok=True)
     rows = _read_rows(Path(run.tokens_parquet))

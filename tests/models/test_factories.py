@@ -129,3 +129,16 @@ def test_embedded_backbone_spec_resolves_when_shipped():
     assert native_resolution(pipe) == 32
 
 
+
+
+def test_backbone_hub_id_resolves_from_local_cache(micro_pipeline_dir, tmp_path, monkeypatch):
+    import shutil
+
+    repo = tmp_path / "hub" / "models--someone--micro-sd"
+    shutil.copytree(micro_pipeline_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    pipe = load_backbone("someone/micro-sd")
+    assert native_resolution(pipe) == 32
+    assert load_backbone("hf:someone/micro-sd").augment_spec == "hf:someone/micro-sd"

@@ -1,0 +1,81 @@
+"""The CLI: working inspection commands, and every bad input -> one line on stderr, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import os
+
+
+import pytest
+from click.testing import CliRunner
+
+from augment.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_version_and_help():
+    assert run("--version").output.strip().startswith("augment, version")
+    out = run("--help").output
+    for cmd in ("build", "tokens", "generate", "verify", "show", "datasets", "models"):
+        assert cmd in out
+
+
+def test_datasets_show_digits():
+    r = run("datasets", "show", "digits")
+    assert r.exit_code == 0
+    assert "classes: 10" in r.output and "train=1347, test=450" in r.output
+
+
+def test_datasets_list_and_models_list():
+    assert "cub" in run("datasets", "list").output
+    out = run("models", "list").output
+    assert "timm:<arch>" in out and "embedded" in out
+
+
+def test_datasets_show_fake_cub(fake_cub):
+    r = run("datasets", "show", "cub", "--data-root", str(fake_cub))
+    assert r.exit_code == 0 and "classes: 3" in r.output and "black footed albatross" in r.output
+
+
+def _assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert fragment in lines[0], lines[0]
+
+
+def invoke_err(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["datasets", "show", "nosuch"], "unknown dataset"),
+        (["datasets", "show", "cub", "--data-root", "/nonexistent/cub"], "/nonexistent/cub"),
+        (["tokens", "--model", "not a spec!"], "cannot read model spec"),
+        (["tokens", "--model", "someone/not-cached", "--out", "{tmp}/o"], "not in the local Hugging Face cache"),
+        (["tokens", "--model", "{pipe}", "--classifier", "resnet18"], "cannot read classifier spec"),
+        (["tokens", "--model", "{pipe}", "--classifier", "timm:test_resnet@/nonexistent.safetensors"], "does not exist"),
+        (["tokens", "--model", "{pipe}", "--classifier", "{clf}"], "3 outputs but the dataset has 10 classes"),
+        (["tokens", "--config", "{tmp}/bad.yaml"], "unknown config key"),
+        (["tokens", "--model", "{pipe}", "--classifier", "{clf}", "--dataset", "cub", "--out", "{tmp}/file.txt"], "file.txt"),
+        (["tokens", "--classes", "12"], "out of range"),
+        (["generate", "--per-class", "0"], "per-class must be at least 1"),
+        (["models", "show", "embedded:nope"], "no embedded model"),
+    ],
+)
+def test_bad_input_one_line_exit_2(args, fragment, tmp_path, micro_classifier_path, micro_pipeline_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    (tmp_path / "bad.yaml").write_text("tokens:\n  lrr: 1\n")
+    (tmp_path / "file.txt").write_text("x")
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{clf}", f"timm:test_resnet@{micro_classifier_path}")
+            .replace("{pipe}", str(micro_pipeline_dir)) for a in args]
+    before = sorted(os.listdir(tmp_path))
+    _assert_one_line_error(invoke_err(*args), fragment)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written (no runs/ folder either)
+
+
