@@ -50,7 +50,7 @@ def add_token(pipe, token: str, init_id: int, reuse: bool = False) -> int:
         )
     tokenizer.add_tokens([token])
     token_id = tokenizer.convert_tokens_to_ids(token)
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     emb = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         emb[token_id] = emb[init_id]
