@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,12 +33,20 @@ def _hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
 
-@pytest.fixture()
-def trained(tmp_path, micro_pipeline_dir, micro_classifier_path):
-    cfg = micro_config(tmp_path / "run", micro_pipeline_dir, micro_classifier_path)
+@pytest.fixture(scope="module")
+def trained_template(tmp_path_factory, micro_pipeline_dir, micro_classifier_path):
+    cfg = micro_config(tmp_path_factory.mktemp("tokens") / "run", micro_pipeline_dir, micro_classifier_path)
     summary = run_tokens(cfg, show_progress=False)
     assert summary.trained == 3 and not summary.failed
     return cfg
+
+
+@pytest.fixture()
+def trained(trained_template, tmp_path):
+    """A fresh copy of a run folder whose tokens are trained (training once per module)."""
+    shutil.copytree(trained_template.out, tmp_path / "run")
+    return dataclasses.replace(trained_template, out=str(tmp_path / "run"),
+                               generate=dataclasses.replace(trained_template.generate))
 
 
 def test_generate_resume_and_growth(trained, tmp_path):
@@ -101,3 +112,27 @@ def test_bad_per_class_and_changed_run(trained):
     trained.generate.prompts = ["another {token} {name}"]
     with pytest.raises(AugmentError, match="different setup"):
         run_generate(trained, show_progress=False)
+
+
+def test_disk_full_mid_shard_leaves_no_half_shard_and_resumes(trained, monkeypatch):
+    import augment.io.shards as shards
+
+    real = shards.write_parquet
+    calls = {"n": 0}
+
+    def full_disk(path, rows, schema):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, rows, schema)
+
+    monkeypatch.setattr(shards, "write_parquet", full_disk)
+    with pytest.raises(AugmentError, match="No space left on device.*re-run"):
+        run_generate(trained, show_progress=False)
+    out = Path(trained.out)
+    assert (out / "manifests" / "synth-000000.parquet").exists()
+    assert not (out / "manifests" / "synth-000001.parquet").exists()
+    monkeypatch.setattr(shards, "write_parquet", real)
+    s = run_generate(trained, show_progress=False)
+    assert s.written == 2 and s.skipped == 1
+    assert verify_run(out).ok
