@@ -354,6 +354,18 @@ def _int_or_error(value: str, flag: str) -> int:
         raise AugmentError(f"{flag} {value!r} is not an integer or 'all'") from None
 
 
+def _register_downstream() -> None:
+    """train / eval / benchmark live in cli_downstream.py (they import this module's helpers)."""
+    from augment.cli_downstream import benchmark, eval_cmd, train
+
+    cli.add_command(train)
+    cli.add_command(eval_cmd, "eval")
+    cli.add_command(benchmark)
+
+
+_register_downstream()
+
+
 def main() -> None:
     cli(prog_name="augment")
 
