@@ -93,26 +93,32 @@ def run_units(
     _run_ray(factory, units, spec, on_result, on_error)
 
 
+def plan_actors(resources: dict[str, float], workers: int, n_units: int, device: str,
+                cpus: int) -> tuple[int, dict[str, float], int]:
+    """How many actors, with which Ray resource requests, and how many torch threads each.
+
+    GPUs present (and not ``--device cpu``): one actor per GPU, ``num_gpus=1`` each (Ray sets
+    CUDA_VISIBLE_DEVICES), never more actors than units. No GPU: ``workers`` CPU actors sharing the
+    cores; an actor asking for a GPU on a CPU-only cluster would stay pending forever.
+    """
+    gpus = int(resources.get("GPU", 0))
+    total = int(resources.get("CPU", cpus)) or 1
+    if device != "cpu" and gpus > 0:
+        n_actors = max(1, min(gpus, n_units))
+        return n_actors, {"num_gpus": 1, "num_cpus": 1}, max(1, total // n_actors)
+    n_actors = max(1, min(workers, n_units))
+    per = max(1, total // n_actors)
+    # Ask for a fraction so actors still start when the driver holds part of a core.
+    return n_actors, {"num_cpus": min(per, max(0.5, total / n_actors - 0.01))}, per
+
+
 def _run_ray(factory, units, spec, on_result, on_error) -> None:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     cpus = os.cpu_count() or 1
     _ray_init(spec.address, None if spec.address or os.environ.get("RAY_ADDRESS") else cpus)
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    want_gpu = spec.device != "cpu" and gpus > 0
-    if want_gpu:
-        n_actors = min(gpus, len(units)) if spec.workers <= 0 else min(gpus, max(spec.workers, gpus), len(units))
-        options = {"num_gpus": 1, "num_cpus": 1}
-        threads = max(1, int(resources.get("CPU", cpus)) // max(1, n_actors))
-    else:
-        total = int(resources.get("CPU", cpus))
-        n_actors = max(1, min(spec.workers, len(units)))
-        per = max(1, total // n_actors)
-        # Ask for a fraction so actors start even when the driver holds a core.
-        options = {"num_cpus": min(per, max(0.5, total / n_actors - 0.01))}
-        threads = per
+    n_actors, options, threads = plan_actors(ray.cluster_resources(), spec.workers, len(units), spec.device, cpus)
     Actor = _actor_class()
     actors = [Actor.options(**options).remote(factory, threads) for _ in range(n_actors)]
     queue = list(enumerate(units))
