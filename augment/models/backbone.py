@@ -103,7 +103,7 @@ def load_backbone(
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             where,
-            torch_dtype=torch_dtype,
+            dtype=torch_dtype,
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
