@@ -305,6 +305,34 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
 
 
 @cli.command()
+@common_options
+@click.option("--k", type=int, help="Real images per class the embedding is learned from.")
+@click.option("--target", type=int, help="Counterfactual edits towards this class index (default: each class itself).")
+@click.option("--strength", type=float, help="Editing: fraction of the schedule the real image is noised to.")
+@click.option("--edits-per-image", type=int, help="Edited variations written per real image.")
+@click.option("--edit-guidance", type=float, help="Guidance scale of the edit (negative reverses it).")
+@click.option("--max-steps", type=int, help="Optimisation steps per embedding.")
+@click.option("--force", is_flag=True, help="Redo classes that are done / write into a folder made with other settings.")
+@handle_errors
+def caso(force: bool, **kwargs) -> None:
+    """CASO: learn a semantic embedding per class from k real images and write edits (OUT/caso/)."""
+    from augment.generate.caso_runner import run_caso
+
+    keys = {"k": "k", "target": "target", "strength": "strength", "edits_per_image": "edits_per_image",
+            "edit_guidance": "edit_guidance", "max_steps": "max_steps"}
+    cfg = build_config(kwargs, {f"caso.{v}": kwargs.pop(k, None) for k, v in keys.items()})
+    s = run_caso(cfg, force=force)
+    click.echo(f"caso: {s.done} classes done, {s.skipped} already done, {len(s.failed)} failed in {s.seconds:.0f}s -> {s.out}")
+    for r in s.rows:
+        click.echo(f"  class {r['class']} -> {r['target']}: guide accuracy of one-step edits "
+                   f"{r['init_accuracy']:.2f} -> {r['final_accuracy']:.2f} ({r['seconds']:.0f}s)")
+    for line in s.failed:
+        click.echo(f"failed: {line}", err=True)
+    if s.failed:
+        sys.exit(1)
+
+
+@cli.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster; hashes are still checked).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -80,6 +80,28 @@ class TrainConfig:
 
 
 @dataclass
+class CasoConfig:
+    """Classifier-guided semantic embeddings learned from a few real images (CASO, IJCAI 2025)."""
+
+    k: int = 5  # real images per class the embedding is learned from
+    split: str = "train"
+    n_vectors: int = 2  # embedding vectors injected in place of the first tokens of an empty prompt
+    init_token: str = "a"
+    t0: float = 0.5  # noise level (fraction of the diffusion timesteps) the reals are noised to
+    lr: float = 0.01
+    max_steps: int = 40
+    batch_size: int = 4
+    recon_weight: float = 1.0  # latent reconstruction loss weight (keeps the edit close to the real image)
+    guidance_scale: float = 3.0
+    target: int | None = None  # None: class-preserving variations; an index: counterfactual edits to that class
+    strength: float = 0.5  # editing: fraction of the schedule the real image is noised to
+    edit_steps: int = 30
+    edit_guidance: float = 3.0  # negative values reverse the edit
+    edits_per_image: int = 4
+    image_format: str = "png"
+
+
+@dataclass
 class Config:
     dataset: str = "digits"
     data_root: str | None = None
@@ -99,6 +121,7 @@ class Config:
     tokens: TokenConfig = field(default_factory=TokenConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    caso: CasoConfig = field(default_factory=CasoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,7 +14,7 @@ anything. What it checks:
 * keys are unique across shards and each class index has one class name;
 * ``shards/_info.json`` lists exactly the complete shards with their true lengths and total;
 * ``tokens/*.safetensors`` against ``tokens/tokens.parquet``: each ``ok`` row's file exists, has
-  the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [1, D];
+  the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [n, D] (n > 1: a multi-vector CASO embedding);
   no unlisted token files; manifests' ``token_sha256`` agree with the tokens table.
 
 The CLI maps the report to an exit code.
@@ -352,8 +352,8 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -
             continue
         if keys != [token]:
             problems.append(f"{where}: {fname} holds keys {keys}, expected exactly [{token!r}]")
-        elif shape is not None and not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)):
-            problems.append(f"{where}: {fname} tensor has shape {list(shape)}, expected [D] or [1, D]")
+        elif shape is not None and not (len(shape) == 1 or (len(shape) == 2 and shape[0] >= 1)):
+            problems.append(f"{where}: {fname} tensor has shape {list(shape)}, expected [D] or [n, D]")
     for name in files:
         if name not in listed:
             problems.append(f"{folder / name}: token file not listed in tokens.parquet")

@@ -30,15 +30,17 @@ def sample_latents(
     guidance_scale: float,
     grad_steps: int | str = 0,
     checkpointing: bool = True,
+    start: int = 0,
 ) -> torch.Tensor:
     """Denoise ``latents`` (already scaled by the scheduler's init sigma) under text embeddings.
 
     ``grad_steps`` = 0 runs without gradient; otherwise the last ``grad_steps`` steps keep the
-    autograd graph (``cond`` must require grad for anything to flow).
+    autograd graph (``cond`` must require grad for anything to flow). ``start`` skips the first
+    steps of the schedule (editing a real image noised to ``scheduler.timesteps[start]``).
     """
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps, device=latents.device)
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps[start:]
     n = len(timesteps)
     k = n if grad_steps == "all" else min(int(grad_steps), n)
     device, dtype = latents.device, pipe.unet.dtype
@@ -68,3 +70,23 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     with autocast(latents.device, vae.dtype):
         images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
     return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def encode_images(pipe, images01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> scaled latents (the VAE posterior mean: deterministic)."""
+    vae = pipe.vae
+    with torch.no_grad(), autocast(images01.device, vae.dtype):
+        z = vae.encode((images01 * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    return z.float() * vae.config.scaling_factor
+
+
+def predict_x0(pipe, latents_t: torch.Tensor, model_out: torch.Tensor, t: int) -> torch.Tensor:
+    """One-step estimate of the clean latent from the model output at timestep ``t``."""
+    alpha = pipe.scheduler.alphas_cumprod.to(latents_t.device)[t].float()
+    a, s = alpha.sqrt(), (1 - alpha).sqrt()
+    kind = pipe.scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (latents_t - s * model_out) / a
+    if kind == "v_prediction":
+        return a * latents_t - s * model_out
+    return model_out  # "sample"

@@ -61,7 +61,10 @@ def save_token(path: Path, token: str, embedding: torch.Tensor) -> str:
     """Write one token file atomically; returns its sha256."""
     from safetensors.torch import save
 
-    data = save({token: embedding.detach().float().reshape(1, -1).contiguous().cpu()})
+    # [D] or [1, D]: one vector; [n, D]: a multi-vector embedding (diffusers adds token_1 ... token_{n-1}).
+    vec = embedding.detach().float()
+    vec = vec.reshape(1, -1) if vec.dim() == 1 else vec.reshape(-1, vec.shape[-1])
+    data = save({token: vec.contiguous().cpu()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
