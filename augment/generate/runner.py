@@ -26,7 +26,7 @@ from augment.io.shards import cleanup_partial, done_shards, manifest_path, sampl
 from augment.runs import load_dataset, select_classes
 from augment.tokens.runner import token_file
 
-COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
+COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
                "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",
                "generate.shard_size", "generate.image_format", "generate.min_confidence",
                "generate.max_attempts", "generate.batch_size", "baseline"]
@@ -73,10 +73,11 @@ def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_
     dataset = load_dataset(cfg)
     names = dataset.class_names
     classes = select_classes(cfg.classes, len(names))
-    from augment.models.backbone import resolve_backbone_path
+    from augment.models.backbone import model_fingerprint, resolve_backbone_path
     from augment.models.classifier import check_classes, load_classifier
 
     resolve_backbone_path(cfg.model)  # every check that needs no run folder comes before creating it
+    fingerprint = model_fingerprint(cfg.model)
     check_classes(load_classifier(cfg.classifier), names)
     root = RunDir(cfg.out)
     out = arm_dir(cfg.out, baseline)
@@ -97,7 +98,7 @@ def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_
             token_files[c] = str(path)
             token_sha[c] = hashlib.sha256(path.read_bytes()).hexdigest()
     cfg_dict = cfg.to_dict()
-    extra = {"class_names": names, "baseline": baseline}
+    extra = {"class_names": names, "baseline": baseline, "model_fingerprint": fingerprint}
     if stage_ran(out, "generate"):
         check_compatible(out, cfg_dict, COMPAT_KEYS, force, extra=extra)
     check_writable(cfg.out)

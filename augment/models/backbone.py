@@ -134,6 +134,31 @@ def load_backbone(
     return pipe
 
 
+def model_fingerprint(spec: str) -> str:
+    """A cheap identity of the weights behind ``spec``: configs + weight file sizes + their first MiB.
+
+    Stored in run.json so a folder made with other weights under the same name (a rebuilt embedded
+    model, a re-downloaded snapshot) is refused instead of mixing tokens of two models. Hashing whole
+    Stable Diffusion checkpoints (GBs) would cost seconds per stage; this costs milliseconds.
+    """
+    import hashlib
+
+    root = Path(resolve_backbone_path(spec))
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or path.name == "card.json":
+            continue
+        rel = path.relative_to(root).as_posix()
+        h.update(rel.encode())
+        if path.suffix in (".json", ".txt"):
+            h.update(path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin", ".ckpt", ".pt"):
+            h.update(str(path.stat().st_size).encode())
+            with open(path, "rb") as f:
+                h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
 def set_scheduler(pipe, name: str):
     import diffusers
 

@@ -22,11 +22,12 @@ from augment.distributed import PoolSpec, run_units
 from augment.errors import AugmentError
 from augment.io.manifest import TOKENS_SCHEMA, write_parquet
 from augment.io.rundir import RunDir, check_compatible, check_writable, stage_ran, write_run_json
+from augment.models.backbone import model_fingerprint
 from augment.runs import load_dataset, select_classes
 from augment.tokens.textual_inversion import save_token, token_string
 
 # Settings that make a token different: a folder with other values belongs to another run.
-COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
+COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
                "tokens.lr", "tokens.steps", "tokens.guidance_scale", "tokens.batch_size", "resolution"]
 
 
@@ -94,12 +95,13 @@ def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True) -> 
     names = dataset.class_names
     classes = select_classes(cfg.classes, len(names))
     preflight(cfg, names)  # every check that needs no run folder comes before creating it
+    fingerprint = model_fingerprint(cfg.model)
     cfg_dict = cfg.to_dict()
     run = RunDir(cfg.out)
     if stage_ran(run, "tokens"):
-        check_compatible(run, cfg_dict, COMPAT_KEYS, force, extra={"class_names": names})
+        check_compatible(run, cfg_dict, COMPAT_KEYS, force, extra={"class_names": names, "model_fingerprint": fingerprint})
     check_writable(cfg.out)
-    write_run_json(run, cfg_dict, "tokens", extra={"class_names": names})
+    write_run_json(run, cfg_dict, "tokens", extra={"class_names": names, "model_fingerprint": fingerprint})
     Path(run.tokens).mkdir(parents=True, exist_ok=True)
     rows = _read_rows(Path(run.tokens_parquet))
     todo = [c for c in classes if force or not token_file(run, c, names[c]).exists()]
@@ -142,6 +144,6 @@ def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True) -> 
                   on_result, on_error)
     finally:
         bar.close()
-    write_run_json(run, cfg_dict, "tokens", extra={"class_names": names})
+    write_run_json(run, cfg_dict, "tokens", extra={"class_names": names, "model_fingerprint": fingerprint})
     return TokensSummary(len(todo) - len(failed), skipped, failed, [rows[k] for k in sorted(rows)],
                          time.perf_counter() - start)

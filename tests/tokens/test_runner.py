@@ -79,3 +79,19 @@ def test_failed_class_recorded_and_others_carry_on(tmp_path, micro_pipeline_dir,
     rows = {r["class_name"]: r for r in pq.read_table(tmp_path / "run" / "tokens" / "tokens.parquet").to_pylist()}
     assert rows["dog"]["status"] == "failed" and "nan" in rows["dog"]["error"].lower()
     assert not token_file(RunDir(tmp_path / "run"), 1, "dog").exists()
+
+
+def test_retrained_model_under_the_same_name_is_refused(tmp_path, micro_pipeline_dir, micro_classifier_path):
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(micro_pipeline_dir, pipe)
+    cfg = _cfg(tmp_path / "run", pipe, micro_classifier_path)
+    cfg.classes = "0"
+    run_tokens(cfg, show_progress=False)
+    weights = pipe / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[min(len(data) - 1, 100_000)] ^= 0xFF  # same size and name, other weights (in the hashed first MiB)
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AugmentError, match="model_fingerprint"):
+        run_tokens(cfg, show_progress=False)
