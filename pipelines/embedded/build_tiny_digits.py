@@ -33,14 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = build_embedded(args.out, budget=args.budget, seed=args.seed)
     card = summary["card"]
     ev = card["evaluation"]
-    print(json.dumps({
-        "out_dir": summary["out_dir"],
-        "wall_time_s": summary["wall_time_s"],
-        "classifiers_test_accuracy": card["classifiers_test_accuracy"],
-        "generated_mean_accuracy": {k: v["mean_accuracy"] for k, v in ev.items() if k.startswith("by_")},
-        "generated_per_class_by_judge": ev["by_judge"]["per_class_accuracy"],
-        "sizes": summary["sizes"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "out_dir": summary["out_dir"],
+                "wall_time_s": summary["wall_time_s"],
+                "classifiers_test_accuracy": card["classifiers_test_accuracy"],
+                "generated_mean_accuracy": {
+                    k: v["mean_accuracy"] for k, v in ev.items() if k.startswith("by_")
+                },
+                "generated_per_class_by_judge": ev["by_judge"]["per_class_accuracy"],
+                "sizes": summary["sizes"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
