@@ -120,15 +120,27 @@ def test_hf_classifier_from_local_folder(tmp_path):
     assert x.grad is not None and clf(x).shape == (3, 2)
 
 
-def test_embedded_backbone_spec_resolves_when_shipped():
-    from augment.models.backbone import list_embedded_backbones
-
-    if "tiny-digits" not in list_embedded_backbones():
-        pytest.skip("embedded model not built yet")
+def test_embedded_backbone_spec_resolves():
     pipe = load_backbone("embedded:tiny-digits")
     assert native_resolution(pipe) == 32
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
 
 
+@pytest.mark.parametrize("name", ["digits-guide", "digits-judge"])
+def test_embedded_classifiers_through_the_factory(name):
+    import numpy as np
+
+    from augment.datasets.digits import DigitsDataset
+
+    clf = load_classifier(f"embedded:{name}")
+    ds = DigitsDataset()
+    samples = ds.samples("test")
+    x = torch.stack([torch.from_numpy(np.asarray(ds.load_image(s))).permute(2, 0, 1) for s in samples]).float() / 255
+    y = torch.tensor([s.label for s in samples])
+    with torch.no_grad():
+        acc = (clf(x).argmax(1) == y).float().mean().item()
+    assert clf.class_names == ds.class_names
+    assert acc >= 0.95, acc
 
 
 def test_backbone_hub_id_resolves_from_local_cache(micro_pipeline_dir, tmp_path, monkeypatch):
