@@ -47,7 +47,7 @@ def _ray_init(address: str | None, num_cpus: int | None) -> None:
         # Connecting: resources belong to the cluster, passing num_cpus would raise.
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=True)
 
 
