@@ -1,0 +1,288 @@
+"""Train a timm classifier on a :class:`~augment.downstream.mixing.MixedDataset`, evaluating on a
+real split every epoch.
+
+timm builds the model (``create_model``), the optimizer (``create_optimizer_v2``) and the
+schedule (``create_scheduler_v2``, stepped per update); augmentation is a batched random
+shift/rotation/scale/flip (:class:`~augment.downstream.transforms.BatchAugment`). Synthetic samples carry a
+loss weight, so the loss is ``mean(cross_entropy * weight)`` over the batch (a weight of 0.5 halves
+a synthetic image's pull, whatever the batch holds).
+
+An "epoch" is ``samples_per_epoch`` draws (default: the mixed set's size, at least
+:data:`MIN_SAMPLES_PER_EPOCH`), so 30 real images (k=3) get as many updates as 1030 mixed ones
+and arms are compared at equal compute. The best epoch (by real top-1) is saved as
+``best.safetensors`` + ``best.json`` (the sidecar :func:`augment.models.classifier.load_classifier`
+reads: ``timm:<arch>@OUT/best.safetensors``); ``metrics.json`` reports both the final and the
+best epoch, because picking the best epoch on the test split is optimistic.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from augment.config import TrainConfig
+from augment.downstream.metrics import classification_metrics, json_safe, predict_logits
+from augment.downstream.mixing import DEFAULT_MEAN, DEFAULT_STD, MixedDataset, mixed_loader
+from augment.downstream.transforms import BatchAugment, normalize
+from augment.errors import AugmentError
+from augment.io.atomic import atomic_path, atomic_write_json
+
+__all__ = ["MIN_SAMPLES_PER_EPOCH", "TrainResult", "TrainSettings", "create_classifier", "train_classifier"]
+
+MIN_SAMPLES_PER_EPOCH = 1000
+
+
+@dataclass
+class TrainSettings:
+    """Everything one training run needs; ``from_config`` fills it from ``cfg.train``."""
+
+    arch: str = "resnet18"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    opt: str = "adamw"
+    sched: str = "cosine"
+    warmup_epochs: int = 0
+    input_size: int = 32
+    samples_per_epoch: int | None = None
+    hflip: float = 0.0
+    pad: int = 2
+    degrees: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    label_smoothing: float = 0.0
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 500
+    eval_every: int = 1  # test every N epochs (0: only after the last one); the best epoch is among these
+
+    @classmethod
+    def from_config(cls, tc: TrainConfig, **overrides: Any) -> TrainSettings:
+        base = {f.name: getattr(tc, f.name) for f in dataclasses.fields(tc) if f.name in {g.name for g in dataclasses.fields(cls)}}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls(**base)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise AugmentError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise AugmentError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.input_size < 8:
+            raise AugmentError(f"input size must be at least 8 pixels, got {self.input_size}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise AugmentError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
+        if self.eval_every < 0:
+            raise AugmentError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise AugmentError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scale"] = list(self.scale)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    metrics: dict[str, Any]
+    final_top1: float
+    best_top1: float
+    best_epoch: int
+    seconds: float
+
+
+def _check_arch(arch: str) -> None:
+    import timm
+
+    if arch not in timm.list_models():
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
+        raise AugmentError(f"unknown timm architecture {arch!r}" + (f" (similar: {', '.join(close)})" if close else "")
+                           + "; see timm.list_models()")
+
+
+def create_classifier(settings: TrainSettings, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A fresh timm model for ``num_classes``, initialised from ``settings.checkpoint`` when given
+    (a state dict; head weights whose shape does not fit are left freshly initialised). Returns the
+    model and a note of what was loaded."""
+    import timm
+
+    _check_arch(settings.arch)
+    try:
+        model = timm.create_model(settings.arch, pretrained=False, num_classes=num_classes, **settings.arch_kwargs)
+    except TypeError as e:
+        raise AugmentError(f"timm:{settings.arch} does not take these arch kwargs {settings.arch_kwargs}: {e}") from None
+    note: dict[str, Any] = {"checkpoint": None}
+    if settings.checkpoint:
+        from augment.models.classifier import _load_state_dict
+
+        sd = _load_state_dict(Path(settings.checkpoint).expanduser())
+        own = model.state_dict()
+        reset = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+        sd = {k: v for k, v in sd.items() if k not in reset}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        head = set(reset)
+        missing = [k for k in missing if k not in head]
+        if missing or unexpected:
+            raise AugmentError(
+                f"checkpoint {settings.checkpoint} does not fit timm:{settings.arch} (missing {len(missing)} keys "
+                f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); check --arch"
+            )
+        note = {"checkpoint": str(settings.checkpoint), "reinitialised": sorted(reset)}
+    return model, note
+
+
+def sidecar(settings: TrainSettings, class_names: list[str]) -> dict[str, Any]:
+    """The JSON next to a checkpoint, in the format ``augment.models.classifier`` reads."""
+    return {
+        "arch": settings.arch,
+        "kwargs": settings.arch_kwargs,
+        "class_names": list(class_names),
+        "num_classes": len(class_names),
+        "input_size": [3, settings.input_size, settings.input_size],
+        "mean": list(settings.mean),
+        "std": list(settings.std),
+        "crop_pct": 1.0,
+    }
+
+
+def save_checkpoint(model: torch.nn.Module | dict[str, torch.Tensor], path: Path, side: dict[str, Any]) -> Path:
+    """``path`` (.safetensors) + ``path.with_suffix('.json')``, both written atomically."""
+    from safetensors.torch import save_file
+
+    state = model if isinstance(model, dict) else model.state_dict()
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    atomic_write_json(path.with_suffix(".json"), side)
+    return path
+
+
+def train_classifier(
+    mixed: MixedDataset,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    settings: TrainSettings,
+    out: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train on ``mixed`` (uint8 images, transformed here), test on the real ``test_images`` after
+    every epoch; with ``out``, write ``metrics.json`` and ``best.safetensors``/``best.json`` there.
+    ``extra`` is stored under ``config`` in metrics.json (e.g. the command line's options)."""
+    settings.validate()
+    start = time.perf_counter()
+    class_names = list(mixed.class_names)
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    model, note = create_classifier(settings, len(class_names))
+    model.to(device)
+    mixed.transform = None  # uint8 in, augmented per batch below
+    augment = BatchAugment(settings.pad, settings.degrees, tuple(settings.scale), settings.hflip, settings.mean, settings.std)
+    aug_gen = torch.Generator().manual_seed(settings.seed)
+    per_epoch = settings.samples_per_epoch or max(len(mixed), MIN_SAMPLES_PER_EPOCH)
+    loader = mixed_loader(mixed, settings.batch_size, per_epoch, settings.seed)
+    import timm.optim
+    import timm.scheduler
+
+    optimizer = timm.optim.create_optimizer_v2(model, opt=settings.opt, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched=settings.sched, num_epochs=settings.epochs, warmup_epochs=settings.warmup_epochs,
+        step_on_epochs=False, updates_per_epoch=len(loader), min_lr=settings.lr * 0.01, warmup_lr=settings.lr * 0.01,
+    )
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, settings.mean, settings.std)
+
+    if test_images.shape[-1] != settings.input_size or test_images.shape[-2] != settings.input_size:
+        from torchvision.transforms import v2 as T
+
+        test_images = T.Resize((settings.input_size, settings.input_size), antialias=True)(test_images)
+    out = Path(out) if out is not None else None
+    side = sidecar(settings, class_names)
+    history: list[dict[str, Any]] = []
+    best_top1, best_epoch, best_state = -1.0, -1, None
+    updates = 0
+    bar = tqdm(range(settings.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        for images, labels, weights in loader:
+            images = augment(images, aug_gen).to(device)
+            labels, weights = labels.to(device), weights.to(device)
+            loss_each = F.cross_entropy(model(images), labels, reduction="none", label_smoothing=settings.label_smoothing)
+            loss = (loss_each * weights).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            updates += 1
+            scheduler.step_update(num_updates=updates)
+            total += float(loss.detach()) * len(labels)
+            count += len(labels)
+        scheduler.step(epoch + 1)
+        last = epoch + 1 == settings.epochs
+        if not last and not (settings.eval_every and (epoch + 1) % settings.eval_every == 0):
+            history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "test_top1": None,
+                            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+            continue
+        logits = predict_logits(model, test_images, settings.eval_batch_size, norm, device)
+        top1 = float((logits.argmax(1) == test_labels).float().mean())
+        history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "test_top1": top1,
+                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", top1=f"{top1:.3f}")
+        if top1 > best_top1:
+            best_top1, best_epoch = top1, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+            if out is not None:
+                save_checkpoint(best_state, out / "best.safetensors", side)
+    bar.close()
+    final = classification_metrics(logits, test_labels, class_names)
+    final["epoch"] = settings.epochs
+    if best_epoch == settings.epochs:
+        best = dict(final)
+    else:
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(best_state)
+        best = classification_metrics(predict_logits(best_model, test_images, settings.eval_batch_size, norm, device),
+                                      test_labels, class_names)
+    best["epoch"] = best_epoch
+    seconds = time.perf_counter() - start
+    metrics = json_safe({
+        "class_names": class_names,
+        "final": final,
+        "best": best,
+        "history": history,
+        "data": mixed.summary(),
+        "test": {"n": int(len(test_labels))},
+        "config": {"train": settings.to_dict(), **(extra or {})},
+        "init": note,
+        "checkpoint": {"path": "best.safetensors", "sidecar": "best.json", "epoch": best_epoch,
+                       "load_with": f"timm:{settings.arch}@{(out / 'best.safetensors') if out else 'best.safetensors'}"},
+        "seconds": seconds,
+    })
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "metrics.json", metrics)
+    return TrainResult(model, metrics, float(final["top1"]), best_top1, best_epoch, seconds)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,68 @@
+"""Batched augmentation for small images: one affine warp per batch instead of per-sample PIL/v2 ops.
+
+At 32x32 on a CPU, torchvision's per-sample ``RandomCrop`` + ``RandomAffine`` cost ~1.7 ms an
+image, more than a small CNN's forward and backward pass; drawing per-sample parameters and
+warping the whole batch with ``F.affine_grid`` / ``F.grid_sample`` costs well under a millisecond
+per batch. The augmentation is the standard small-image one: a random shift of up to ``pad``
+pixels (random crop with zero padding), a small rotation and scale, and an optional horizontal
+flip (off by default: a mirrored digit is another glyph, mirrored birds are still birds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BatchAugment", "normalize"]
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (or [0,1] float) images (N,3,H,W) -> float32, normalised with ``mean``/``std``."""
+    x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+@dataclass
+class BatchAugment:
+    """Random shift (``pad`` px), rotation (±``degrees``), scale (``scale`` range) and horizontal
+    flip (probability ``hflip``), per sample, in one ``grid_sample`` call; then normalisation."""
+
+    pad: int = 2
+    degrees: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    hflip: float = 0.0
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+
+    def params(self, n: int, size: tuple[int, int], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample affine matrices (N,2,3) in ``affine_grid``'s normalised coordinates."""
+        h, w = size
+        u = torch.rand(n, 5, generator=generator)
+        angle = (u[:, 0] * 2 - 1) * math.radians(self.degrees)
+        s = self.scale[0] + u[:, 1] * (self.scale[1] - self.scale[0])
+        # integer pixel shifts in [-pad, pad], like RandomCrop(size, padding=pad)
+        tx = torch.floor(u[:, 2] * (2 * self.pad + 1)) - self.pad
+        ty = torch.floor(u[:, 3] * (2 * self.pad + 1)) - self.pad
+        flip = torch.where(u[:, 4] < self.hflip, -1.0, 1.0)
+        cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = cos * flip
+        theta[:, 0, 1] = -sin
+        theta[:, 1, 0] = sin * flip
+        theta[:, 1, 1] = cos
+        theta[:, 0, 2] = tx * 2 / w
+        theta[:, 1, 2] = ty * 2 / h
+        return theta
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+        theta = self.params(len(x), (x.shape[-2], x.shape[-1]), generator).to(x.device)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return normalize(x, self.mean, self.std)

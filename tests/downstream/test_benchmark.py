@@ -1,0 +1,91 @@
+"""The few-shot grid: arms, k=0 real-only as no data, caching, reports, missing arms."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from augment.datasets import get_dataset
+from augment.downstream.benchmark import Arm, parse_arm, render_text, run_benchmark
+from augment.downstream.train import TrainSettings
+from augment.errors import AugmentError
+from tests.downstream import make_digit_run
+
+TINY = TrainSettings(arch="test_resnet", epochs=1, samples_per_epoch=32, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return get_dataset("digits")
+
+
+@pytest.fixture()
+def run(tmp_path):
+    out = make_digit_run(tmp_path / "run", per_class=2, confidence=lambda c, i: 0.5 + 0.4 * i)
+    make_digit_run(out / "baseline", per_class=2, confidence=lambda c, i: 0.2)
+    return out
+
+
+def test_parse_arm():
+    assert parse_arm("real") == Arm("real")
+    assert parse_arm("token:conf=0.9, w=0.5") == Arm("token", weight=0.5, min_confidence=0.9)
+    assert parse_arm("Baseline:prob=0.2") == Arm("baseline", prob=0.2)
+    for bad in ("tokens", "token:conf", "token:foo=1", "token:prob=2", "real:prob=0.5", "token:w=x"):
+        with pytest.raises(AugmentError):
+            parse_arm(bad)
+    assert Arm("token", 0.5, 0.5, 0.9).label == "real + token synthetic (conf ≥ 0.9, p=0.5, w=0.5)"
+
+
+def test_grid_reports_and_cache(tmp_path, run, digits):
+    arms = ["real", "baseline", "token", "token:conf=0.8,weight=0.5"]
+    res = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
+                        progress=False)
+    cells = res["cells"]
+    assert len(cells) == 2 * 4 * 2 - 2  # no k=0 real-only cells
+    by = {(c["arm"], c["k"], c["seed"]): c for c in cells}
+    assert by[("real + token synthetic (conf ≥ 0.8, p=0.5, w=0.5)", 1, 0)]["synthetic"] == 10  # i=1 only
+    assert by[("real + token synthetic (p=0.5)", 0, 1)]["real"] == 0
+    assert by[("real only", 1, 0)]["real"] == 10 and by[("real only", 1, 0)]["synthetic"] == 0
+    summary = {(s["arm"], s["k"]): s for s in res["summary"]}
+    assert summary[("real only", 0)]["mean"] is None and summary[("real only", 0)]["note"]
+    s = summary[("real + baseline synthetic (p=0.5)", 1)]
+    assert s["n"] == 2 and 0 <= s["mean"] <= 1 and s["std"] >= 0
+    report = run / "report"
+    assert json.loads((report / "benchmark.json").read_text())["summary"] == res["summary"]
+    rows = list(csv.DictReader((report / "benchmark.csv").open()))
+    assert len(rows) == 8 and rows[0]["arm"] == "real only" and rows[0]["mean_top1"] == ""
+    assert (report / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (report / "benchmark.md").read_text()
+    assert "| real only | – |" in md
+    assert "real only" in render_text(res) and "±" in render_text(res)
+    # a re-run reuses every cached cell (same numbers, no training)
+    again = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
+                          progress=False)
+    assert [c["top1"] for c in again["cells"]] == [c["top1"] for c in cells]
+    assert again["seconds"] < res["seconds"]
+    lines = (report / "benchmark-cells.jsonl").read_text().splitlines()
+    assert len(lines) == len(cells)
+
+
+def test_missing_baseline_arm_says_to_build(tmp_path, digits):
+    out = make_digit_run(tmp_path / "run", per_class=1)
+    with pytest.raises(AugmentError, match=r"no baseline arm shards .*augment build --baseline"):
+        run_benchmark(out, digits, TINY, k_values=[1], seeds=[0], arms=["real", "baseline"], progress=False)
+
+
+def test_k_too_large_is_refused_before_training(run, digits):
+    with pytest.raises(AugmentError, match="smallest class"):
+        run_benchmark(run, digits, TINY, k_values=[1, 5000], seeds=[0], arms=["real"], progress=False)
+
+
+def test_filter_that_empties_an_arm(run, digits):
+    with pytest.raises(AugmentError, match="20 of 20 dropped"):
+        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["baseline:conf=0.5"], progress=False)
+
+
+def test_bad_arm_is_found_before_any_cell_trains(run, digits):
+    with pytest.raises(AugmentError, match="dropped"):
+        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["real", "token:conf=0.99"], progress=False)
+    assert not (run / "report" / "benchmark-cells.jsonl").exists()

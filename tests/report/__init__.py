@@ -1,0 +1,1 @@
+"""Tests of augment.report (contact sheets, eval figures)."""
