@@ -397,6 +397,3 @@ _register_downstream()
 def main() -> None:
     cli(prog_name="augment")
 
-
-if __name__ == "__main__":
-    main()

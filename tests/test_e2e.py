@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-AUGMENT = [sys.executable, "-m", "augment.cli"]
+AUGMENT = [sys.executable, "-m", "augment"]
 SMALL = """
 tokens:
   max_steps: 2
