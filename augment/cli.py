@@ -383,7 +383,14 @@ def _int_or_error(value: str, flag: str) -> int:
 
 
 def _register_downstream() -> None:
-    """train / eval / benchmark live in cli_downstream.py (they import this module's helpers)."""
+    """train / eval / benchmark live in cli_downstream.py (they import this module's helpers).
+
+    When cli_downstream is imported first, it is half-initialised at this point and registers its
+    commands itself at its end.
+    """
+    half = sys.modules.get("augment.cli_downstream")
+    if half is not None and not hasattr(half, "benchmark"):
+        return
     from augment.cli_downstream import benchmark, eval_cmd, train
 
     cli.add_command(train)
