@@ -57,7 +57,7 @@ class CasoWorker:
         reals = [s for s in reals if s.label == c]
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         images = torch.stack([
-            torch.from_numpy(np.asarray(self.dataset.load_image(s).convert("RGB").resize((size, size)))).permute(2, 0, 1)
+            torch.from_numpy(np.array(self.dataset.load_image(s).convert("RGB").resize((size, size)))).permute(2, 0, 1)
             for s in reals]).float() / 255
         res = self.trainer.learn(images, c, target)
         prompt = " ".join(vector_tokens(res.token, cc.n_vectors))
