@@ -280,7 +280,7 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
 @click.option("--seeds", help="Number of seeds N (0..N-1) or a comma-separated list (default: train.seeds).")
 @click.option("--arm", "arms", multiple=True,
               help="An arm: real | baseline | token, with options, e.g. token:conf=0.9 or token:prob=0.2,weight=0.5; "
-                   "repeatable (default: real, baseline, token, token:conf=0.9, token:weight=0.5).")
+                   "repeatable (default: real, baseline, token, baseline:conf=0.9, token:conf=0.9, token:weight=0.5).")
 @click.option("--test-split", default="test", show_default=True, help="Real split the classifiers are tested on.")
 @click.option("--fresh", is_flag=True, help="Retrain every cell (default: reuse cells cached in OUT/report/).")
 @handle_errors

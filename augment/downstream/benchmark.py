@@ -51,7 +51,9 @@ from augment.io.shards import shard_urls
 
 __all__ = ["DEFAULT_ARMS", "Arm", "parse_arm", "render_markdown", "run_benchmark"]
 
-DEFAULT_ARMS = ("real", "baseline", "token", "token:conf=0.9", "token:weight=0.5")
+#: real only; each synthetic arm as is; both filtered by the guide's confidence (the same filter on
+#: the baseline separates "the token helps" from "the filter helps"); and loss weighting
+DEFAULT_ARMS = ("real", "baseline", "token", "baseline:conf=0.9", "token:conf=0.9", "token:weight=0.5")
 SOURCES = ("real", "baseline", "token")
 _KEYS = {"prob": "prob", "p": "prob", "weight": "weight", "w": "weight", "conf": "min_confidence",
          "min_confidence": "min_confidence"}
@@ -319,6 +321,11 @@ def render_markdown(result: dict[str, Any]) -> str:
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "k=0 real only has no training data (–)."]
+    if any(a.get("min_confidence") for a in result["arms"]):
+        lines.append("conf ≥ x keeps the synthetic images whose guide_confidence (the guidance classifier's "
+                     "probability of the intended class, from the manifests) is at least x. That classifier "
+                     "was trained on its own real data (for the embedded default: the whole digits train "
+                     "split), so the filtered arms use knowledge from more than k real images per class.")
     return "\n".join(lines) + "\n"
 
 

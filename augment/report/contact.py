@@ -201,6 +201,7 @@ def _draw_sheet(
     sheet = Image.new("RGB", size, _BG)
     draw = ImageDraw.Draw(sheet)
     font = _font(11)
+    title = _wrap(draw, title, font, size[0] - 2 * layout.gap, max_lines=1)[0]
     draw.text((layout.gap, 2), title, fill=_TEXT, font=font)
     block = per_class * (layout.tile + layout.gap)
     x0s = [layout.label + a * (block + layout.arm_gap) for a in range(len(arms))]
@@ -287,8 +288,8 @@ def write_contact_sheets(
         images = [_load_images(arm, keys) for arm in arms]
         rows = [(c, names[c], picked[c]) for c in chunk]
         page = f", sheet {n + 1}/{len(chunks)}" if len(chunks) > 1 else ""
-        title = (f"{out_dir.resolve().name}: classes {chunk[0]}-{chunk[-1]}{page}; "
-                 "number = guide confidence (green: top-1 is the class)")
+        title = (f"{out_dir.resolve().name}, classes {chunk[0]}-{chunk[-1]}{page}: "
+                 "guide confidence (green: top-1 correct)")
         sheet = _draw_sheet(title, rows, arms, images, per_class, layout)
         paths.append(_save_png(sheet, report / f"{SHEET_PREFIX}{n:03d}.png"))
     written = {p.name for p in paths}
