@@ -108,14 +108,5 @@ class CubDataset(ImageFileDataset):
             split = "train" if flag == "1" else "test"
             self._samples[split].append(Sample(str(self.image_dir / rel), class_index[cid]))
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._names)
-
     def splits(self) -> list[str]:
         return ["train", "test"]
-
-    def samples(self, split: str) -> list[Sample]:
-        if split not in self._samples:
-            raise self.no_split(split)
-        return list(self._samples[split])

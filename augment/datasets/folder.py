@@ -94,6 +94,20 @@ class ImageFileDataset(Dataset):
 
     def __init__(self) -> None:
         self.skipped: list[str] = []  # files that failed to load, in the order they failed
+        self._names: list[str] = []  # subclasses fill these two in their __init__
+        self._samples: dict[str, list[Sample]] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._names)
+
+    def splits(self) -> list[str]:
+        return list(self._samples)
+
+    def samples(self, split: str) -> list[Sample]:
+        if split not in self._samples:
+            raise self.no_split(split)
+        return list(self._samples[split])
 
     def no_split(self, split: str) -> AugmentError:
         """The error for a split this dataset's folder does not have."""
@@ -174,14 +188,3 @@ class FolderDataset(ImageFileDataset):
         with os.scandir(folder) as it:
             return sorted(e.name for e in it if e.is_dir() and e.name not in _JUNK_DIRS)
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._names)
-
-    def splits(self) -> list[str]:
-        return list(self._samples)
-
-    def samples(self, split: str) -> list[Sample]:
-        if split not in self._samples:
-            raise self.no_split(split)
-        return list(self._samples[split])

@@ -108,19 +108,10 @@ class ImageNetDataset(ImageFileDataset):
             )
             raise AugmentError(f"ImageNet data root {self.root} has no ImageNet-1k class folders; {hint}")
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._names)
-
-    def splits(self) -> list[str]:
-        return list(self._samples)
-
     def samples(self, split: str) -> list[Sample]:
-        if split not in self._samples:
-            if self.root is None:
-                raise AugmentError(
-                    f"dataset 'imagenet' has no real split {split!r} without images; "
-                    "pass --data-root pointing at a folder of <wnid>/*.JPEG class folders"
-                )
-            raise self.no_split(split)
-        return list(self._samples[split])
+        if split not in self._samples and self.root is None:
+            raise AugmentError(
+                f"dataset 'imagenet' has no real split {split!r} without images; "
+                "pass --data-root pointing at a folder of <wnid>/*.JPEG class folders"
+            )
+        return super().samples(split)
