@@ -192,9 +192,7 @@ def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int
     """Learn one discriminative token per class (DisCo), resumable; writes OUT/tokens/."""
     from augment.tokens.runner import run_tokens
 
-    gs: int | str | None = None
-    if grad_steps is not None:
-        gs = "all" if grad_steps == "all" else _int_or_error(grad_steps, "--grad-steps")
+    gs = _grad_steps(grad_steps)
     cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps})
     summary = run_tokens(cfg, force=force)
     click.echo(f"tokens: {summary.trained} trained, {summary.skipped} already done, {len(summary.failed)} failed "
@@ -272,9 +270,7 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
     from augment.tokens.runner import run_tokens
 
     start = time.perf_counter()
-    gs: int | str | None = None
-    if grad_steps is not None:
-        gs = "all" if grad_steps == "all" else _int_or_error(grad_steps, "--grad-steps")
+    gs = _grad_steps(grad_steps)
     extra = _generate_overrides(kwargs) | {"tokens.grad_steps": gs}
     cfg = build_config(kwargs, extra)
     t = run_tokens(cfg, force=force)
@@ -371,6 +367,13 @@ def show(out: str, per_class: int, max_classes: int | None) -> None:
     paths += write_eval_figures(Path(out)) or []
     for p in paths:
         click.echo(str(p))
+
+
+def _grad_steps(value: str | None) -> int | str | None:
+    """--grad-steps: an integer or 'all' (None: not given)."""
+    if value is None or value == "all":
+        return value
+    return _int_or_error(value, "--grad-steps")
 
 
 def _int_or_error(value: str, flag: str) -> int:
