@@ -49,9 +49,10 @@ def arm_dir(out: str | Path, baseline: bool) -> Path:
     return Path(out) / "baseline" if baseline else Path(out)
 
 
-def _shard_is_done(out: Path, unit: ShardUnit) -> bool:
+def _shard_is_done(out: Path, unit: ShardUnit, done: set[int]) -> bool:
+    """Done = its Parquet marker exists and holds exactly the keys this plan puts in the shard."""
     path = manifest_path(out, unit.index)
-    if unit.index not in done_shards(out):
+    if unit.index not in done:
         return False
     keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
     return keys == [sample_key(c, i) for c, i in unit.entries]
@@ -107,7 +108,8 @@ def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_
     cleanup_partial(out)
     units = plan_shards(classes, g.per_class, g.shard_size)
     # Shards beyond the plan (a smaller --per-class than before) are left alone; redo changed ones.
-    todo = [u for u in units if force or not _shard_is_done(out, u)]
+    done = done_shards(out)  # one directory listing, not one per shard
+    todo = [u for u in units if force or not _shard_is_done(out, u, done)]
     failed: list[str] = []
     total_images = sum(len(u.entries) for u in todo)
     bar = tqdm(total=total_images, desc="generate" + (" (baseline)" if baseline else ""), unit="img",
