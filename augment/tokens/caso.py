@@ -23,7 +23,14 @@ from augment.config import CasoConfig
 from augment.models.device import autocast
 from augment.seeds import derive_seed, initial_latents
 from augment.tokens.disco import _EmbeddingOverride
-from augment.tokens.sampler import decode, encode_images, encode_prompts, predict_x0, sample_latents
+from augment.tokens.sampler import (
+    decode,
+    encode_images,
+    encode_prompts,
+    freeze_for_training,
+    predict_x0,
+    sample_latents,
+)
 from augment.tokens.textual_inversion import add_token, single_token_id
 
 
@@ -50,9 +57,7 @@ class CasoTrainer:
     def __init__(self, pipe, classifier, cfg: CasoConfig, run_seed: int) -> None:
         self.pipe, self.cfg, self.run_seed = pipe, cfg, run_seed
         self.device = pipe.unet.device
-        self.classifier = classifier.to(device=self.device, dtype=torch.float32).eval()
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False)
+        self.classifier = freeze_for_training(pipe, classifier)
 
     def _add_vectors(self, token: str) -> list[int]:
         init_id = single_token_id(self.pipe.tokenizer, self.cfg.init_token)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from augment.config import TokenConfig
 from augment.errors import AugmentError
 from augment.seeds import derive_seed, initial_latents
-from augment.tokens.sampler import decode, encode_prompts, sample_latents
+from augment.tokens.sampler import decode, encode_prompts, freeze_for_training, sample_latents
 from augment.tokens.textual_inversion import add_token, single_token_id, token_string
 
 
@@ -74,11 +74,7 @@ class DiscoTrainer:
     def __init__(self, pipe, classifier, cfg: TokenConfig, run_seed: int, resolution: int) -> None:
         self.pipe, self.cfg, self.run_seed, self.resolution = pipe, cfg, run_seed, resolution
         device = pipe.unet.device
-        # Backbone and classifier may come from different places: the classifier follows the backbone's
-        # device and always computes in float32 (the images are cast before it).
-        self.classifier = classifier.to(device=device, dtype=torch.float32).eval()
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False)
+        self.classifier = freeze_for_training(pipe, classifier)
         self.device = device
         self._added: set[str] = set()
 

@@ -15,6 +15,17 @@ from torch.utils.checkpoint import checkpoint
 from augment.models.device import autocast
 
 
+def freeze_for_training(pipe, classifier):
+    """Freeze every backbone weight and put the classifier on the backbone's device in float32.
+
+    Backbone and classifier may come from different places; images are cast to float32 before the
+    classifier, so it never runs in half precision. Returns the classifier.
+    """
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    return classifier.to(device=pipe.unet.device, dtype=torch.float32).eval()
+
+
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt")
