@@ -290,7 +290,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
 
     Reuses the run folder's token arm (OUT) and baseline arm (OUT/baseline) made by
     `augment build --baseline`; prints mean ± std real test top-1 per cell and writes
-    OUT/report/benchmark.{json,csv,md,png}.
+    OUT/report/benchmark.{json,csv,md,png}. Cells train on --workers Ray actors (0: inline).
     """
     from tqdm.auto import tqdm
 
@@ -321,10 +321,11 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     dataset = _dataset(cfg)
     n_cells = len(ks) * len(arms or DEFAULT_ARMS) * len(seed_list)
     click.echo(f"benchmark: k={ks}, {len(arms or DEFAULT_ARMS)} arms, seeds {seed_list} (up to {n_cells} cells), "
-               f"{settings.arch} x {settings.epochs} epochs, run {out}")
+               f"{settings.arch} x {settings.epochs} epochs, run {out}, "
+               + (f"{cfg.workers} Ray workers" if cfg.workers > 0 else "inline"))
     result = run_benchmark(out, dataset, settings, ks, seed_list, arms or DEFAULT_ARMS, prob,
                            cfg.train.synthetic_weight, cfg.train.min_confidence, test_split, resume=not fresh,
-                           log=lambda m: tqdm.write(m))
+                           log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address)
     click.echo("")
     click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
     click.echo(render_text(result))

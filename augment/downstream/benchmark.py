@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, atomic_write_text
 from augment.io.shards import shard_urls
 
-__all__ = ["DEFAULT_ARMS", "Arm", "parse_arm", "render_markdown", "run_benchmark"]
+__all__ = ["DEFAULT_ARMS", "Arm", "CellWorker", "parse_arm", "render_markdown", "run_benchmark"]
 
 #: real only; each synthetic arm as is; both filtered by the guide's confidence (the same filter on
 #: the baseline separates "the token helps" from "the filter helps"); and loss weighting
@@ -176,6 +177,48 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std, "values": values}
 
 
+class CellWorker:
+    """Trains grid cells. One is built per Ray actor (or one on the driver for ``workers=0``): it
+    loads the test split once and each synthetic set the first time an arm needs it."""
+
+    def __init__(self, out: str | Path, dataset: Dataset, settings: TrainSettings, test_split: str = "test",
+                 log: Callable[[str], None] | None = None) -> None:
+        self.sources = arm_sources(out)
+        self.dataset = dataset
+        self.settings = settings
+        self.log = log or (lambda msg: None)
+        self.test_images, self.test_labels = load_split(dataset, test_split, settings.input_size)
+        self._synthetic: dict[tuple[str, float], tuple[SyntheticSet, torch.Tensor]] = {}
+
+    def synthetic(self, arm: Arm) -> tuple[SyntheticSet, torch.Tensor]:
+        key = (arm.source, float(arm.min_confidence or 0.0))
+        if key not in self._synthetic:
+            syn = load_synthetic(self.sources[arm.source], self.dataset.class_names, key[1])
+            self._synthetic[key] = (syn, read_synthetic_images(syn, self.settings.input_size))
+            self.log(f"{arm.source} arm (min confidence {key[1]:g}): {syn.kept} of {syn.total} images kept"
+                     + (f" ({', '.join(f'{n} {r}' for r, n in syn.dropped.items())})" if syn.dropped else ""))
+        return self._synthetic[key]
+
+    def run(self, cell: tuple[str, int, Arm, int]) -> dict[str, Any]:
+        """Train one cell ``(key, k, arm, seed)`` and return its cache row."""
+        key, k, arm, seed = cell
+        dataset, settings = self.dataset, self.settings
+        real_images, real_labels = load_real(dataset, dataset.kshot(k, seed) if k > 0 else [], settings.input_size)
+        if len(real_labels) == 0:
+            real_images = torch.zeros(0, *self.test_images.shape[1:], dtype=torch.uint8)
+        sets = [self.synthetic(arm)] if arm.synthetic else []
+        mixed = MixedDataset(real_images, real_labels, sets, dataset.class_names,
+                             arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0)
+        # only the last epoch counts here, so skip the per-epoch test passes (~15% of a cell)
+        s = TrainSettings(**{**asdict(settings), "seed": seed, "eval_every": 0})
+        result = train_classifier(mixed, self.test_images, self.test_labels, s, out=None, progress=False,
+                                  desc=f"k={k} {arm.source} s{seed}")
+        return {"key": key, "arm": arm.label, "arm_spec": asdict(arm), "k": k, "seed": seed,
+                "top1": result.final_top1, "top5": result.metrics["final"]["top5"],
+                "mean_class_top1": result.metrics["final"]["mean_class_top1"],
+                "real": mixed.n_real, "synthetic": mixed.n_synthetic, "seconds": result.seconds}
+
+
 def run_benchmark(
     out: str | Path,
     dataset: Dataset,
@@ -190,9 +233,14 @@ def run_benchmark(
     resume: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    workers: int = 0,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run the grid (see the module docstring) on the arms of run folder ``out``; writes the report
-    files into ``out/report/`` and returns the JSON-able result."""
+    files into ``out/report/`` and returns the JSON-able result.
+
+    ``workers`` > 0 trains cells on that many Ray actors (one per GPU on GPU machines); each cell
+    carries its own seed and cells train single-threaded, so the figures do not depend on it."""
     start = time.perf_counter()
     out = Path(out)
     log = log or (lambda msg: None)
@@ -215,56 +263,44 @@ def run_benchmark(
             f"{', '.join(str(sources[m] / 'shards') for m in what)}); run `augment build --baseline --out {out}` "
             "first (tokens, then both arms), or drop those arms with --arm"
         )
-    test_images, test_labels = load_split(dataset, test_split, settings.input_size)
-    names = dataset.class_names
-
-    synth_cache: dict[tuple[str, float], tuple[SyntheticSet, torch.Tensor]] = {}
-
-    def synthetic(arm: Arm) -> tuple[SyntheticSet, torch.Tensor]:
-        key = (arm.source, float(arm.min_confidence or 0.0))
-        if key not in synth_cache:
-            syn = load_synthetic(sources[arm.source], names, arm.min_confidence or 0.0)
-            synth_cache[key] = (syn, read_synthetic_images(syn, settings.input_size))
-            log(f"{arm.source} arm (min confidence {key[1]:g}): {syn.kept} of {syn.total} images kept"
-                + (f" ({', '.join(f'{n} {r}' for r, n in syn.dropped.items())})" if syn.dropped else ""))
-        return synth_cache[key]
-
-    for arm in arms:  # read (and check) every synthetic set before the first cell trains
+    # the driver reads (and checks) every synthetic set before the first cell trains
+    driver = CellWorker(out, dataset, settings, test_split, log)
+    for arm in arms:
         if arm.synthetic:
-            synthetic(arm)
+            driver.synthetic(arm)
     fps = {s: _fingerprint(p) for s, p in sources.items() if any(a.source == s for a in arms)}
     cache_path = out / "report" / "benchmark-cells.jsonl"
     cache = _read_cache(cache_path) if resume else {}
-    cells: list[dict[str, Any]] = []
-    todo = [(k, arm, seed) for k in k_values for arm in arms for seed in seeds if arm.synthetic or k > 0]
+    grid = [(_cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name), k, arm, seed)
+            for k in k_values for arm in arms for seed in seeds if arm.synthetic or k > 0]
+    rows = {key: cache[key] for key, *_ in grid if key in cache}
+    todo = [cell for cell in grid if cell[0] not in rows]
     from tqdm.auto import tqdm
 
-    bar = tqdm(todo, desc="benchmark", unit="cell", disable=not progress)
-    for k, arm, seed in bar:
-        key = _cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name)
-        bar.set_postfix_str(f"k={k} {arm.label[:40]} seed={seed}")
-        if key in cache:
-            cells.append(cache[key])
-            continue
-        real_images, real_labels = load_real(dataset, dataset.kshot(k, seed) if k > 0 else [], settings.input_size)
-        sets = [synthetic(arm)] if arm.synthetic else []
-        if len(real_labels) == 0:
-            real_images = torch.zeros(0, *test_images.shape[1:], dtype=torch.uint8)
-        mixed = MixedDataset(real_images, real_labels, sets, names,
-                             arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0)
-        # only the last epoch counts here, so skip the per-epoch test passes (~15% of a cell)
-        s = TrainSettings(**{**asdict(settings), "seed": seed, "eval_every": 0})
-        result = train_classifier(mixed, test_images, test_labels, s, out=None, progress=False,
-                                  desc=f"k={k} {arm.source} s{seed}")
-        row = {"key": key, "arm": arm.label, "arm_spec": asdict(arm), "k": k, "seed": seed,
-               "top1": result.final_top1, "top5": result.metrics["final"]["top5"],
-               "mean_class_top1": result.metrics["final"]["mean_class_top1"],
-               "real": mixed.n_real, "synthetic": mixed.n_synthetic, "seconds": result.seconds}
-        cells.append(row)
+    bar = tqdm(total=len(grid), initial=len(rows), desc="benchmark", unit="cell", disable=not progress)
+    failures: list[str] = []
+
+    def on_result(cell: tuple[str, int, Arm, int], row: dict[str, Any]) -> None:
+        rows[row["key"]] = row
         _append_cache(cache_path, row)
-        log(f"k={k:<3d} {arm.label:<45s} seed={seed}: top-1 {100 * result.final_top1:5.1f}% "
-            f"({result.seconds:.0f}s)")
+        bar.update(1)
+        log(f"k={row['k']:<3d} {row['arm']:<45s} seed={row['seed']}: top-1 {100 * row['top1']:5.1f}% "
+            f"({row['seconds']:.0f}s)")
+
+    def on_error(cell: tuple[str, int, Arm, int], exc: BaseException) -> None:
+        failures.append(f"k={cell[1]} {cell[2].label} seed={cell[3]}: {exc}")
+
+    if todo:
+        from augment.distributed import PoolSpec, run_units
+
+        factory = (lambda: driver) if workers <= 0 else partial(CellWorker, out, dataset, settings, test_split)
+        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device),
+                  on_result, on_error)
     bar.close()
+    if failures:
+        raise AugmentError(f"{len(failures)} benchmark cell(s) failed, first: {failures[0]}; the "
+                           f"{len(rows)} finished cells are cached, re-run to retry the rest")
+    cells = [rows[key] for key, *_ in grid]
 
     summary = []
     for arm in arms:
@@ -277,12 +313,13 @@ def run_benchmark(
         "run": str(out),
         "dataset": dataset.name,
         "test_split": test_split,
-        "test_images": int(len(test_labels)),
+        "test_images": int(len(driver.test_labels)),
         "k_values": k_values,
         "seeds": seeds,
         "arms": [{"label": a.label, **asdict(a)} for a in arms],
         "metric": "real test top-1 after the last epoch; mean ± sample std over seeds",
         "settings": settings.to_dict(),
+        "workers": workers,
         "summary": summary,
         "cells": cells,
         "seconds": time.perf_counter() - start,

@@ -89,3 +89,46 @@ def test_bad_arm_is_found_before_any_cell_trains(run, digits):
     with pytest.raises(AugmentError, match="dropped"):
         run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["real", "token:conf=0.99"], progress=False)
     assert not (run / "report" / "benchmark-cells.jsonl").exists()
+
+
+def test_failed_cell_is_reported_and_finished_cells_stay_cached(run, digits, monkeypatch):
+    import augment.downstream.benchmark as bm
+
+    real_train = bm.train_classifier
+
+    def flaky(mixed, *args, **kwargs):
+        if args[2].seed == 1:
+            raise RuntimeError("out of memory")
+        return real_train(mixed, *args, **kwargs)
+
+    monkeypatch.setattr(bm, "train_classifier", flaky)
+    with pytest.raises(AugmentError, match=r"1 benchmark cell\(s\) failed, first: k=1 real only seed=1: out of memory"):
+        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], arms=["real"], progress=False)
+    lines = (run / "report" / "benchmark-cells.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seed"] for line in lines] == [0]
+    monkeypatch.setattr(bm, "train_classifier", real_train)
+    res = run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], arms=["real"], progress=False)
+    assert [c["seed"] for c in res["cells"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_inline_figures(tmp_path, run, digits):
+    """Cells carry their own seeds and train single-threaded: two Ray actors reproduce the inline grid."""
+    import torch
+
+    from augment.distributed import shutdown
+
+    args = dict(k_values=[1], seeds=[0, 1], arms=["real", "token"], synthetic_prob=0.5, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two actors on a 2-core machine (and the CLI's inline default)
+    try:
+        inline = run_benchmark(run, digits, TINY, resume=False, **args)
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        ray = run_benchmark(run, digits, TINY, resume=False, workers=2, **args)
+    finally:
+        shutdown()
+    assert ray["workers"] == 2
+    assert [(c["arm"], c["seed"], c["top1"]) for c in ray["cells"]] == \
+        [(c["arm"], c["seed"], c["top1"]) for c in inline["cells"]]

@@ -76,9 +76,10 @@ def test_eval_prints_and_writes_the_table(tmp_path, run):
 
 
 def test_benchmark_cli(run):
-    res = CliRunner().invoke(benchmark, [*TINY, "--out", str(run), "--k", "0,1", "--seeds", "1",
+    res = CliRunner().invoke(benchmark, [*TINY, "--out", str(run), "--k", "0,1", "--seeds", "1", "--workers", "0",
                                          "--arm", "real", "--arm", "token", "--arm", "token:conf=0.5,w=0.5"])
     assert res.exit_code == 0, res.output
+    assert "inline" in res.output
     assert "real only" in res.output and "–" in res.output and "benchmark.json" in res.output
     data = json.loads((run / "report" / "benchmark.json").read_text())
     assert data["seeds"] == [0] and data["k_values"] == [0, 1] and len(data["cells"]) == 5
