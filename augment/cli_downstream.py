@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,35 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
         raise AugmentError(f"{flag} {value!r}: use comma-separated integers, e.g. 0,3,9,15") from None
 
 
+def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str]) -> None:
+    """Make the synthetic arms the grid needs and OUT lacks: tokens (for the token arm), then the token
+    and/or baseline shards. Every stage resumes, so an interrupted build is picked up by the next call."""
+    from augment.downstream.benchmark import arm_sources, parse_arm
+    from augment.generate.runner import run_generate
+    from augment.io.shards import shard_urls
+    from augment.tokens.runner import run_tokens
+
+    sources = arm_sources(out)
+    needed = sorted({a.source for a in map(parse_arm, arms) if a.synthetic})
+    missing = [s for s in needed if not shard_urls(sources[s])]
+    if not missing:
+        return
+    click.echo(f"benchmark: {' and '.join(missing)} arm missing in {out}; building it first "
+               "(as `augment build --baseline`; --no-build refuses instead)")
+    from augment.errors import AugmentError
+
+    if "token" in missing:
+        t = run_tokens(cfg)
+        if t.failed:
+            raise AugmentError(f"{len(t.failed)} token(s) failed, first: {t.failed[0]}; fix it and re-run "
+                               "(finished tokens are kept)")
+    for arm in missing:
+        g = run_generate(cfg, baseline=arm == "baseline")
+        if g.failed:
+            raise AugmentError(f"{arm} arm: {len(g.failed)} shard(s) failed, first: {g.failed[0]}; re-run to "
+                               "retry them (finished shards are kept)")
+
+
 @click.command()
 @common_options
 @train_options
@@ -283,14 +313,18 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
                    "repeatable (default: real, baseline, token, baseline:conf=0.9, token:conf=0.9, token:weight=0.5).")
 @click.option("--test-split", default="test", show_default=True, help="Real split the classifiers are tested on.")
 @click.option("--fresh", is_flag=True, help="Retrain every cell (default: reuse cells cached in OUT/report/).")
+@click.option("--build/--no-build", "build_missing", default=True, show_default=True,
+              help="Build the synthetic arms the grid needs when OUT lacks them (tokens, then generate, as "
+                   "`augment build --baseline`; resumable) instead of refusing.")
 @handle_errors
 def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], test_split: str, fresh: bool,
-              **kwargs) -> None:
+              build_missing: bool, **kwargs) -> None:
     """Few-shot grid (Table 2): k real images per class x {real only, + baseline, + token synthetic, ...} x seeds.
 
     Reuses the run folder's token arm (OUT) and baseline arm (OUT/baseline) made by
-    `augment build --baseline`; prints mean ± std real test top-1 per cell and writes
-    OUT/report/benchmark.{json,csv,md,png}. Cells train on --workers Ray actors (0: inline).
+    `augment build --baseline`, building the ones it lacks first (--no-build: refuse); prints
+    mean ± std real test top-1 per cell and writes OUT/report/benchmark.{json,csv,md,png}.
+    Cells train on --workers Ray actors (0: inline) and are cached, so a re-run resumes.
     """
     from tqdm.auto import tqdm
 
@@ -307,6 +341,8 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
         out = build_config(dict(kwargs)).out
     kwargs["out"] = None
     cfg = run_config(kwargs, out, cfg_over)
+    if build_missing:
+        _build_missing_arms(cfg, out, arms or DEFAULT_ARMS)
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
     ks = _int_list(k_values, "--k") or list(cfg.train.k_values)
@@ -325,7 +361,8 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
                + (f"{cfg.workers} Ray workers" if cfg.workers > 0 else "inline"))
     result = run_benchmark(out, dataset, settings, ks, seed_list, arms or DEFAULT_ARMS, prob,
                            cfg.train.synthetic_weight, cfg.train.min_confidence, test_split, resume=not fresh,
-                           log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address)
+                           log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address,
+                           dataset_factory=partial(_dataset, cfg))
     click.echo("")
     click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
     click.echo(render_text(result))

@@ -181,8 +181,10 @@ class CellWorker:
     """Trains grid cells. One is built per Ray actor (or one on the driver for ``workers=0``): it
     loads the test split once and each synthetic set the first time an arm needs it."""
 
-    def __init__(self, out: str | Path, dataset: Dataset, settings: TrainSettings, test_split: str = "test",
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, out: str | Path, dataset: Dataset | Callable[[], Dataset], settings: TrainSettings,
+                 test_split: str = "test", log: Callable[[str], None] | None = None) -> None:
+        if not isinstance(dataset, Dataset):
+            dataset = dataset()  # a factory: actors rebuild the dataset instead of receiving it pickled
         self.sources = arm_sources(out)
         self.dataset = dataset
         self.settings = settings
@@ -235,12 +237,16 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     workers: int = 0,
     address: str | None = None,
+    dataset_factory: Callable[[], Dataset] | None = None,
 ) -> dict[str, Any]:
     """Run the grid (see the module docstring) on the arms of run folder ``out``; writes the report
     files into ``out/report/`` and returns the JSON-able result.
 
     ``workers`` > 0 trains cells on that many Ray actors (one per GPU on GPU machines); each cell
-    carries its own seed and cells train single-threaded, so the figures do not depend on it."""
+    carries its own seed and cells train single-threaded, so the figures do not depend on it.
+    ``dataset_factory`` (a small picklable callable returning ``dataset``) lets each actor rebuild
+    the dataset: a dataset object over 100 KB would travel through Ray's object store, from which
+    an actor restart cannot always get it back (ray-project/ray#53727)."""
     start = time.perf_counter()
     out = Path(out)
     log = log or (lambda msg: None)
@@ -293,7 +299,8 @@ def run_benchmark(
     if todo:
         from augment.distributed import PoolSpec, run_units
 
-        factory = (lambda: driver) if workers <= 0 else partial(CellWorker, out, dataset, settings, test_split)
+        factory = (lambda: driver) if workers <= 0 else \
+            partial(CellWorker, out, dataset_factory or dataset, settings, test_split)
         run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device),
                   on_result, on_error)
     bar.close()

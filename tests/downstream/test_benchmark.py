@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 
 import pytest
 
 from augment.datasets import get_dataset
-from augment.downstream.benchmark import Arm, parse_arm, render_text, run_benchmark
+from augment.downstream.benchmark import Arm, CellWorker, parse_arm, render_text, run_benchmark
 from augment.downstream.train import TrainSettings
 from augment.errors import AugmentError
 from tests.downstream import make_digit_run
@@ -126,9 +127,18 @@ def test_ray_workers_give_the_inline_figures(tmp_path, run, digits):
     finally:
         torch.set_num_threads(threads)
     try:
-        ray = run_benchmark(run, digits, TINY, resume=False, workers=2, **args)
+        # the actors rebuild the dataset from a factory (the CLI's way) instead of receiving it pickled
+        ray = run_benchmark(run, digits, TINY, resume=False, workers=2, dataset_factory=partial(get_dataset, "digits"),
+                            **args)
     finally:
         shutdown()
     assert ray["workers"] == 2
     assert [(c["arm"], c["seed"], c["top1"]) for c in ray["cells"]] == \
         [(c["arm"], c["seed"], c["top1"]) for c in inline["cells"]]
+
+
+def test_cell_worker_builds_its_dataset_from_a_factory(run):
+    worker = CellWorker(run, partial(get_dataset, "digits"), TINY)
+    assert worker.dataset.name == "digits" and len(worker.test_labels) == 450
+    row = worker.run(("key", 1, Arm("real"), 0))
+    assert row["real"] == 10 and row["synthetic"] == 0 and 0 <= row["top1"] <= 1

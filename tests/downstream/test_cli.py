@@ -87,5 +87,31 @@ def test_benchmark_cli(run):
 
 def test_benchmark_without_baseline_arm(tmp_path):
     out = make_digit_run(tmp_path / "run", per_class=1)
-    res = CliRunner().invoke(benchmark, [*TINY, "--out", str(out), "--k", "1", "--seeds", "1"])
+    res = CliRunner().invoke(benchmark, [*TINY, "--out", str(out), "--k", "1", "--seeds", "1", "--no-build"])
     assert res.exit_code == 2 and "augment build --baseline" in res.output
+
+
+def test_benchmark_builds_only_the_missing_arm(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import augment.generate.runner as generate_runner
+    import augment.tokens.runner as tokens_runner
+
+    out = make_digit_run(tmp_path / "run", per_class=3)  # token arm present, no baseline arm
+    calls = []
+
+    def fake_generate(cfg, baseline=False, **_):
+        calls.append(("generate", baseline, cfg.out))
+        make_digit_run(tmp_path / "run" / "baseline", per_class=3)
+        return SimpleNamespace(failed=[])
+
+    monkeypatch.setattr(generate_runner, "run_generate", fake_generate)
+    monkeypatch.setattr(tokens_runner, "run_tokens", lambda cfg, **_: calls.append(("tokens",)) or SimpleNamespace(failed=[]))
+    res = CliRunner().invoke(benchmark, [*TINY, "--out", str(out), "--k", "1", "--seeds", "1", "--workers", "0",
+                                         "--arm", "real", "--arm", "baseline", "--arm", "token"])
+    assert res.exit_code == 0, res.output
+    assert "baseline arm missing" in res.output
+    assert calls == [("generate", True, str(out))]  # the token arm was there: no tokens, no token shards
+    data = json.loads((out / "report" / "benchmark.json").read_text())
+    assert {c["arm"] for c in data["cells"]} == {"real only", "real + baseline synthetic (p=0.5)",
+                                                 "real + token synthetic (p=0.5)"}
