@@ -278,6 +278,7 @@ def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str])
     """Make the synthetic arms the grid needs and OUT lacks: tokens (for the token arm), then the token
     and/or baseline shards. Every stage resumes, so an interrupted build is picked up by the next call."""
     from augment.downstream.benchmark import arm_sources, parse_arm
+    from augment.errors import AugmentError
     from augment.generate.runner import run_generate
     from augment.io.shards import shard_urls
     from augment.tokens.runner import run_tokens
@@ -289,8 +290,6 @@ def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str])
         return
     click.echo(f"benchmark: {' and '.join(missing)} arm missing in {out}; building it first "
                "(as `augment build --baseline`; --no-build refuses instead)")
-    from augment.errors import AugmentError
-
     if "token" in missing:
         t = run_tokens(cfg)
         if t.failed:
