@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augment.io.atomic import atomic_path, atomic_write_text, is_temp_name
+from augment.io.rundir import ArmDir
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -208,8 +209,8 @@ def read_manifests(folder: str | os.PathLike[str]) -> pa.Table:
     empty or missing folder gives an empty table with :data:`MANIFEST_SCHEMA`.
     """
     folder = Path(folder)
-    if (folder / "manifests").is_dir():
-        folder = folder / "manifests"
+    if ArmDir(folder).has_manifests():
+        folder = ArmDir(folder).manifests
     files = parquet_files(folder)
     if not files:
         return MANIFEST_SCHEMA.empty_table()

@@ -1,4 +1,9 @@
-"""The run folder (``--out DIR``): its layout, ``run.json``, and the checks before writing into it.
+"""The run folder (``--out DIR``): the one owner of its layout, ``run.json``, and the checks before
+writing into it.
+
+Every path inside a run folder comes from here: :class:`RunDir` (the run, its arms, ``report/``,
+``train/``) and :class:`ArmDir` (one arm's ``tokens/``, ``shards/``, ``manifests/``). The arms are
+listed once, in :data:`ARMS`; other modules ask for an arm by name and never spell its folder.
 
 ``run.json`` records what made the folder: the resolved config, package versions, augment's
 version and git sha, the model/classifier ids and the class names, plus when each stage last
@@ -12,6 +17,7 @@ import datetime as _dt
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +28,14 @@ from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, temp_path_for
 
 __all__ = [
+    "ARMS",
     "RUN_JSON",
+    "ArmDir",
+    "ArmSpec",
     "RunDir",
+    "arm_spec",
+    "parse_shard_name",
+    "shard_name",
     "check_compatible",
     "check_writable",
     "git_sha",
@@ -33,17 +45,81 @@ __all__ = [
 ]
 
 RUN_JSON = "run.json"
+TOKENS_DIR = "tokens"
+TOKENS_PARQUET = "tokens.parquet"
+SHARDS_DIR = "shards"
+MANIFESTS_DIR = "manifests"
+INFO_NAME = "_info.json"
+REPORT_DIR = "report"
+TRAIN_DIR = "train"
+SHARD_PREFIX = "synth-"
 PACKAGES = ("torch", "diffusers", "transformers", "timm", "ray", "webdataset", "pyarrow")
+
+_SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d{{6,}})$")
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """Paths of a run folder; nothing is created until :meth:`make` is called."""
+class ArmSpec:
+    """One arm of a run: a set of synthetic images made one way, in its own folder.
+
+    ``folder`` is relative to the run folder ("" = the run folder itself). Every arm has the same
+    inner layout (run.json, tokens/, shards/, manifests/), so readers treat them alike.
+    """
+
+    name: str
+    folder: str
+    label: str
+    description: str
+
+
+#: every arm augment writes; adding one here is all the run folder needs to know about it
+ARMS: dict[str, ArmSpec] = {
+    "token": ArmSpec("token", "", "tokens", "prompts with the learned class token (augment generate)"),
+    "baseline": ArmSpec("baseline", "baseline", "baseline (no token)",
+                        "the same prompts and seeds without the token (augment generate --baseline)"),
+    "caso": ArmSpec("caso", "caso", "caso edits", "CASO edits of the few-shot real images (augment caso)"),
+}
+
+
+def shard_name(index: int) -> str:
+    """``synth-000000``: the basename (no extension) of shard ``index`` and of its manifest."""
+    if index < 0:
+        raise ValueError(f"shard index must be >= 0, got {index}")
+    return f"{SHARD_PREFIX}{index:06d}"
+
+
+def parse_shard_name(name: str) -> int | None:
+    """Shard index of a basename like ``synth-000012`` (extension allowed), else None."""
+    stem = name.split(".", 1)[0]
+    m = _SHARD_RE.match(stem)
+    return int(m.group(1)) if m else None
+
+
+def arm_spec(name: str) -> ArmSpec:
+    """The arm called ``name``; AugmentError naming the arms that exist otherwise."""
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise AugmentError(f"unknown arm {name!r}; arms: {', '.join(ARMS)}") from None
+
+
+@dataclass(frozen=True)
+class ArmDir:
+    """The folder of one arm: ``run.json``, ``tokens/``, ``shards/`` + ``_info.json``, ``manifests/``.
+
+    Stages that write an arm and readers of shards take an ArmDir (or a path, which is the same
+    layout), so no other module spells these names.
+    """
 
     path: Path
+    arm: str = "token"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def spec(self) -> ArmSpec:
+        return arm_spec(self.arm)
 
     @property
     def run_json(self) -> Path:
@@ -51,33 +127,40 @@ class RunDir:
 
     @property
     def tokens(self) -> Path:
-        return self.path / "tokens"
+        return self.path / TOKENS_DIR
 
     @property
     def tokens_parquet(self) -> Path:
-        return self.tokens / "tokens.parquet"
+        return self.tokens / TOKENS_PARQUET
 
     @property
     def shards(self) -> Path:
-        return self.path / "shards"
+        return self.path / SHARDS_DIR
 
     @property
     def info_json(self) -> Path:
-        return self.shards / "_info.json"
+        return self.shards / INFO_NAME
 
     @property
     def manifests(self) -> Path:
-        return self.path / "manifests"
+        return self.path / MANIFESTS_DIR
 
-    @property
-    def report(self) -> Path:
-        return self.path / "report"
+    def shard_path(self, index: int) -> Path:
+        return self.shards / f"{shard_name(index)}.tar"
 
-    def make(self) -> RunDir:
-        """Create the folder and its sub-folders (tokens/, shards/, manifests/, report/)."""
-        for p in (self.path, self.tokens, self.shards, self.manifests, self.report):
-            p.mkdir(parents=True, exist_ok=True)
-        return self
+    def manifest_path(self, index: int) -> Path:
+        return self.manifests / f"{shard_name(index)}.parquet"
+
+    def token_file(self, class_index: int, class_name: str, target: int | None = None) -> Path:
+        """``tokens/NNNN-<slug>.safetensors`` (``-to-TTTT`` for an embedding towards another class)."""
+        from augment.datasets.names import slugify
+
+        suffix = "" if target is None or target == class_index else f"-to-{target:04d}"
+        return self.tokens / f"{class_index:04d}-{slugify(class_name)}{suffix}.safetensors"
+
+    def has_manifests(self) -> bool:
+        """Whether this arm has been generated into (its manifests folder exists)."""
+        return self.manifests.is_dir()
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
@@ -86,8 +169,67 @@ class RunDir:
         return str(self.path)
 
 
-def _as_path(run_dir: RunDir | str | os.PathLike[str]) -> Path:
-    return run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+@dataclass(frozen=True)
+class RunDir(ArmDir):
+    """A run folder (``--out DIR``): the token arm at its top, the other arms in sub-folders
+    (:data:`ARMS`), and ``report/`` and ``train/`` for what is computed from them.
+
+    Nothing is created until :meth:`make` (or a stage) writes.
+    """
+
+    def arm_dir(self, name: str) -> ArmDir:
+        """The folder of arm ``name`` (``token`` is the run folder itself)."""
+        spec = arm_spec(name)
+        return ArmDir(self.path / spec.folder if spec.folder else self.path, spec.name)
+
+    def arms(self) -> dict[str, ArmDir]:
+        """The arms that have been generated into, in :data:`ARMS` order."""
+        found = {name: self.arm_dir(name) for name in ARMS}
+        return {name: a for name, a in found.items() if a.has_manifests()}
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @property
+    def eval_json(self) -> Path:
+        return self.report / "eval.json"
+
+    @property
+    def eval_md(self) -> Path:
+        return self.report / "eval.md"
+
+    @property
+    def benchmark_cells(self) -> Path:
+        """The benchmark's cache of finished cells (one JSON object per line)."""
+        return self.report / "benchmark-cells.jsonl"
+
+    def benchmark_files(self) -> dict[str, Path]:
+        """Where ``augment benchmark`` writes its table, by format."""
+        return {ext: self.report / f"benchmark.{ext}" for ext in ("json", "csv", "md", "png")}
+
+    def train_dir(self, k: int, arms: list[str], seed: int) -> Path:
+        """Default output of ``augment train``: ``train/k<K>-<arms>-seed<S>`` (arms "real" if none)."""
+        return self.path / TRAIN_DIR / f"k{k}-{'-'.join(arms) or 'real'}-seed{seed}"
+
+    @classmethod
+    def locate(cls, path: str | os.PathLike[str]) -> tuple[RunDir, str]:
+        """The run folder and arm of ``path``: ``OUT`` -> (OUT, token), ``OUT/baseline`` -> (OUT, baseline)."""
+        path = Path(path)
+        for spec in ARMS.values():
+            if spec.folder and path.name == spec.folder:
+                return cls(path.parent), spec.name
+        return cls(path), "token"
+
+    def make(self) -> RunDir:
+        """Create the folder and its sub-folders (tokens/, shards/, manifests/, report/)."""
+        for p in (self.path, self.tokens, self.shards, self.manifests, self.report):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def _as_path(run_dir: ArmDir | str | os.PathLike[str]) -> Path:
+    return run_dir.path if isinstance(run_dir, ArmDir) else Path(run_dir)
 
 
 def _now() -> str:
@@ -129,7 +271,7 @@ def git_sha() -> str | None:
         return None
 
 
-def read_run_json(run_dir: RunDir | str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_run_json(run_dir: ArmDir | str | os.PathLike[str]) -> dict[str, Any] | None:
     """The parsed ``run.json``, or None when there is none; AugmentError when it is unreadable."""
     path = _as_path(run_dir) / RUN_JSON
     try:
@@ -151,7 +293,7 @@ def read_run_json(run_dir: RunDir | str | os.PathLike[str]) -> dict[str, Any] | 
 
 
 def write_run_json(
-    run_dir: RunDir | str | os.PathLike[str],
+    run_dir: ArmDir | str | os.PathLike[str],
     config_dict: dict[str, Any],
     stage: str,
     extra: dict[str, Any] | None = None,
@@ -219,7 +361,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def check_compatible(
-    run_dir: RunDir | str | os.PathLike[str],
+    run_dir: ArmDir | str | os.PathLike[str],
     config_dict: dict[str, Any],
     keys: list[str],
     force: bool,
@@ -265,7 +407,7 @@ def check_compatible(
     return diffs
 
 
-def stage_ran(run_dir: RunDir | str | os.PathLike[str], stage: str) -> bool:
+def stage_ran(run_dir: ArmDir | str | os.PathLike[str], stage: str) -> bool:
     """Whether ``stage`` has written this run folder before (its settings are then binding)."""
     try:
         old = read_run_json(_as_path(run_dir)) or {}

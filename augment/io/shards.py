@@ -38,6 +38,7 @@ from PIL import Image
 import augment
 from augment.io.atomic import atomic_path, atomic_write_json, is_temp_name
 from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
+from augment.io.rundir import ArmDir, parse_shard_name, shard_name
 
 __all__ = [
     "IMAGE_FORMATS",
@@ -55,10 +56,6 @@ __all__ = [
     "write_shard",
 ]
 
-SHARD_PREFIX = "synth-"
-SHARDS_DIR = "shards"
-MANIFESTS_DIR = "manifests"
-INFO_NAME = "_info.json"
 
 #: extension in the shard -> the format name PIL reports for such a file
 IMAGE_FORMATS: dict[str, str] = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -76,7 +73,6 @@ JSON_EXCLUDE = frozenset({"created_at", "shard", "image_sha256", "bytes"})
 _COMPUTED = ("key", "shard", "class_index", "image_format", "width", "height", "image_sha256", "bytes")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d{{6,}})$")
 _SAMPLE_KEY_RE = re.compile(r"^c(\d+)_s(\d+)$")
 
 
@@ -105,26 +101,12 @@ def sample_key(class_index: int, sample_index: int) -> str:
     return f"c{class_index:04d}_s{sample_index:06d}"
 
 
-def shard_name(index: int) -> str:
-    """``synth-000000``: the basename (no extension) of shard ``index`` and of its manifest."""
-    if index < 0:
-        raise ValueError(f"shard index must be >= 0, got {index}")
-    return f"{SHARD_PREFIX}{index:06d}"
-
-
-def parse_shard_name(name: str) -> int | None:
-    """Shard index of a basename like ``synth-000012`` (extension allowed), else None."""
-    stem = name.split(".", 1)[0]
-    m = _SHARD_RE.match(stem)
-    return int(m.group(1)) if m else None
-
-
 def shard_path(out_dir: str | os.PathLike[str], index: int) -> Path:
-    return Path(out_dir) / SHARDS_DIR / f"{shard_name(index)}.tar"
+    return ArmDir(out_dir).shard_path(index)
 
 
 def manifest_path(out_dir: str | os.PathLike[str], index: int) -> Path:
-    return Path(out_dir) / MANIFESTS_DIR / f"{shard_name(index)}.parquet"
+    return ArmDir(out_dir).manifest_path(index)
 
 
 def image_size(data: bytes, image_format: str | None = None) -> tuple[int, int]:
@@ -290,8 +272,8 @@ def _indices(folder: Path, suffix: str) -> set[int]:
 
 def done_shards(out_dir: str | os.PathLike[str]) -> set[int]:
     """Indices of the complete shards: the Parquet (done marker) and the tar both exist."""
-    out_dir = Path(out_dir)
-    return _indices(out_dir / MANIFESTS_DIR, ".parquet") & _indices(out_dir / SHARDS_DIR, ".tar")
+    arm = ArmDir(out_dir)
+    return _indices(arm.manifests, ".parquet") & _indices(arm.shards, ".tar")
 
 
 def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -299,17 +281,16 @@ def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:
     their Parquet (not done) and Parquets without their tar (a marker for missing data, so the
     shard is redone). Returns the removed paths. Run it before resuming; not while writing.
     """
-    out_dir = Path(out_dir)
+    arm = ArmDir(out_dir)
     removed: list[Path] = []
-    for sub in (SHARDS_DIR, MANIFESTS_DIR):
-        folder = out_dir / sub
+    for folder in (arm.shards, arm.manifests):
         if folder.is_dir():
             for p in sorted(folder.iterdir()):
                 if is_temp_name(p.name) and p.is_file():
                     p.unlink(missing_ok=True)
                     removed.append(p)
-    tars = _indices(out_dir / SHARDS_DIR, ".tar")
-    pqs = _indices(out_dir / MANIFESTS_DIR, ".parquet")
+    tars = _indices(arm.shards, ".tar")
+    pqs = _indices(arm.manifests, ".parquet")
     for i in sorted(tars - pqs):
         shard_path(out_dir, i).unlink(missing_ok=True)
         removed.append(shard_path(out_dir, i))
@@ -351,5 +332,4 @@ def info_dict(out_dir: str | os.PathLike[str], name: str) -> dict[str, Any]:
 def write_info(out_dir: str | os.PathLike[str], name: str) -> Path:
     """Rebuild ``shards/_info.json`` (timm ``create_dataset("wds/<name>", root=shards/,
     split="train")``) from the complete shards' manifests, atomically. Returns its path."""
-    out_dir = Path(out_dir)
-    return atomic_write_json(out_dir / SHARDS_DIR / INFO_NAME, info_dict(out_dir, name))
+    return atomic_write_json(ArmDir(out_dir).info_json, info_dict(out_dir, name))

@@ -37,15 +37,8 @@ from PIL import Image
 
 from augment.io.atomic import is_temp_name
 from augment.io.manifest import MANIFEST_SCHEMA, TOKENS_SCHEMA
-from augment.io.shards import (
-    INFO_NAME,
-    MANIFESTS_DIR,
-    SHARDS_DIR,
-    manifest_path,
-    parse_shard_name,
-    shard_name,
-    shard_path,
-)
+from augment.io.rundir import ArmDir, parse_shard_name, shard_name
+from augment.io.shards import manifest_path, shard_path
 
 __all__ = ["VerifyReport", "verify_run"]
 
@@ -256,7 +249,7 @@ def _check_shard(out_dir: Path, i: int, problems: list[str], decode: bool) -> pa
 
 
 def _check_info(out_dir: Path, complete: list[int], lengths: dict[int, int], problems: list[str]) -> None:
-    path = out_dir / SHARDS_DIR / INFO_NAME
+    path = ArmDir(out_dir).info_json
     if not complete:
         return
     if not path.exists():
@@ -299,8 +292,8 @@ def _check_info(out_dir: Path, complete: list[int], lengths: dict[int, int], pro
 
 def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -> dict[int, str]:
     """Check tokens/; returns class index -> token sha256 of the ok rows."""
-    folder = out_dir / "tokens"
-    table_path = folder / "tokens.parquet"
+    folder = ArmDir(out_dir).tokens
+    table_path = ArmDir(out_dir).tokens_parquet
     files = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
     if folder.is_dir():
         for p in sorted(folder.iterdir()):
@@ -383,8 +376,8 @@ def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> V
         summary["problems"] = len(problems)
         return report
 
-    tars = _indices(out_dir / SHARDS_DIR, ".tar", problems)
-    pqs = _indices(out_dir / MANIFESTS_DIR, ".parquet", problems)
+    tars = _indices(ArmDir(out_dir).shards, ".tar", problems)
+    pqs = _indices(ArmDir(out_dir).manifests, ".parquet", problems)
     for i in sorted(tars - pqs):
         problems.append(
             f"{shard_path(out_dir, i)}: tar without its manifest (an interrupted shard; a re-run redoes it)"
