@@ -1,9 +1,12 @@
-"""One typed config object that every stage receives.
+"""One typed config object that every stage receives, resolved one way for every command.
 
-Precedence, lowest first: built-in defaults < ``pipelines/<dataset>.yaml`` preset < ``--config``
-file < CLI flags. Unknown keys are refused (a typo must not silently fall back to a default).
-The resolved object is written to ``run.json`` by every stage that creates a run folder, so a
-run can always be reproduced and a re-run can detect that a folder belongs to another setup.
+Precedence, lowest first: built-in defaults < the dataset's preset (``pipelines/<dataset>.yaml``,
+shipped inside the package) < ``--config`` file < the run folder's ``run.json`` (commands that read
+an existing run: train, eval, benchmark) < command-line flags. Unknown keys are refused (a typo
+must not silently fall back to a default), and so is a dataset without a preset. The resolved
+object is written to ``run.json`` by every stage that creates a run folder, so a run can always be
+reproduced and a re-run can detect that a folder belongs to another setup. ``augment config``
+prints the resolved object.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any
 import yaml
 
 from augment.errors import AugmentError
+from augment.resources import list_presets, read_preset
 
-PIPELINES_DIR = Path(os.environ.get("AUGMENT_PIPELINES", Path(__file__).resolve().parents[1] / "pipelines"))
+__all__ = ["Config", "config_from_dict", "list_presets", "resolve_config", "run_settings", "validate"]
+
 
 
 @dataclass
@@ -145,52 +150,83 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
             setattr(obj, key, value)
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise AugmentError(f"{what} {path} does not exist; check the path") from None
-    except (OSError, yaml.YAMLError) as e:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AugmentError(f"cannot read {what} {path}: {first}; fix the YAML syntax") from None
+        raise AugmentError(f"cannot read {where}: {first}; fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise AugmentError(f"{what} {path} must hold a YAML mapping of settings, not {type(data).__name__}")
+        raise AugmentError(f"{where} must hold a YAML mapping of settings, not {type(data).__name__}")
     return data
 
 
-def preset_path(dataset: str) -> Path:
-    return PIPELINES_DIR / f"{dataset}.yaml"
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AugmentError(f"{what} {path} does not exist; check the path") from None
+    except OSError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AugmentError(f"cannot read {what} {path}: {first}; fix the YAML syntax") from None
+    return _parse_yaml(text, f"{what} {path}")
 
 
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"tokens.lr": 0.1}`` -> ``{"tokens": {"lr": 0.1}}``; None values (flag not given) are dropped."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def run_settings(run: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | None:
+    """The ``config`` recorded in a run folder's run.json (the token arm's, else the first other arm
+    that has one) and that file's path, or None when the folder has none."""
+    from augment.io.rundir import ARMS, RunDir, read_run_json
+
+    root = RunDir(run)
+    for name in ARMS:
+        arm = root.arm_dir(name)
+        data = read_run_json(arm)
+        if data and isinstance(data.get("config"), dict):
+            return data["config"], arm.run_json
+    return None
 
 
 def resolve_config(
-    config_file: str | None = None, overrides: dict[str, Any] | None = None, dataset: str | None = None
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    dataset: str | None = None,
+    run: str | os.PathLike[str] | None = None,
 ) -> Config:
-    """Build the config: defaults < preset of the dataset < config file < overrides (CLI flags).
+    """Build the config: defaults < preset of the dataset < config file < run.json < overrides.
 
-    ``overrides`` may hold dotted keys (``tokens.lr``) and ``None`` values are ignored (flag not given).
+    ``overrides`` are the command-line flags, with dotted keys (``tokens.lr``); ``None`` values are
+    ignored (flag not given). ``run``: a run folder whose recorded settings apply (train, eval and
+    benchmark read the run they evaluate); the result's ``out`` is then that folder.
     """
-    cfg = Config()
     file_data = _read_yaml(Path(config_file), "config file") if config_file else {}
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    ds = dataset or overrides.get("dataset") or file_data.get("dataset") or cfg.dataset
-    preset = preset_path(ds)
-    if preset.exists():
-        _merge(cfg, _read_yaml(preset, "preset"), str(preset))
+    flags = _nest(overrides or {})
+    found = run_settings(run) if run is not None else None
+    recorded, recorded_at = found if found else ({}, None)
+    ds = flags.get("dataset") or recorded.get("dataset") or dataset or file_data.get("dataset") or Config.dataset
+    cfg = Config()
+    _merge(cfg, _parse_yaml(read_preset(ds), f"preset {ds}.yaml"), f"preset {ds}.yaml")
     if file_data:
         _merge(cfg, file_data, str(config_file))
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        parts = key.split(".")
-        node = nested
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    _merge(cfg, nested, "command-line options")
+    if recorded:
+        _merge(cfg, recorded, str(recorded_at))
+    _merge(cfg, flags, "command-line options")
     cfg.dataset = ds
+    if run is not None:
+        cfg.out = str(run)
     if not cfg.out:
         cfg.out = f"runs/{ds}"
     validate(cfg)

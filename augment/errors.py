@@ -1,19 +1,26 @@
 """One error type for bad user input.
 
 Every problem a user can fix (a wrong name, a missing file, an incompatible run folder) is raised
-as :class:`AugmentError`; the CLI prints it as a single ``Error: ...`` line on stderr and exits
-with code 2, without a traceback, so that scripts and people both see what to change.
+as :class:`AugmentError`, a plain exception so that the library does not depend on the CLI
+library. The CLI (``augment.cli.options.handle_errors``) prints it as one ``Error: ...`` line on
+stderr and exits with :data:`EXIT_USAGE`, without a traceback, so that scripts and people both see
+what to change.
 """
 
 from __future__ import annotations
 
-import click
+#: exit code of a user-fixable problem (the same code click uses for bad flags)
+EXIT_USAGE = 2
 
 
-class AugmentError(click.ClickException):
+class AugmentError(Exception):
     """A user-fixable problem: the message names the problem and the fix, on one line."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+        self.message = " ".join(str(message).split())
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from augment.io.atomic import atomic_path, atomic_write_text, is_temp_name
 from augment.io.rundir import ArmDir
+from augment.resources import manifests_dir
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -33,7 +34,9 @@ __all__ = [
     "write_schema_docs",
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "manifests" / "schema"
+#: the schema documents, shipped with the package (augment.manifests); in a source checkout this is
+#: the repository's top-level ``manifests/schema`` folder
+SCHEMA_DIR = Path(str(manifests_dir() / "schema"))
 
 
 def _field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:

@@ -7,8 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import augment.cli  # noqa: F401  (loads the group first: cli.py registers the downstream commands)
-from augment.cli_downstream import benchmark, eval_cmd, train
+from augment.cli.downstream import benchmark, eval_cmd, train
 from augment.datasets.digits import DIGIT_NAMES
 from tests.downstream import make_digit_run
 from tests.fixtures.models import build_micro_classifier

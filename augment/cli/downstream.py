@@ -1,75 +1,26 @@
-"""The downstream commands: ``augment train``, ``augment eval``, ``augment benchmark``.
+"""The commands that use a finished run: ``train``, ``eval`` and ``benchmark``.
 
-Plain click commands; ``augment/cli.py`` registers them with ``cli.add_command``. They read a run
-folder made by ``augment build``: its ``run.json`` supplies the dataset, data root and classifiers
-the run was made with, and flags given on the command line override them.
+They read a run folder made by ``augment build``: its ``run.json`` supplies the dataset, data root
+and classifiers the run was made with (the config resolution's run.json layer), and flags given on
+the command line override them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
 
-from augment.cli import COMMON, common_options, handle_errors
-
-
-def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    for k, v in new.items():
-        k = k.replace("-", "_")
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
-def run_config(kwargs: dict[str, Any], run: str | Path | None, extra: dict[str, Any] | None = None):
-    """The config of run folder ``run`` (its run.json, or its baseline arm's) with this command's
-    ``--config`` file and flags on top; without a run.json, the usual preset < file < flags."""
-    from augment.cli import build_config
-    from augment.config import _read_yaml, config_from_dict, validate
-    from augment.io.rundir import read_run_json
-
-    data = None
-    if run is not None:
-        for where in (Path(run), Path(run) / "baseline"):
-            data = read_run_json(where)
-            if data and isinstance(data.get("config"), dict):
-                break
-    if not data or not isinstance(data.get("config"), dict):
-        cfg = build_config(kwargs, extra)
-        if run is not None:
-            cfg.out = str(run)
-        return cfg
-    merged = dict(data["config"])
-    config_file = kwargs.pop("config_file", None)
-    if config_file:
-        _deep_update(merged, _read_yaml(Path(config_file), "config file"))
-    flags: dict[str, Any] = {}
-    for key, value in {**{k: kwargs.pop(k, None) for k in COMMON}, **(extra or {})}.items():
-        if value is None:
-            continue
-        node = flags
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    _deep_update(merged, flags)
-    cfg = config_from_dict(merged)
-    validate(cfg)
-    cfg.out = str(run)
-    return cfg
+from augment.cli.options import add_options, build_config, command, common_options, int_list
+from augment.errors import AugmentError
+from augment.io.rundir import RunDir
 
 
 def _prob(value: str | None) -> float | None | str:
     """--synthetic-prob: a probability, or 'natural' (the synthetic share of the union)."""
-    from augment.errors import AugmentError
-
     if value is None:
         return "unset"
     if value.strip().lower() in ("natural", "none"):
@@ -83,9 +34,8 @@ def _prob(value: str | None) -> float | None | str:
     return p
 
 
-def train_options(f: Callable) -> Callable:
-    """Classifier-training options shared by train and benchmark; unset ones come from cfg.train."""
-    opts = [
+#: classifier-training options shared by train and benchmark; unset ones come from cfg.train
+train_options = add_options([
         click.option("--arch", help="timm architecture of the classifier to train (default: train.arch)."),
         click.option("--arch-kwargs", help='JSON of extra timm.create_model kwargs, e.g. \'{"channels": [16,32,64,128]}\'.'),
         click.option("--epochs", type=int, help="Training epochs (default: train.epochs)."),
@@ -99,10 +49,7 @@ def train_options(f: Callable) -> Callable:
         click.option("--synthetic-weight", type=float, help="Loss weight of synthetic samples (default: train.synthetic_weight)."),
         click.option("--min-confidence", type=float, help="Drop synthetic images whose guide_confidence is lower (default: train.min_confidence)."),
         click.option("--threads", type=int, help="torch CPU threads (train: torch's default; benchmark: 1, faster for tiny CNNs on shared cores)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+])
 
 
 TRAIN_KEYS = ("arch", "arch_kwargs", "epochs", "samples_per_epoch", "batch_size", "lr", "hflip", "input_size",
@@ -118,8 +65,6 @@ def torch_threads_unset() -> bool:
 def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pop the training flags: (cfg overrides for train.*, TrainSettings-only overrides); set --threads
     (``default_threads`` when neither --threads nor OMP_NUM_THREADS is given)."""
-    from augment.errors import AugmentError
-
     vals = {k: kwargs.pop(k, None) for k in TRAIN_KEYS}
     threads = kwargs.pop("threads", None)
     if threads is None and default_threads is not None and torch_threads_unset():
@@ -166,7 +111,7 @@ def _dataset(cfg):
 # ----------------------------------------------------------------------------------------- train
 
 
-@click.command()
+@command()
 @common_options
 @train_options
 @click.option("--real-k", type=int, help="Real train images per class (default: the largest of train.k_values).")
@@ -175,7 +120,6 @@ def _dataset(cfg):
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Start from this state dict (.safetensors/.pth) instead of scratch.")
 @click.option("--split", default="train", show_default=True, help="Real split the k-shot images come from.")
 @click.option("--test-split", default="test", show_default=True, help="Real split evaluated after every epoch.")
-@handle_errors
 def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None, split: str, test_split: str,
           **kwargs) -> None:
     """Train a timm classifier on k real images per class plus synthetic shards; test on the real test split.
@@ -189,11 +133,9 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
 
     out_flag = kwargs.get("out")
     cfg_over, only = _train_overrides(kwargs)
-    run = synthetic[0] if synthetic else None
-    if run is not None and Path(run).name == "baseline":
-        run = str(Path(run).parent)
+    run = str(RunDir.locate(synthetic[0])[0]) if synthetic else None
     kwargs["out"] = None
-    cfg = run_config(kwargs, run, cfg_over)
+    cfg = build_config(kwargs, cfg_over, run=run)
     if checkpoint:
         cfg.train.checkpoint = checkpoint
     settings = _settings(cfg, only)
@@ -206,8 +148,9 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     if out_flag:
         out = Path(out_flag)
     else:
-        arms = "-".join(("baseline" if Path(s).name == "baseline" else Path(s).name) for s in synthetic) or "real"
-        out = Path(cfg.out if run else f"runs/{cfg.dataset}") / "train" / f"k{k}-{arms}-seed{cfg.seed}"
+        located = [(s, RunDir.locate(s)[1]) for s in synthetic]
+        arms = [Path(s).name if name == "token" else name for s, name in located]
+        out = RunDir(cfg.out if run else f"runs/{cfg.dataset}").train_dir(k, arms, cfg.seed)
     for s in mixed.sets:
         dropped = ", ".join(f"{n} {r}" for r, n in s.dropped.items())
         click.echo(f"synthetic {s.root}: {s.kept} of {s.total} images" + (f" (dropped {dropped})" if dropped else ""))
@@ -227,58 +170,42 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
 # ------------------------------------------------------------------------------------------ eval
 
 
-@click.command("eval")
+@command("eval")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
 @common_options
 @click.option("--eval-classifier", "specs", multiple=True,
               help="Classifier spec to score the images with; repeatable (default: the run's --classifier and judge).")
 @click.option("--features", help="Classifier whose penultimate features FID/KID use (default: the last --eval-classifier).")
 @click.option("--split", default="test", show_default=True, help="Real split for FID/KID and the reference accuracy.")
-@handle_errors
 def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, split: str, **kwargs) -> None:
     """Accuracy of a run's generated images (token and baseline arm) by classifiers, plus FID/KID (Table 1).
 
     Writes RUN/report/eval.json and RUN/report/eval.md and prints the table.
     """
     from augment.downstream.evaluate import render_eval_markdown, run_eval
-    from augment.errors import AugmentError
     from augment.models.device import resolve_device
 
     run = run or kwargs.get("out")
     if run is None:
-        from augment.cli import build_config
-
         run = build_config(dict(kwargs)).out
     if not Path(run).is_dir():
         raise AugmentError(f"run folder {run} does not exist; run `augment build --out {run}` first")
     kwargs["out"] = None
-    cfg = run_config(kwargs, run)
+    cfg = build_config(kwargs, run=run)
     specs = specs or tuple(s for s in (cfg.classifier, cfg.judge) if s)
     dataset = _dataset(cfg)
     result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device))
     click.echo(render_eval_markdown(result, dataset.class_names))
-    click.echo(f"wrote {Path(run) / 'report' / 'eval.json'} and eval.md")
+    click.echo(f"wrote {RunDir(run).eval_json} and eval.md")
 
 
 # ------------------------------------------------------------------------------------- benchmark
-
-
-def _int_list(value: str | None, flag: str) -> list[int] | None:
-    from augment.errors import AugmentError
-
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise AugmentError(f"{flag} {value!r}: use comma-separated integers, e.g. 0,3,9,15") from None
 
 
 def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str]) -> None:
     """Make the synthetic arms the grid needs and OUT lacks: tokens (for the token arm), then the token
     and/or baseline shards. Every stage resumes, so an interrupted build is picked up by the next call."""
     from augment.downstream.benchmark import arm_sources, parse_arm
-    from augment.errors import AugmentError
     from augment.generate.runner import run_generate
     from augment.io.shards import shard_urls
     from augment.tokens.runner import run_tokens
@@ -302,7 +229,7 @@ def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str])
                                "retry them (finished shards are kept)")
 
 
-@click.command()
+@command()
 @common_options
 @train_options
 @click.option("--k", "k_values", help="Real images per class to try, comma-separated (default: train.k_values, 0,3,9,15).")
@@ -315,7 +242,6 @@ def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str])
 @click.option("--build/--no-build", "build_missing", default=True, show_default=True,
               help="Build the synthetic arms the grid needs when OUT lacks them (tokens, then generate, as "
                    "`augment build --baseline`; resumable) instead of refusing.")
-@handle_errors
 def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], test_split: str, fresh: bool,
               build_missing: bool, **kwargs) -> None:
     """Few-shot grid (Table 2): k real images per class x {real only, + baseline, + token synthetic, ...} x seeds.
@@ -328,24 +254,20 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     from tqdm.auto import tqdm
 
     from augment.downstream.benchmark import DEFAULT_ARMS, render_text, run_benchmark
-    from augment.errors import AugmentError
-
     # tiny CNNs at 32x32 gain nothing from a second intra-op thread and lose several-fold when
     # the cores are shared, so the grid runs single-threaded unless told otherwise
     cfg_over, only = _train_overrides(kwargs, default_threads=1)
     out = kwargs.get("out")
     if out is None:
-        from augment.cli import build_config
-
         out = build_config(dict(kwargs)).out
     kwargs["out"] = None
-    cfg = run_config(kwargs, out, cfg_over)
+    cfg = build_config(kwargs, cfg_over, run=out)
     if build_missing:
         _build_missing_arms(cfg, out, arms or DEFAULT_ARMS)
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
-    ks = _int_list(k_values, "--k") or list(cfg.train.k_values)
-    seed_list = _int_list(seeds, "--seeds")
+    ks = int_list(k_values, "--k") or list(cfg.train.k_values)
+    seed_list = int_list(seeds, "--seeds")
     if seed_list is not None and len(seed_list) == 1 and seeds and "," not in seeds:
         if seed_list[0] < 1:
             raise AugmentError(f"--seeds {seeds}: give a count >= 1 or a list like 0,1,2")
@@ -365,18 +287,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     click.echo("")
     click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
     click.echo(render_text(result))
-    report = Path(out) / "report"
-    click.echo(f"\nwrote {report / 'benchmark.json'}, .csv, .md, .png ({result['seconds']:.0f}s)")
+    click.echo(f"\nwrote {RunDir(out).benchmark_files()['json']}, .csv, .md, .png ({result['seconds']:.0f}s)")
 
 
-def _register() -> None:
-    """Make sure the group has these commands even when this module is imported before augment.cli
-    (cli.py registers them when it is imported first; adding twice is a no-op here)."""
-    from augment.cli import cli as group
-
-    for name, cmd in (("train", train), ("eval", eval_cmd), ("benchmark", benchmark)):
-        if name not in group.commands:
-            group.add_command(cmd, name)
-
-
-_register()
+COMMANDS = (train, eval_cmd, benchmark)

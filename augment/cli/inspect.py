@@ -1,0 +1,56 @@
+"""The commands that look at a finished run folder: ``verify`` (integrity) and ``show`` (contact
+sheets). They read only; they take no config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from augment.cli.options import command
+from augment.io.rundir import RunDir
+
+
+@command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster; hashes are still checked).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(out: str, no_decode: bool, as_json: bool) -> None:
+    """Check shards against manifests, _info.json and tokens; exit 1 naming any mismatch."""
+    from augment.io.verify import verify_run
+
+    failed = False
+    run = RunDir(out)
+    arms = [run.arm_dir("token")] + [a for name, a in run.arms().items() if name == "baseline"]
+    for arm in arms:
+        report = verify_run(arm.path, decode_images=not no_decode)
+        if as_json:
+            click.echo(json.dumps({"arm": str(arm), **report.to_dict()}, indent=2, default=str))
+        else:
+            summ = report.summary
+            click.echo(f"{arm}: {summ.get('shards', 0)} shards, {summ.get('samples', 0)} samples, "
+                       f"{summ.get('classes', 0)} classes: {'ok' if report.ok else 'PROBLEMS'}")
+            for p in report.problems:
+                click.echo(f"  problem: {p}", err=True)
+        failed |= not report.ok
+    if failed:
+        sys.exit(1)
+
+
+@command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class on the sheet.")
+@click.option("--max-classes", type=int, default=None, help="At most this many classes (default: all).")
+def show(out: str, per_class: int, max_classes: int | None) -> None:
+    """Write contact sheets (token vs baseline images of the same seeds) and eval figures to OUT/report/."""
+    from augment.report.contact import write_contact_sheets, write_eval_figures
+
+    paths = write_contact_sheets(Path(out), per_class=per_class, max_classes=max_classes)
+    paths += write_eval_figures(Path(out)) or []
+    for p in paths:
+        click.echo(str(p))
+
+
+COMMANDS = (verify, show)

@@ -1,0 +1,129 @@
+"""What every command shares: the common options, config resolution, and error handling.
+
+Commands resolve their settings only through :func:`build_config` (defaults < preset < --config <
+run.json where a run folder is read < flags, :func:`augment.config.resolve_config`), so ``build``,
+``train`` and ``augment config`` see the same precedence. User mistakes are
+:class:`~augment.errors.AugmentError`; :class:`AugmentGroup` turns them into one ``Error: ...`` line
+on stderr with exit code 2, wherever in a stage they are raised.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from augment.config import Config, resolve_config
+from augment.errors import AugmentError
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: the common options that are config keys (``--config`` is the file itself)
+COMMON = ("dataset", "data_root", "model", "classifier", "out", "seed", "device", "dtype", "classes",
+          "workers", "address")
+
+
+class UserError(click.ClickException):
+    """How the CLI shows an AugmentError: ``Error: <message>`` on stderr, exit code 2."""
+
+    exit_code = AugmentError.exit_code
+
+
+def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -> Any:
+    try:
+        return invoke(ctx)
+    except AugmentError as e:
+        raise UserError(e.message) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted; re-run the same command to resume", err=True)
+        sys.exit(130)
+
+
+class AugmentCommand(click.Command):
+    """A click command that maps AugmentError (raised anywhere in a stage) to one line + exit 2 and
+    Ctrl-C to a resume hint, also when the command is invoked on its own (tests, other groups)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _invoke_mapped(super().invoke, ctx)
+
+
+class AugmentGroup(click.Group):
+    """The same mapping for groups; commands created through a group are :class:`AugmentCommand`."""
+
+    command_class = AugmentCommand
+    group_class = type
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _invoke_mapped(super().invoke, ctx)
+
+
+def command(name: str | None = None, **attrs: Any) -> Callable[[Callable], click.Command]:
+    """``click.command`` with :class:`AugmentCommand` (use it for every augment command)."""
+    return click.command(name, cls=AugmentCommand, **attrs)
+
+
+def group(name: str | None = None, **attrs: Any) -> Callable[[Callable], click.Group]:
+    """``click.group`` with :class:`AugmentGroup`."""
+    return click.group(name, cls=AugmentGroup, **attrs)
+
+
+def add_options(opts: list[Callable]) -> Callable[[Callable], Callable]:
+    """Decorator applying click options in the order listed (as they appear in --help)."""
+
+    def decorate(f: Callable) -> Callable:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+common_options = add_options([
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings (overrides the preset)."),
+    click.option("--dataset", help="Dataset name: digits, cub, inat, imagenet, folder (selects pipelines/<name>.yaml)."),
+    click.option("--data-root", type=click.Path(), help="Folder holding the dataset's images."),
+    click.option("--model", help="Diffusion backbone: embedded:<name>, a pipeline folder, or a hub id."),
+    click.option("--classifier", help="Guidance classifier: embedded:<name>, timm:<arch>[@ckpt], hf:<repo-or-folder>."),
+    click.option("--out", help="Run folder (default: runs/<dataset>)."),
+    click.option("--seed", type=int, help="Run seed; every sample's seed derives from it."),
+    click.option("--device", help="auto, cpu, cuda or cuda:N."),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute dtype (CPU always uses float32)."),
+    click.option("--classes", help="Class selection, e.g. 3,8 or 0-9 (default: all)."),
+    click.option("--workers", type=int, help="Ray workers (one per GPU on GPU machines; CPU actors otherwise); 0 runs inline."),
+    click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."),
+])
+
+
+def build_config(kwargs: dict[str, Any], extra: dict[str, Any] | None = None, run: str | None = None) -> Config:
+    """Pop the common options from ``kwargs`` and resolve the config.
+
+    ``extra`` holds the command's own flags as dotted config keys (``tokens.lr``; None = not given);
+    ``run`` is a run folder whose run.json applies (commands that read an existing run).
+    """
+    overrides = {k: kwargs.pop(k, None) for k in COMMON}
+    overrides.update(extra or {})
+    return resolve_config(kwargs.pop("config_file", None), overrides, dataset=overrides.get("dataset"), run=run)
+
+
+def grad_steps_option(value: str | None) -> int | str | None:
+    """--grad-steps: an integer or 'all' (None: not given)."""
+    if value is None or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise AugmentError(f"--grad-steps {value!r} is not an integer or 'all'") from None
+
+
+def int_list(value: str | None, flag: str) -> list[int] | None:
+    """A comma-separated list of integers (None: not given)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise AugmentError(f"{flag} {value!r}: use comma-separated integers, e.g. 0,3,9,15") from None

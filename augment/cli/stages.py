@@ -1,0 +1,162 @@
+"""The commands that make a run folder: ``tokens``, ``generate``, ``caso`` and ``build`` (all of them).
+
+Each is a thin call into its stage (``augment.tokens.runner``, ``augment.generate.runner``,
+``augment.generate.caso_runner``): resolve the config, run, print the stage's summary, exit with
+its code (1 when some units failed; finished units are kept, a re-run resumes).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from augment.cli.options import add_options, build_config, command, common_options, grad_steps_option
+from augment.io.rundir import RunDir
+
+generate_options = add_options([
+    click.option("--per-class", type=int, help="Images per class (raising it later only adds samples)."),
+    click.option("--shard-size", type=int, help="Samples per shard (default 1000)."),
+    click.option("--image-format", type=click.Choice(["jpg", "png", "webp"]), help="Encoding of the images in the shards."),
+    click.option("--batch-size", type=int, help="Images per sampler call (default: chosen per device)."),
+    click.option("--steps", type=int, help="Denoising steps."),
+    click.option("--guidance-scale", type=float, help="Classifier-free guidance scale."),
+    click.option("--min-confidence", type=float, help="Regenerate samples whose guide confidence is below this (0 = keep all)."),
+    click.option("--max-attempts", type=int, help="Seeds tried per sample under --min-confidence."),
+])
+
+GENERATE_KEYS = ("per_class", "shard_size", "image_format", "batch_size", "steps", "guidance_scale", "min_confidence",
+                 "max_attempts")
+
+
+def generate_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop the generate flags as ``generate.*`` config overrides."""
+    return {f"generate.{k}": kw.pop(k, None) for k in GENERATE_KEYS}
+
+
+def print_failed(failed: list[str]) -> None:
+    for line in failed:
+        click.echo(f"failed: {line}", err=True)
+
+
+def print_tokens(t, out: str | None = None) -> None:
+    where = f" -> {RunDir(out).tokens}" if out else ""
+    click.echo(f"tokens: {t.trained} trained, {t.skipped} already done, {len(t.failed)} failed "
+               f"in {t.seconds:.0f}s{where}")
+    print_failed(t.failed)
+
+
+def print_generate(s) -> None:
+    conf = f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""
+    click.echo(f"generate: {s.samples} samples of {s.classes} classes in {s.shards} shards "
+               f"({s.written} written, {s.skipped} already done) in {s.seconds:.0f}s{conf} -> {s.out}")
+    print_failed(s.failed)
+
+
+@command()
+@common_options
+@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
+@click.option("--lr", type=float, help="Learning rate of the token embedding.")
+@click.option("--max-steps", type=int, help="Most optimisation steps per class.")
+@click.option("--force", is_flag=True, help="Retrain tokens that exist / write into a folder made with other settings.")
+def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int | None, **kwargs) -> None:
+    """Learn one discriminative token per class (DisCo), resumable; writes OUT/tokens/."""
+    from augment.tokens.runner import run_tokens
+
+    gs = grad_steps_option(grad_steps)
+    cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps})
+    summary = run_tokens(cfg, force=force)
+    print_tokens(summary, cfg.out)
+    if summary.failed:
+        sys.exit(1)
+
+
+@command()
+@common_options
+@generate_options
+@click.option("--baseline", is_flag=True, help="Plain prompts without the class token, same seeds (writes OUT/baseline/).")
+@click.option("--force", is_flag=True, help="Rewrite done shards / write into a folder made with other settings.")
+def generate(baseline: bool, force: bool, **kwargs) -> None:
+    """Generate --per-class images per class into WebDataset shards + Parquet manifests (resumable)."""
+    from augment.generate.runner import run_generate
+
+    cfg = build_config(kwargs, generate_overrides(kwargs))
+    s = run_generate(cfg, baseline=baseline, force=force)
+    print_generate(s)
+    if s.failed:
+        sys.exit(1)
+
+
+@command()
+@common_options
+@generate_options
+@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
+@click.option("--baseline/--no-baseline", "with_baseline", default=None,
+              help="Also generate the plain-prompt arm with the same seeds (OUT/baseline/).")
+@click.option("--force", is_flag=True, help="Retrain / regenerate what exists.")
+def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwargs) -> None:
+    """Run the whole job: tokens, then generate (and the baseline arm), then verify.
+
+    With no arguments it runs the embedded default end to end: digits, 10 classes x 100 images.
+    """
+    from augment.generate.runner import run_generate
+    from augment.io.verify import verify_run
+    from augment.tokens.runner import run_tokens
+
+    start = time.perf_counter()
+    gs = grad_steps_option(grad_steps)
+    cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs})
+    t = run_tokens(cfg, force=force)
+    print_tokens(t)
+    if t.failed:
+        click.echo("some tokens failed; fix and re-run (done classes are kept)", err=True)
+        sys.exit(1)
+    s = run_generate(cfg, force=force)
+    print_generate(s)
+    baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
+    if baseline:
+        print_generate(run_generate(cfg, baseline=True, force=force))
+    report = verify_run(s.out)
+    run = RunDir(cfg.out)
+    click.echo("")
+    click.echo(f"done in {time.perf_counter() - start:.0f}s: {s.classes} classes, {s.samples} samples, {s.shards} shards"
+               + (f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""))
+    click.echo(f"  tokens:    {run.tokens}  (pipe.load_textual_inversion)")
+    click.echo(f"  shards:    {run.shards}  (+ _info.json for timm wds/)")
+    click.echo(f"  manifests: {run.manifests}")
+    click.echo(f"  verify:    {'ok' if report.ok else f'{len(report.problems)} problems (augment verify {run})'}")
+    click.echo(f"  read it:   python -c \"import webdataset as wds; ds = wds.WebDataset('{run.shard_path(0).parent}/"
+               f"synth-{{000000..{s.shards - 1:06d}}}.tar', shardshuffle=False).decode('pil')"
+               f".to_tuple('{cfg.generate.image_format}', 'cls'); print(next(iter(ds)))\"")
+    if s.failed or not report.ok:
+        sys.exit(1)
+
+
+@command()
+@common_options
+@click.option("--k", type=int, help="Real images per class the embedding is learned from.")
+@click.option("--target", type=int, help="Counterfactual edits towards this class index (default: each class itself).")
+@click.option("--strength", type=float, help="Editing: fraction of the schedule the real image is noised to.")
+@click.option("--edits-per-image", type=int, help="Edited variations written per real image.")
+@click.option("--edit-guidance", type=float, help="Guidance scale of the edit (negative reverses it).")
+@click.option("--max-steps", type=int, help="Optimisation steps per embedding.")
+@click.option("--force", is_flag=True, help="Redo classes that are done / write into a folder made with other settings.")
+def caso(force: bool, **kwargs) -> None:
+    """CASO: learn a semantic embedding per class from k real images and write edits (OUT/caso/)."""
+    from augment.generate.caso_runner import run_caso
+
+    keys = ("k", "target", "strength", "edits_per_image", "edit_guidance", "max_steps")
+    cfg = build_config(kwargs, {f"caso.{k}": kwargs.pop(k, None) for k in keys})
+    s = run_caso(cfg, force=force)
+    click.echo(f"caso: {s.done} classes done, {s.skipped} already done, {len(s.failed)} failed in {s.seconds:.0f}s -> {s.out}")
+    for r in s.rows:
+        click.echo(f"  class {r['class']} -> {r['target']}: guide accuracy of one-step edits "
+                   f"{r['init_accuracy']:.2f} -> {r['final_accuracy']:.2f} ({r['seconds']:.0f}s)")
+    print_failed(s.failed)
+    if s.failed:
+        sys.exit(1)
+
+
+COMMANDS = (tokens, generate, caso, build)

@@ -1,0 +1,5 @@
+"""Dataset presets (``<dataset>.yaml``), shipped inside the package as ``augment.pipelines``.
+
+Read them with :mod:`augment.resources`; this file only makes the folder an importable package so
+that :mod:`importlib.resources` finds it from an editable install and from a wheel alike.
+"""

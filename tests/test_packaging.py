@@ -1,0 +1,100 @@
+"""A wheel install (what `pip install .` and cluster.yaml give every node) behaves like the
+editable one: the presets and reference manifests ship inside the package, every module imports,
+and the CLI resolves the same settings and gives the same errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import augment
+from augment.resources import list_presets, manifests_dir
+
+ROOT = Path(augment.__file__).resolve().parents[1]
+
+
+def test_pyproject_lists_every_package():
+    """packages are listed by hand (mapped folders defeat packages.find): a new sub-package must be added."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "augment").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
+    assert {"augment.pipelines", "augment.manifests"} <= listed
+
+
+def test_resources_found_from_the_install():
+    assert {"digits", "cub", "inat", "imagenet", "folder"} <= set(list_presets())
+    assert (manifests_dir() / "schema" / "manifest.json").is_file()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AUGMENT_PIPELINES")}
+    return env | {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"} | extra
+
+
+def _augment(python: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "augment", *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory) -> str:
+    """A fresh venv with augment installed from a wheel built from this tree. Its dependencies come
+    from this interpreter's site-packages through a .pth line (which does not run the editable
+    install's finder), so only the wheel provides augment."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600,
+                           env=_env())
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp / "dist").glob("augment-*.whl"))
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+                              "-q", str(wheel)], capture_output=True, text=True, timeout=600, env=_env())
+    assert install.returncode == 0, install.stderr[-2000:]
+    where = subprocess.run([python, "-c", "import augment; print(augment.__file__)"], cwd=tmp, env=_env(),
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(venv), where  # the wheel's copy, not this checkout
+    return python
+
+
+@pytest.mark.slow
+def test_wheel_has_presets_and_every_module(wheel_python, tmp_path):
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (ROOT / "augment").rglob("*.py") if p.name != "__main__.py")
+    code = ("import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+            "from augment.resources import list_presets, manifests_dir\n"
+            "print(','.join(list_presets()), (manifests_dir() / 'schema' / 'manifest.json').is_file())")
+    r = subprocess.run([wheel_python, "-c", code, *modules], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[0] == ",".join(list_presets()) and r.stdout.split()[1] == "True"
+
+
+@pytest.mark.slow
+def test_wheel_resolves_the_same_config(wheel_python, tmp_path):
+    wheel = _augment(wheel_python, "config", "--dataset", "digits", cwd=tmp_path)
+    editable = _augment(sys.executable, "config", "--dataset", "digits", cwd=tmp_path)
+    assert wheel.returncode == 0 and editable.returncode == 0, wheel.stderr + editable.stderr
+    assert wheel.stdout == editable.stdout
+    assert "grad_steps: all" in wheel.stdout and "lr: 0.02" in wheel.stdout  # the digits preset, not the defaults
+
+
+@pytest.mark.slow
+def test_wheel_refuses_cub_without_classifier_like_editable(wheel_python, tmp_path):
+    wheel = _augment(wheel_python, "tokens", "--dataset", "cub", "--classes", "0", "--max-steps", "1", cwd=tmp_path)
+    editable = _augment(sys.executable, "tokens", "--dataset", "cub", "--classes", "0", "--max-steps", "1", cwd=tmp_path)
+    assert wheel.returncode == 2 and editable.returncode == 2
+    assert wheel.stderr.strip() == editable.stderr.strip()
+    assert len(wheel.stderr.strip().splitlines()) == 1 and "no classifier given" in wheel.stderr
+    assert not (tmp_path / "runs").exists()
