@@ -1,13 +1,3 @@
-"""One intra-op thread for these tests (train/benchmark commands): the tiny CNNs gain nothing from more, and on a shared
-2-core machine extra threads make them several times slower."""
+"""The train/benchmark commands run tiny CNNs: the same one-thread fixture as tests/downstream."""
 
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.downstream.conftest import _one_thread  # noqa: F401  (autouse fixture, re-registered here)
