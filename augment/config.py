@@ -23,7 +23,7 @@ PIPELINES_DIR = Path(os.environ.get("AUGMENT_PIPELINES", Path(__file__).resolve(
 
 @dataclass
 class TokenConfig:
-    """DisCo token training (see DESIGN.md, 'Facts about the method')."""
+    """DisCo token training, the ``tokens`` stage (see ARCHITECTURE.md, "Stages")."""
 
     init_token: str | None = None  # None: the class name's last word if it is one token, else init_fallback
     init_fallback: str = "a"

@@ -1,6 +1,6 @@
 """WebDataset shards + their Parquet manifests + timm's ``_info.json``.
 
-Layout inside a run folder (DESIGN.md, "Run directory")::
+Layout inside a run folder (ARCHITECTURE.md, "Run folder" and "Data contracts")::
 
     shards/synth-000000.tar          <key>.cls, <key>.<jpg|png|webp>, <key>.json per sample
     shards/_info.json                timm's wds split info, rebuilt from the manifests
