@@ -28,7 +28,7 @@ __all__ = ["Config", "config_from_dict", "list_presets", "resolve_config", "run_
 
 @dataclass
 class TokenConfig:
-    """DisCo token training (see DESIGN.md, 'Facts about the method')."""
+    """DisCo token training, the ``tokens`` stage (see ARCHITECTURE.md, "Stages")."""
 
     init_token: str | None = None  # None: the class name's last word if it is one token, else init_fallback
     init_fallback: str = "a"

@@ -23,7 +23,7 @@ from augment.config import Config, config_from_dict
 from augment.datasets.names import slugify
 from augment.distributed import PoolSpec, run_units
 from augment.errors import AugmentError
-from augment.generate.worker import encode_image
+from augment.io.images import encode_image
 from augment.io.manifest import TOKENS_SCHEMA, write_parquet
 from augment.io.rundir import check_compatible, check_writable, stage_ran, write_run_json
 from augment.io.shards import SynthSample, done_shards, sample_key, write_info, write_shard

@@ -7,7 +7,6 @@ PNG/JPEG encoding; the driver writes the shard to disk while the worker goes on.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,27 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from augment.config import config_from_dict
 from augment.generate.plan import ShardUnit, render_prompt, sample_seed
+from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
 from augment.seeds import initial_latents
-
-PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
-
-
-def encode_image(array: np.ndarray, fmt: str) -> bytes:
-    """uint8 HWC -> encoded bytes; deterministic settings (same pixels -> same bytes)."""
-    buf = io.BytesIO()
-    img = Image.fromarray(array)
-    if fmt == "jpg":
-        img.save(buf, "JPEG", quality=95, subsampling=0, optimize=False)
-    elif fmt == "webp":
-        img.save(buf, "WEBP", quality=95, method=4)
-    else:
-        img.save(buf, "PNG", compress_level=6)
-    return buf.getvalue()
 
 
 def default_batch_size(device: torch.device, resolution: int) -> int:

@@ -1,6 +1,6 @@
 """WebDataset shards + their Parquet manifests + timm's ``_info.json``.
 
-Layout inside a run folder (DESIGN.md, "Run directory")::
+Layout inside a run folder (ARCHITECTURE.md, "Run folder" and "Data contracts")::
 
     shards/synth-000000.tar          <key>.cls, <key>.<jpg|png|webp>, <key>.json per sample
     shards/_info.json                timm's wds split info, rebuilt from the manifests
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
 import math
 import os
@@ -33,10 +32,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import webdataset as wds
-from PIL import Image
 
 import augment
 from augment.io.atomic import atomic_path, atomic_write_json, is_temp_name
+from augment.io.images import IMAGE_FORMATS, image_size
 from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
 from augment.io.rundir import ArmDir, parse_shard_name, shard_name
 
@@ -56,9 +55,6 @@ __all__ = [
     "write_shard",
 ]
 
-
-#: extension in the shard -> the format name PIL reports for such a file
-IMAGE_FORMATS: dict[str, str] = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 #: fixed tar header fields, so that equal samples give byte-identical shards
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
@@ -107,18 +103,6 @@ def shard_path(out_dir: str | os.PathLike[str], index: int) -> Path:
 
 def manifest_path(out_dir: str | os.PathLike[str], index: int) -> Path:
     return ArmDir(out_dir).manifest_path(index)
-
-
-def image_size(data: bytes, image_format: str | None = None) -> tuple[int, int]:
-    """(width, height) from the encoded image's header; checks the bytes match ``image_format``."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, size = im.format, im.size
-    except Exception as e:  # PIL raises several types for corrupt data
-        raise ValueError(f"image bytes are not a readable image: {e}") from e
-    if image_format is not None and IMAGE_FORMATS.get(image_format) != fmt:
-        raise ValueError(f"image_format is {image_format!r} but the bytes are a {fmt} image")
-    return size
 
 
 # ----------------------------------------------------------------------------------------- writing

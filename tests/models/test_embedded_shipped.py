@@ -1,5 +1,5 @@
 """The SHIPPED embedded models under augment/models/embedded/ (built by
-pipelines/embedded/build_tiny_digits.py): they load offline, generate, and the classifiers are
+`python -m augment.models.embedded.build`): they load offline, generate, and the classifiers are
 accurate on the 450 held-out test digits."""
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from augment.datasets.digits import DIGIT_NAMES
-from augment.models import embedded_build as eb
+from augment.models.embedded.build import build_embedded
+from augment.models.embedded.captions import caption_table, sample_caption_indices
+from augment.models.embedded.text import build_tokenizer, tokenizer_words
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def smoke_build(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("emb") / "embedded"
     out.mkdir()
     (out / "__init__.py").write_text("")  # files the build does not produce are kept
-    summary = eb.build_embedded(out, budget="smoke", seed=0)
+    summary = build_embedded(out, budget="smoke", seed=0)
     return out, summary
 
 
@@ -104,8 +106,8 @@ def test_classifier_sidecar_and_weights(smoke_build, name):
 
 
 def test_tokenizer_words_are_single_tokens(tmp_path):
-    tok = eb.build_tokenizer(tmp_path)
-    for w in eb.tokenizer_words() + DIGIT_NAMES + ["bird", "realistic", "resolution"]:
+    tok = build_tokenizer(tmp_path)
+    for w in tokenizer_words() + DIGIT_NAMES + ["bird", "realistic", "resolution"]:
         assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
     merges = (tmp_path / "merges.txt").read_text().splitlines()[1:]
     assert all("</w>" not in m.split() for m in merges)
@@ -118,10 +120,10 @@ def test_caption_sampling_is_deterministic_and_swaps():
     import numpy as np
 
     labels = np.full(4000, 3)
-    a = eb.sample_caption_indices(labels, np.random.default_rng(0))
-    b = eb.sample_caption_indices(labels, np.random.default_rng(0))
+    a = sample_caption_indices(labels, np.random.default_rng(0))
+    b = sample_caption_indices(labels, np.random.default_rng(0))
     assert (a == b).all()
-    captions, groups = eb.caption_table()
+    captions, groups = caption_table()
     named = [captions[i] for i in a if i in groups["named:3"] + groups["named:8"]]
     frac_eight = np.mean([c.endswith("eight") for c in named])
     assert 0.45 < frac_eight < 0.55

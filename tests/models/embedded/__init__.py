@@ -1,0 +1,1 @@
+"""Tests of augment.models.embedded: the build of the shipped tiny-digits models."""
