@@ -100,7 +100,7 @@ def models_show(spec: str) -> None:
 def models_build_embedded(out: str | None, budget: str, seed: int) -> None:
     """Train the embedded tiny-digits diffusion model and the two digit classifiers from scratch."""
     from augment.models.backbone import embedded_dir
-    from augment.models.embedded_build import build_embedded
+    from augment.models.embedded.build import build_embedded
 
     result = build_embedded(Path(out) if out else embedded_dir(), budget=budget, seed=seed)
     click.echo(json.dumps(result, indent=2, default=str))
