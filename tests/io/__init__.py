@@ -9,18 +9,18 @@ from pathlib import Path
 
 from PIL import Image
 
+from augment.io.images import IMAGE_FORMATS
 from augment.io.shards import SynthSample, sample_key, write_info, write_shard
 
 CLASS_NAMES = ["zero", "one", "two"]
 FIXED_TIME = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 def encode(class_index: int, sample_index: int, fmt: str = "jpg", size: int = 16) -> bytes:
     """A small deterministic image whose colour depends on class and sample."""
     im = Image.new("RGB", (size, size), (40 + 60 * class_index, 10 * sample_index % 256, 90))
     buf = io.BytesIO()
-    im.save(buf, _PIL_FORMAT[fmt])
+    im.save(buf, IMAGE_FORMATS[fmt])
     return buf.getvalue()
 
 
