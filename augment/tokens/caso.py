@@ -111,4 +111,3 @@ class CasoTrainer:
         result.embedding = torch.stack(best[1]).cpu()
         result.seconds = time.perf_counter() - start
         return result
-
