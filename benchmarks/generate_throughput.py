@@ -219,6 +219,7 @@ def plan_batches(cfg, class_names: list[str], batch_size: int, baseline: bool) -
 
 def train_tokens(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     """Throw-away tokens (``--token-steps`` DisCo steps per class) for the token arm."""
+    from augment.io.rundir import RunDir
     from augment.tokens.runner import run_tokens
 
     cfg = build_config(args, work / "tokens-run", 0)
@@ -227,7 +228,7 @@ def train_tokens(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     summary = run_tokens(cfg, show_progress=False)
     if summary.failed:
         raise SystemExit(f"token training failed: {summary.failed[:3]}")
-    return work / "tokens-run" / "tokens", time.perf_counter() - t0
+    return RunDir(work / "tokens-run").tokens, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -253,11 +254,12 @@ def run_generate_row(args: argparse.Namespace, work: Path, workers: int, tokens_
                      device: torch.device) -> Row:
     import augment.generate.runner as runner
     from augment.distributed import shutdown
+    from augment.io.rundir import RunDir
 
     out = work / f"generate-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
     if tokens_dir is not None:
-        shutil.copytree(tokens_dir, out / "tokens")
+        shutil.copytree(tokens_dir, RunDir(out).tokens)
     cfg = build_config(args, out, workers)
     n = len(cfg_classes(cfg)) * cfg.generate.per_class
     events = work / f"events-w{workers}.txt"
@@ -289,8 +291,8 @@ def run_generate_row(args: argparse.Namespace, work: Path, workers: int, tokens_
         # steady: the images over the rest (sampling, scoring, encoding, writing)
         row.notes["setup_seconds"] = round(max(built) - start, 3)
         row.notes["steady_images_per_s"] = round(n / max(1e-9, end - max(built)), 3)
-    row.notes["tar_bytes"] = sum(p.stat().st_size for p in (out / ("shards" if tokens_dir else "baseline/shards"))
-                                 .glob("*.tar"))
+    arm = RunDir(out).arm_dir("baseline" if tokens_dir is None else "token")
+    row.notes["tar_bytes"] = sum(p.stat().st_size for p in arm.shards.glob("*.tar"))
     return row
 
 
