@@ -8,8 +8,9 @@ Measures, in one process and one run, on the same prompts and image count:
    ``workers=2`` on two Ray CPU actors (or one actor per GPU).
 2. ``naive loop``: what a user would write first: ``pipe(prompt)`` one image at a time
    (30 steps, guidance 7), each image saved with PIL into a folder.
-3. ``pure compute``: the same batches as (1), latents from ``augment.seeds.initial_latents``,
-   through ``pipe(..., output_type="pt")`` only: no scoring, encoding or writing. It is the
+3. ``pure compute``: the same batches as (1) through ``Diffusion.generate``, the very call the
+   generate worker makes per batch (seeded latents, then ``pipe(..., output_type="pt")``), and
+   nothing else: no scoring, encoding or writing. It is the
    ceiling the generate path can at best reach on one process, so ``generate / pure`` says how
    much the pipeline's own work (I/O, scoring, scheduling) costs.
 
@@ -218,6 +219,7 @@ def plan_batches(cfg, class_names: list[str], batch_size: int, baseline: bool) -
 
 def train_tokens(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     """Throw-away tokens (``--token-steps`` DisCo steps per class) for the token arm."""
+    from augment.io.rundir import RunDir
     from augment.tokens.runner import run_tokens
 
     cfg = build_config(args, work / "tokens-run", 0)
@@ -226,7 +228,7 @@ def train_tokens(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     summary = run_tokens(cfg, show_progress=False)
     if summary.failed:
         raise SystemExit(f"token training failed: {summary.failed[:3]}")
-    return work / "tokens-run" / "tokens", time.perf_counter() - t0
+    return RunDir(work / "tokens-run").tokens, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -252,11 +254,12 @@ def run_generate_row(args: argparse.Namespace, work: Path, workers: int, tokens_
                      device: torch.device) -> Row:
     import augment.generate.runner as runner
     from augment.distributed import shutdown
+    from augment.io.rundir import RunDir
 
     out = work / f"generate-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
     if tokens_dir is not None:
-        shutil.copytree(tokens_dir, out / "tokens")
+        shutil.copytree(tokens_dir, RunDir(out).tokens)
     cfg = build_config(args, out, workers)
     n = len(cfg_classes(cfg)) * cfg.generate.per_class
     events = work / f"events-w{workers}.txt"
@@ -288,8 +291,8 @@ def run_generate_row(args: argparse.Namespace, work: Path, workers: int, tokens_
         # steady: the images over the rest (sampling, scoring, encoding, writing)
         row.notes["setup_seconds"] = round(max(built) - start, 3)
         row.notes["steady_images_per_s"] = round(n / max(1e-9, end - max(built)), 3)
-    row.notes["tar_bytes"] = sum(p.stat().st_size for p in (out / ("shards" if tokens_dir else "baseline/shards"))
-                                 .glob("*.tar"))
+    arm = RunDir(out).arm_dir("baseline" if tokens_dir is None else "token")
+    row.notes["tar_bytes"] = sum(p.stat().st_size for p in arm.shards.glob("*.tar"))
     return row
 
 
@@ -310,23 +313,16 @@ def run_naive_row(pipe, prompts: list[str], steps: int, guidance: float, folder:
     return timed("naive loop (pipe(prompt), batch 1)", len(prompts), go, device)
 
 
-def sample_batch(pipe, cfg, prompts: list[str], seeds: list[int], resolution: int) -> torch.Tensor:
-    """The sampler call of GenerateWorker.sample, and nothing else."""
-    from augment.seeds import initial_latents
-
+def sample_batch(diffusion, cfg, prompts: list[str], seeds: list[int], resolution: int) -> torch.Tensor:
+    """The sampler call of GenerateWorker.sample (``Diffusion.generate``), and nothing else."""
     g = cfg.generate
-    shape = (pipe.unet.config.in_channels, resolution // pipe.vae_scale_factor, resolution // pipe.vae_scale_factor)
-    latents = initial_latents(seeds, shape, pipe.unet.device, pipe.unet.dtype)
-    return pipe(prompt=prompts, negative_prompt=[g.negative_prompt] * len(prompts) if g.negative_prompt else None,
-                latents=latents, num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
-                height=resolution, width=resolution, output_type="pt").images
+    return diffusion.generate(prompts, seeds, g.steps, g.guidance_scale, g.negative_prompt, resolution)
 
 
-def run_pure_row(pipe, cfg, batches, resolution: int, device: torch.device) -> Row:
+def run_pure_row(diffusion, cfg, batches, resolution: int, device: torch.device) -> Row:
     def go() -> None:
-        with torch.no_grad():
-            for prompts, seeds in batches:
-                sample_batch(pipe, cfg, prompts, seeds, resolution)
+        for prompts, seeds in batches:
+            sample_batch(diffusion, cfg, prompts, seeds, resolution)
 
     sizes = sorted({len(p) for p, _ in batches})
     row = timed("pure compute (sampler only)", sum(len(p) for p, _ in batches), go, device)
@@ -425,6 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from augment.generate.worker import default_batch_size
     from augment.models.backbone import load_backbone, native_resolution
     from augment.models.device import resolve_device
+    from augment.models.diffusion import Diffusion
     from augment.runs import load_dataset
     from augment.tokens.textual_inversion import load_tokens
 
@@ -468,14 +465,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if tokens_dir is not None:
             load_tokens(pipe, sorted(tokens_dir.glob("*.safetensors")))
         load_seconds = round(time.perf_counter() - t0, 3)
+        diffusion = Diffusion(pipe)
         resolution = cfg.resolution or native_resolution(pipe)
         batch_size = cfg.generate.batch_size or default_batch_size(pipe.unet.device, resolution)
         batches = plan_batches(cfg, names, batch_size, baseline=tokens_dir is None)
         prompts = [p for ps, _ in batches for p in ps][: args.naive_images]
         print(f"pipeline loaded in {load_seconds:.2f} s; resolution {resolution}, batch size {batch_size}, "
               f"{len(batches)} sampler calls", flush=True)
-        with torch.no_grad():  # warm-up, not timed: first-call kernel selection / allocations
-            sample_batch(pipe, cfg, batches[0][0], batches[0][1], resolution)
+        # warm-up, not timed: first-call kernel selection / allocations
+        sample_batch(diffusion, cfg, batches[0][0], batches[0][1], resolution)
 
     # Repeats are interleaved (pure, generate..., naive, pure, ...) so that a slow spell of other
     # jobs on the machine hits every method alike; the table keeps each method's fastest run.
@@ -484,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tag = f" [{rep + 1}/{args.repeat}]" if args.repeat > 1 else ""
         if "pure" in args.only and pipe is not None:
             print(f"pure compute{tag} ...", flush=True)
-            runs.append(run_pure_row(pipe, cfg, batches, resolution, device))
+            runs.append(run_pure_row(diffusion, cfg, batches, resolution, device))
         if "generate" in args.only:
             for w in args.workers:
                 print(f"generate, workers={w}{tag} ...", flush=True)

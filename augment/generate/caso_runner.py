@@ -27,9 +27,10 @@ from augment.io.images import encode_image
 from augment.io.manifest import TOKENS_SCHEMA, write_parquet
 from augment.io.rundir import check_compatible, check_writable, stage_ran, write_run_json
 from augment.io.shards import SynthSample, done_shards, sample_key, write_info, write_shard
+from augment.models.diffusion import Diffusion
 from augment.runs import load_dataset, select_classes
 from augment.seeds import derive_seed
-from augment.tokens.caso import CasoTrainer, edit_images, vector_tokens
+from augment.tokens.caso import CasoTrainer, vector_tokens
 
 COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
 
@@ -64,8 +65,8 @@ class CasoWorker:
         samples = []
         for j, (s, img) in enumerate(zip(reals, images, strict=True)):
             seeds = [derive_seed(cfg.seed, "caso-edit", c, target, j, e) for e in range(cc.edits_per_image)]
-            edited = edit_images(self.pipe, prompt, img.unsqueeze(0).repeat(len(seeds), 1, 1, 1), seeds,
-                                 cc.strength, cc.edit_steps, cc.edit_guidance)
+            edited = Diffusion(self.pipe).edit(prompt, img.unsqueeze(0).repeat(len(seeds), 1, 1, 1), seeds,
+                                               cc.strength, cc.edit_steps, cc.edit_guidance)
             probs = self.trainer.classifier(edited).softmax(-1)
             arrays = (edited.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
             for e in range(len(seeds)):

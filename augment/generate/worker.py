@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from augment.config import config_from_dict
 from augment.generate.plan import ShardUnit, render_prompt, sample_seed
 from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
-from augment.seeds import initial_latents
+from augment.models.diffusion import Diffusion
 
 
 def default_batch_size(device: torch.device, resolution: int) -> int:
@@ -66,17 +67,15 @@ class GenerateWorker:
         templates = self.cfg.generate.prompts
         return render_prompt(templates[i % len(templates)], self.token(c), self.spec.class_names[c])
 
-    @torch.no_grad()
+    @cached_property
+    def diffusion(self) -> Diffusion:
+        """The sampler over the loaded pipeline (it holds nothing but the pipeline)."""
+        return Diffusion(self.pipe)
+
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """Images in [0,1] (N,3,H,W) from diffusers' own pipeline call, noise from per-sample seeds."""
-        pipe, g = self.pipe, self.cfg.generate
-        shape = (pipe.unet.config.in_channels, self.resolution // pipe.vae_scale_factor,
-                 self.resolution // pipe.vae_scale_factor)
-        latents = initial_latents(seeds, shape, self.device, pipe.unet.dtype)
-        out = pipe(prompt=prompts, negative_prompt=[g.negative_prompt] * len(prompts) if g.negative_prompt else None,
-                   latents=latents, num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
-                   height=self.resolution, width=self.resolution, output_type="pt")
-        return out.images.float().clamp(0, 1)
+        g = self.cfg.generate
+        return self.diffusion.generate(prompts, seeds, g.steps, g.guidance_scale, g.negative_prompt, self.resolution)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:

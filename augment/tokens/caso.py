@@ -7,8 +7,9 @@ a latent reconstruction term that keeps the prediction close to the real image. 
 few vectors in place of the first tokens of an empty prompt) then *edits* real images: noise to a
 strength, denoise under it. Target = the image's own class gives class-preserving variations of
 the few-shot reals; another class gives counterfactual edits; a negative guidance scale reverses
-the edit. Embeddings are saved as multi-vector textual-inversion files (``[n, D]``), which
-``pipe.load_textual_inversion`` expands to ``token token_1 ...`` in prompts.
+the edit (:meth:`augment.models.diffusion.Diffusion.edit`). Embeddings are saved as multi-vector
+textual-inversion files (``[n, D]``), which ``pipe.load_textual_inversion`` expands to
+``token token_1 ...`` in prompts.
 """
 
 from __future__ import annotations
@@ -20,18 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import CasoConfig
-from augment.models.device import autocast
-from augment.seeds import derive_seed, initial_latents
-from augment.tokens.disco import _EmbeddingOverride
-from augment.tokens.sampler import (
-    decode,
-    encode_images,
-    encode_prompts,
-    freeze_for_training,
-    predict_x0,
-    sample_latents,
-)
+from augment.models.diffusion import Diffusion
+from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import add_token, single_token_id
+from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
 def caso_token(source: int, target: int) -> str:
@@ -56,7 +49,8 @@ class CasoResult:
 class CasoTrainer:
     def __init__(self, pipe, classifier, cfg: CasoConfig, run_seed: int) -> None:
         self.pipe, self.cfg, self.run_seed = pipe, cfg, run_seed
-        self.device = pipe.unet.device
+        self.diffusion = Diffusion(pipe)
+        self.device = self.diffusion.device
         self.classifier = freeze_for_training(pipe, classifier)
 
     def _add_vectors(self, token: str) -> list[int]:
@@ -66,36 +60,33 @@ class CasoTrainer:
 
     def learn(self, images01: torch.Tensor, source: int, target: int) -> CasoResult:
         """Learn the embedding that moves ``images01`` (real images of class ``source``) to ``target``."""
-        cfg, pipe = self.cfg, self.pipe
+        cfg, pipe, diffusion = self.cfg, self.pipe, self.diffusion
         start = time.perf_counter()
         token = caso_token(source, target)
         ids = self._add_vectors(token)
         emb_layer = pipe.text_encoder.get_input_embeddings()
         vectors = [torch.nn.Parameter(emb_layer.weight[i].detach().float().clone()) for i in ids]
-        hooks = [_EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
+        hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
         opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=0.0)
-        z0_all = encode_images(pipe, images01.to(self.device))
+        z0_all = diffusion.encode_images(images01.to(self.device))
         t = int(cfg.t0 * (pipe.scheduler.config.num_train_timesteps - 1))
         prompt = " ".join(vector_tokens(token, cfg.n_vectors))
         result = CasoResult(token, torch.empty(0))
         best = (float("inf"), [v.detach().clone() for v in vectors])
         with torch.no_grad():
-            uncond_all = encode_prompts(pipe, [""] * cfg.batch_size)
+            uncond_all = diffusion.encode_prompts([""] * cfg.batch_size)
         try:
             for step in range(cfg.max_steps):
                 idx = [(step * cfg.batch_size + j) % len(z0_all) for j in range(cfg.batch_size)]
                 z0 = z0_all[idx]
                 seeds = [derive_seed(self.run_seed, "caso", source, target, step, j) for j in range(len(idx))]
-                noise = initial_latents(seeds, tuple(z0.shape[1:]), self.device, torch.float32)
                 tt = torch.full((len(idx),), t, device=self.device, dtype=torch.long)
-                zt = pipe.scheduler.add_noise(z0, noise, tt)
-                cond = encode_prompts(pipe, [prompt] * len(idx))
-                with autocast(self.device, pipe.unet.dtype):
-                    out = pipe.unet(torch.cat([zt, zt]).to(pipe.unet.dtype), tt.repeat(2),
-                                    encoder_hidden_states=torch.cat([uncond_all[: len(idx)], cond]).to(pipe.unet.dtype)).sample
-                out_u, out_c = out.float().chunk(2)
-                x0 = predict_x0(pipe, zt, out_u + cfg.guidance_scale * (out_c - out_u), t)
-                logits = self.classifier(decode(pipe, x0))
+                zt = diffusion.noise_latents(z0, seeds, tt)
+                cond = diffusion.encode_prompts([prompt] * len(idx))
+                out = diffusion.guided_output(torch.cat([zt, zt]), tt.repeat(2),
+                                              torch.cat([uncond_all[: len(idx)], cond]), cfg.guidance_scale)
+                x0 = diffusion.predict_x0(zt, out, t)
+                logits = self.classifier(diffusion.decode(x0))
                 target_t = torch.full((len(idx),), target, device=self.device, dtype=torch.long)
                 ce = F.cross_entropy(logits, target_t)
                 recon = F.mse_loss(x0, z0)
@@ -120,26 +111,3 @@ class CasoTrainer:
         result.embedding = torch.stack(best[1]).cpu()
         result.seconds = time.perf_counter() - start
         return result
-
-
-@torch.no_grad()
-def edit_images(pipe, prompt: str, images01: torch.Tensor, seeds: list[int], strength: float, steps: int,
-                guidance_scale: float) -> torch.Tensor:
-    """Noise real images to ``strength`` of the schedule, denoise under ``prompt``; images in [0, 1].
-
-    Classifier-free guidance is always applied (unlike diffusers' img2img pipeline, which turns it
-    off below 1), so a negative ``guidance_scale`` pushes away from the embedding: the reverse edit.
-    """
-    device = pipe.unet.device
-    z0 = encode_images(pipe, images01.to(device))
-    scheduler = pipe.scheduler
-    scheduler.set_timesteps(steps, device=device)
-    n_run = max(1, min(steps, int(round(steps * strength))))
-    start = steps - n_run
-    noise = initial_latents(seeds, tuple(z0.shape[1:]), device, torch.float32)
-    t0 = scheduler.timesteps[start].repeat(len(seeds))
-    zt = scheduler.add_noise(z0, noise, t0)
-    cond = encode_prompts(pipe, [prompt] * len(seeds))
-    uncond = encode_prompts(pipe, [""] * len(seeds))
-    latents = sample_latents(pipe, zt, cond, uncond, steps, guidance_scale, start=start)
-    return decode(pipe, latents)

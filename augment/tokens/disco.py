@@ -1,10 +1,11 @@
 """DisCo: learn one discriminative class token per class (Schwartz et al., ICCV 2023).
 
 For class c we add a token ``<cNNNN>`` initialised from a chosen word, generate a batch from the
-training prompts with classifier-free guidance, decode, classify, and minimise cross-entropy to c
-with respect to that token's input embedding only. The embedding is injected by a forward hook on
-the text encoder's input-embedding layer, so the model's weights are never written to: every other
-row and every other parameter stays bit-identical by construction.
+training prompts with classifier-free guidance (:meth:`augment.models.diffusion.Diffusion.sample_latents`,
+the gradient through the last ``grad_steps`` steps), decode, classify, and minimise cross-entropy
+to c with respect to that token's input embedding only. The embedding is injected by a forward hook
+(:class:`augment.tokens.training.EmbeddingOverride`), so the model's weights are never written to:
+every other row and every other parameter stays bit-identical by construction.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 
 from augment.config import TokenConfig
 from augment.errors import AugmentError
-from augment.seeds import derive_seed, initial_latents
-from augment.tokens.sampler import decode, encode_prompts, freeze_for_training, sample_latents
+from augment.models.diffusion import Diffusion
+from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import add_token, single_token_id, token_string
+from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
 @dataclass
@@ -53,29 +55,14 @@ def choose_init_token(tokenizer, class_name: str, cfg: TokenConfig) -> str:
     return cfg.init_fallback
 
 
-class _EmbeddingOverride:
-    """Forward hook that replaces the rows of one token id with a trainable vector."""
-
-    def __init__(self, module: torch.nn.Module, token_id: int, vector: torch.Tensor) -> None:
-        self.token_id, self.vector = token_id, vector
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        mask = (inputs[0] == self.token_id).unsqueeze(-1)
-        return torch.where(mask, self.vector.to(output.dtype), output)
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-
 class DiscoTrainer:
     """Holds a loaded backbone and classifier and trains tokens one class at a time."""
 
     def __init__(self, pipe, classifier, cfg: TokenConfig, run_seed: int, resolution: int) -> None:
         self.pipe, self.cfg, self.run_seed, self.resolution = pipe, cfg, run_seed, resolution
-        device = pipe.unet.device
+        self.diffusion = Diffusion(pipe)
         self.classifier = freeze_for_training(pipe, classifier)
-        self.device = device
+        self.device = self.diffusion.device
         self._added: set[str] = set()
 
     def seeds_for(self, class_index: int, step: int) -> list[int]:
@@ -88,20 +75,19 @@ class DiscoTrainer:
         return [templates[j % len(templates)].format(token=token, name=name) for j in range(self.cfg.batch_size)]
 
     def _forward(self, prompts: list[str], seeds: list[int], grad: bool) -> torch.Tensor:
-        pipe = self.pipe
-        lat_shape = (pipe.unet.config.in_channels, self.resolution // pipe.vae_scale_factor,
-                     self.resolution // pipe.vae_scale_factor)
-        latents = initial_latents(seeds, lat_shape, self.device, torch.float32)
-        latents = latents * pipe.scheduler.init_noise_sigma
+        """Classifier logits of the images the prompts make from these seeds (float32 noise, as trained)."""
+        diffusion = self.diffusion
+        latents = diffusion.initial_latents(seeds, self.resolution, torch.float32)
+        latents = latents * diffusion.scheduler.init_noise_sigma
         with torch.no_grad():
-            uncond = encode_prompts(pipe, [""] * len(prompts))
+            uncond = diffusion.encode_prompts([""] * len(prompts))
         with torch.set_grad_enabled(grad):
-            cond = encode_prompts(pipe, prompts)
-        latents = sample_latents(pipe, latents, cond, uncond, self.cfg.steps, self.cfg.guidance_scale,
-                                 grad_steps=self.cfg.grad_steps if grad else 0,
-                                 checkpointing=self.cfg.checkpointing)
+            cond = diffusion.encode_prompts(prompts)
+        latents = diffusion.sample_latents(latents, cond, uncond, self.cfg.steps, self.cfg.guidance_scale,
+                                           grad_steps=self.cfg.grad_steps if grad else 0,
+                                           checkpointing=self.cfg.checkpointing)
         with torch.set_grad_enabled(grad):
-            return self.classifier(decode(pipe, latents))
+            return self.classifier(diffusion.decode(latents))
 
     def train(self, class_index: int, class_name: str, progress=None) -> TokenResult:
         cfg, pipe = self.cfg, self.pipe
@@ -113,7 +99,7 @@ class DiscoTrainer:
         self._added.add(token)
         emb_layer = pipe.text_encoder.get_input_embeddings()
         vector = torch.nn.Parameter(emb_layer.weight[init_id].detach().float().clone())
-        hook = _EmbeddingOverride(emb_layer, token_id, vector)
+        hook = EmbeddingOverride(emb_layer, token_id, vector)
         opt = torch.optim.AdamW([vector], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         target = torch.full((cfg.batch_size,), class_index, device=self.device, dtype=torch.long)
         prompts = self.prompts_for(token, class_name)
