@@ -1,8 +1,8 @@
 """The ``augment caso`` stage: per class, learn a CASO embedding from k real images and write edits.
 
 Work unit = one source class: learn the embedding (target = the class itself, or ``caso.target``
-for counterfactual edits), save it to ``OUT/caso/tokens/``, then edit each of the k reals
-``edits_per_image`` times (fresh seeds) into one shard ``OUT/caso/shards/synth-NNNNNN.tar`` with
+for counterfactual edits), save it among the caso arm's tokens (``RunDir.arm_dir("caso")``), then
+edit each of the k reals ``edits_per_image`` times (fresh seeds) into one shard of that arm with
 its manifest (mode ``edit``, ``source_key``, ``strength``). Labels are the TARGET class. A class is
 done when its shard's Parquet exists; re-runs skip done classes. The checks, the run folder and the
 failure policy are :mod:`augment.stage`'s.
