@@ -233,10 +233,26 @@ def resolve_config(
     return cfg
 
 
+def parse_grad_steps(value: int | str, name: str = "tokens.grad_steps") -> int | str:
+    """``grad_steps`` as the sampler takes it: a positive int or ``"all"``, from ``3``, ``"3"`` or ``"all"``.
+
+    The one check of this setting (config files, ``--grad-steps`` and the tokens stage's preflight
+    all call it); ``name`` is how the message names the setting (``"--grad-steps"`` on the CLI).
+    """
+    if value == "all":
+        return value
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise AugmentError(f"{name} {value!r} is not an integer or 'all'") from None
+    if isinstance(value, int) and value >= 1:
+        return value
+    raise AugmentError(f"{name} must be a positive integer or 'all', got {value!r}")
+
+
 def validate(cfg: Config) -> None:
-    gs = cfg.tokens.grad_steps
-    if not (gs == "all" or (isinstance(gs, int) and gs >= 1)):
-        raise AugmentError(f"tokens.grad_steps must be a positive integer or 'all', got {gs!r}")
+    cfg.tokens.grad_steps = parse_grad_steps(cfg.tokens.grad_steps)
     if cfg.generate.image_format not in ("jpg", "png", "webp"):
         raise AugmentError(f"image format {cfg.generate.image_format!r} is not one of jpg, png, webp")
     if cfg.dtype not in ("auto", "float32", "float16", "bfloat16"):

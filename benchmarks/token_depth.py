@@ -70,7 +70,7 @@ def main() -> None:
         result = run_eval(cfg.out, dataset, specs, progress=False)
         acc = {(r["images"], r["classifier"]): r for r in result["accuracy"]}
         row = {"grad_steps": depth, "train_seconds": round(train_s, 1),
-               "steps_mean": sum(r["steps"] for r in summary.rows) / max(1, len(summary.rows))}
+               "steps_mean": sum(r.steps for r in summary.rows) / max(1, len(summary.rows))}
         for arm, prefix in (("token", "tokens"), ("baseline", "baseline")):
             for spec, label in ((base.classifier, "guide"), (base.judge, "judge")):
                 r = acc.get((arm, spec))

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from augment.cli.options import command
-from augment.io.rundir import RunDir
 
 
 @command()
@@ -19,13 +18,11 @@ from augment.io.rundir import RunDir
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(out: str, no_decode: bool, as_json: bool) -> None:
     """Check shards against manifests, _info.json and tokens; exit 1 naming any mismatch."""
-    from augment.io.verify import verify_run
+    from augment.io.verify import verify_arms
 
-    failed = False
-    run = RunDir(out)
-    arms = [run.arm_dir("token")] + [a for name, a in run.arms().items() if name == "baseline"]
-    for arm in arms:
-        report = verify_run(arm.path, decode_images=not no_decode)
+    summary = verify_arms(out, decode_images=not no_decode)
+    for name, report in summary.reports.items():
+        arm = summary.arms[name]
         if as_json:
             click.echo(json.dumps({"arm": str(arm), **report.to_dict()}, indent=2, default=str))
         else:
@@ -34,9 +31,7 @@ def verify(out: str, no_decode: bool, as_json: bool) -> None:
                        f"{summ.get('classes', 0)} classes: {'ok' if report.ok else 'PROBLEMS'}")
             for p in report.problems:
                 click.echo(f"  problem: {p}", err=True)
-        failed |= not report.ok
-    if failed:
-        sys.exit(1)
+    sys.exit(summary.exit_code)
 
 
 @command()

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from augment.config import Config, resolve_config
+from augment.config import Config, parse_grad_steps, resolve_config
 from augment.errors import AugmentError
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -111,12 +111,7 @@ def build_config(kwargs: dict[str, Any], extra: dict[str, Any] | None = None, ru
 
 def grad_steps_option(value: str | None) -> int | str | None:
     """--grad-steps: an integer or 'all' (None: not given)."""
-    if value is None or value == "all":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise AugmentError(f"--grad-steps {value!r} is not an integer or 'all'") from None
+    return None if value is None else parse_grad_steps(value, "--grad-steps")
 
 
 def int_list(value: str | None, flag: str) -> list[int] | None:

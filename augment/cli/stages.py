@@ -69,8 +69,7 @@ def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int
     cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps})
     summary = run_tokens(cfg, force=force)
     print_tokens(summary, cfg.out)
-    if summary.failed:
-        sys.exit(1)
+    sys.exit(summary.exit_code)
 
 
 @command()
@@ -85,8 +84,7 @@ def generate(baseline: bool, force: bool, **kwargs) -> None:
     cfg = build_config(kwargs, generate_overrides(kwargs))
     s = run_generate(cfg, baseline=baseline, force=force)
     print_generate(s)
-    if s.failed:
-        sys.exit(1)
+    sys.exit(s.exit_code)
 
 
 @command()
@@ -110,9 +108,9 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
     cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs})
     t = run_tokens(cfg, force=force)
     print_tokens(t)
-    if t.failed:
+    if t.exit_code:
         click.echo("some tokens failed; fix and re-run (done classes are kept)", err=True)
-        sys.exit(1)
+        sys.exit(t.exit_code)
     s = run_generate(cfg, force=force)
     print_generate(s)
     baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
@@ -152,11 +150,10 @@ def caso(force: bool, **kwargs) -> None:
     s = run_caso(cfg, force=force)
     click.echo(f"caso: {s.done} classes done, {s.skipped} already done, {len(s.failed)} failed in {s.seconds:.0f}s -> {s.out}")
     for r in s.rows:
-        click.echo(f"  class {r['class']} -> {r['target']}: guide accuracy of one-step edits "
-                   f"{r['init_accuracy']:.2f} -> {r['final_accuracy']:.2f} ({r['seconds']:.0f}s)")
+        click.echo(f"  class {r.class_index} -> {r.target}: guide accuracy of one-step edits "
+                   f"{r.init_accuracy:.2f} -> {r.final_accuracy:.2f} ({r.seconds:.0f}s)")
     print_failed(s.failed)
-    if s.failed:
-        sys.exit(1)
+    sys.exit(s.exit_code)
 
 
 COMMANDS = (tokens, generate, caso, build)

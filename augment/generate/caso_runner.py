@@ -1,32 +1,30 @@
 """The ``augment caso`` stage: per class, learn a CASO embedding from k real images and write edits.
 
 Work unit = one source class: learn the embedding (target = the class itself, or ``caso.target``
-for counterfactual edits), save it to ``OUT/caso/tokens/``, then edit each of the k reals
-``edits_per_image`` times (fresh seeds) into one shard ``OUT/caso/shards/synth-NNNNNN.tar`` with
+for counterfactual edits), save it among the caso arm's tokens (``RunDir.arm_dir("caso")``), then
+edit each of the k reals ``edits_per_image`` times (fresh seeds) into one shard of that arm with
 its manifest (mode ``edit``, ``source_key``, ``strength``). Labels are the TARGET class. A class is
-done when its shard's Parquet exists; re-runs skip done classes.
+done when its shard's Parquet exists; re-runs skip done classes. The checks, the run folder and the
+failure policy are :mod:`augment.stage`'s.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
+from augment import stage
 from augment.config import Config, config_from_dict
-from augment.datasets.names import slugify
-from augment.distributed import PoolSpec, run_units
+from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
 from augment.io.images import encode_image
-from augment.io.manifest import TOKENS_SCHEMA, write_parquet
-from augment.io.rundir import check_compatible, check_writable, stage_ran, write_run_json
+from augment.io.rundir import ArmDir
 from augment.io.shards import SynthSample, done_shards, sample_key, write_info, write_shard
+from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.diffusion import Diffusion
 from augment.runs import load_dataset, select_classes
 from augment.seeds import derive_seed
@@ -35,8 +33,28 @@ from augment.tokens.caso import CasoTrainer, vector_tokens
 COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
 
 
-def caso_dir(out: str | Path) -> Path:
-    return Path(out) / "caso"
+@dataclass
+class CasoRow:
+    """What the summary reports for one source class: its edits' target and the guide accuracy of
+    one-step edits before and after learning the embedding."""
+
+    class_index: int
+    target: int
+    token: str
+    init_accuracy: float
+    final_accuracy: float
+    seconds: float
+
+
+@dataclass
+class CasoOutcome:
+    """What a :class:`CasoWorker` returns for one class: the row, the embedding to save and the
+    edited samples of its shard."""
+
+    row: CasoRow
+    embedding: torch.Tensor
+    samples: list[SynthSample]
+    shard: int
 
 
 class CasoWorker:
@@ -50,7 +68,7 @@ class CasoWorker:
         self.trainer = CasoTrainer(self.pipe, load_classifier(cfg.classifier), cfg.caso, cfg.seed)
         self.dataset = load_dataset(cfg)
 
-    def run(self, unit: tuple[int, int]) -> dict[str, Any]:
+    def run(self, unit: tuple[int, int]) -> CasoOutcome:
         c, shard_index = unit
         cfg, cc = self.cfg, self.cfg.caso
         target = c if cc.target is None else int(cc.target)
@@ -78,9 +96,8 @@ class CasoWorker:
                     "model_id": cfg.model, "scheduler": cfg.scheduler, "steps": cc.edit_steps,
                     "guidance_scale": cc.edit_guidance, "guide_confidence": float(probs[e, target]),
                     "guide_pred": int(probs[e].argmax()), "attempts": 1, "status": "ok", "sample_index": index}))
-        return {"class": c, "target": target, "token": res.token, "embedding": res.embedding,
-                "init_accuracy": res.init_accuracy, "final_accuracy": res.final_accuracy, "seconds": res.seconds,
-                "samples": samples, "shard": shard_index}
+        row = CasoRow(c, target, res.token, res.init_accuracy, res.final_accuracy, res.seconds)
+        return CasoOutcome(row, res.embedding, samples, shard_index)
 
 
 def make_worker(cfg_dict: dict[str, Any], names: list[str]) -> CasoWorker:
@@ -88,71 +105,85 @@ def make_worker(cfg_dict: dict[str, Any], names: list[str]) -> CasoWorker:
 
 
 @dataclass
-class CasoSummary:
-    out: Path
-    done: int
-    skipped: int
-    failed: list[str]
-    rows: list[dict[str, Any]]
-    seconds: float
+class CasoSummary(stage.StageSummary):
+    """``rows``: one per class learned and edited by this call."""
+
+    rows: list[CasoRow]
+
+
+class CasoStage(stage.Stage[tuple[int, int], CasoOutcome, CasoSummary]):
+    """Units are (source class, shard index); results are :class:`CasoOutcome`."""
+
+    name = "caso"
+    compat_keys = COMPAT_KEYS
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.names: list[str] = []
+        self.classes: list[int] = []
+        self.token_rows: dict[int, TokenRow] = {}
+        self.rows: list[CasoRow] = []
+
+    @property
+    def arm(self) -> ArmDir:
+        return self.run.arm_dir("caso")
+
+    def preflight(self) -> None:
+        from augment.models.backbone import resolve_backbone_path
+        from augment.models.classifier import check_classes, load_classifier
+
+        cfg, cc = self.cfg, self.cfg.caso
+        dataset = load_dataset(cfg)
+        self.names = names = dataset.class_names
+        self.classes = select_classes(cfg.classes, len(names))
+        if cc.split not in dataset.splits():
+            raise AugmentError(f"caso learns from real images but {cfg.dataset} has no split {cc.split!r} "
+                               f"(available: {dataset.splits() or 'none'}); pass --data-root")
+        if cc.target is not None and not 0 <= int(cc.target) < len(names):
+            raise AugmentError(f"caso.target {cc.target} is out of range; this dataset has classes 0-{len(names) - 1}")
+        dataset.kshot(cc.k, cfg.seed, cc.split)  # k too large -> one clear error before any model loads
+        resolve_backbone_path(cfg.model)
+        check_classes(load_classifier(cfg.classifier), names)
+
+    def run_json_extra(self) -> dict[str, Any]:
+        return {"class_names": self.names}
+
+    def plan(self, force: bool) -> stage.Plan[tuple[int, int]]:
+        done = done_shards(self.arm.path)
+        todo = [(c, i) for i, c in enumerate(self.classes) if force or i not in done]
+        self.token_rows = read_token_rows(self.arm.tokens_parquet)
+        return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))
+
+    def worker_factory(self) -> WorkerFactory:
+        return partial(make_worker, self.cfg_dict, self.names)
+
+    def on_result(self, unit: tuple[int, int], res: CasoOutcome) -> str | None:
+        from augment.tokens.textual_inversion import save_token
+
+        cfg, cc, row = self.cfg, self.cfg.caso, res.row
+        c = row.class_index
+        path = self.arm.token_file(c, self.names[c], row.target)
+        sha = save_token(path, row.token, res.embedding)
+        self.token_rows[c] = TokenRow(class_index=c, class_name=self.names[c], token=row.token,
+                                      init_token=cc.init_token, token_file=path.name, token_sha256=sha,
+                                      steps=cc.max_steps, final_accuracy=row.final_accuracy, seconds=row.seconds,
+                                      status="ok", lr=cc.lr, model_id=cfg.model)
+        write_token_rows(self.arm.tokens_parquet, self.token_rows)
+        write_shard(self.arm.path, res.shard, res.samples)
+        write_info(self.arm.path, f"{cfg.dataset}-caso")
+        self.rows.append(row)
+        return None
+
+    def unit_label(self, unit: tuple[int, int]) -> str:
+        return f"class {unit[0]}"
+
+    def progress_postfix(self, unit: tuple[int, int], res: CasoOutcome) -> dict[str, Any]:
+        return {"cls": res.row.class_index, "acc": f"{res.row.init_accuracy:.2f}->{res.row.final_accuracy:.2f}"}
+
+    def summary(self, **common: Any) -> CasoSummary:
+        return CasoSummary(**common, rows=self.rows)
 
 
 def run_caso(cfg: Config, force: bool = False, show_progress: bool = True) -> CasoSummary:
-    from augment.models.backbone import resolve_backbone_path
-    from augment.models.classifier import check_classes, load_classifier
-    from augment.tokens.textual_inversion import save_token
-
-    start = time.perf_counter()
-    cc = cfg.caso
-    dataset = load_dataset(cfg)
-    names = dataset.class_names
-    classes = select_classes(cfg.classes, len(names))
-    if cc.split not in dataset.splits():
-        raise AugmentError(f"caso learns from real images but {cfg.dataset} has no split {cc.split!r} "
-                           f"(available: {dataset.splits() or 'none'}); pass --data-root")
-    if cc.target is not None and not 0 <= int(cc.target) < len(names):
-        raise AugmentError(f"caso.target {cc.target} is out of range; this dataset has classes 0-{len(names) - 1}")
-    dataset.kshot(cc.k, cfg.seed, cc.split)  # k too large -> one clear error before any model loads
-    resolve_backbone_path(cfg.model)
-    check_classes(load_classifier(cfg.classifier), names)
-    out = caso_dir(cfg.out)
-    cfg_dict = cfg.to_dict()
-    if stage_ran(out, "caso"):
-        check_compatible(out, cfg_dict, COMPAT_KEYS, force, extra={"class_names": names})
-    check_writable(out)
-    write_run_json(out, cfg_dict, "caso", extra={"class_names": names})
-    done = done_shards(out)
-    units = [(c, i) for i, c in enumerate(classes) if force or i not in done]
-    rows: list[dict[str, Any]] = []
-    tokens_pq = out / "tokens" / "tokens.parquet"
-    token_rows = {int(r["class_index"]): r for r in pq.read_table(tokens_pq).to_pylist()} if tokens_pq.exists() else {}
-    failed: list[str] = []
-    bar = tqdm(total=len(classes), initial=len(classes) - len(units), desc="caso", unit="class", disable=not show_progress)
-
-    def on_result(unit, res) -> None:
-        c = res["class"]
-        suffix = "" if res["target"] == c else f"-to-{res['target']:04d}"
-        path = out / "tokens" / f"{c:04d}-{slugify(names[c])}{suffix}.safetensors"
-        sha = save_token(path, res["token"], res["embedding"])
-        token_rows[c] = {"class_index": c, "class_name": names[c], "token": res["token"], "init_token": cc.init_token,
-                         "token_file": path.name, "token_sha256": sha, "steps": cc.max_steps,
-                         "final_accuracy": res["final_accuracy"], "seconds": res["seconds"], "status": "ok",
-                         "lr": cc.lr, "model_id": cfg.model}
-        write_parquet(out / "tokens" / "tokens.parquet", [token_rows[k] for k in sorted(token_rows)], TOKENS_SCHEMA)
-        write_shard(out, res["shard"], res["samples"])
-        write_info(out, f"{cfg.dataset}-caso")
-        rows.append({k: res[k] for k in ("class", "target", "token", "init_accuracy", "final_accuracy", "seconds")})
-        bar.update(1)
-        bar.set_postfix(cls=c, acc=f"{res['init_accuracy']:.2f}->{res['final_accuracy']:.2f}")
-
-    def on_error(unit, exc) -> None:
-        if isinstance(exc, AugmentError):
-            raise exc
-        failed.append(f"class {unit[0]}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
-
-    try:
-        run_units(lambda: make_worker(cfg_dict, names), units, PoolSpec(cfg.workers, cfg.address, device=cfg.device),
-                  on_result, on_error)
-    finally:
-        bar.close()
-    return CasoSummary(out, len(units) - len(failed), len(classes) - len(units), failed, rows, time.perf_counter() - start)
+    """Learn and edit the selected classes into the run folder's caso arm."""
+    return stage.run_stage(CasoStage(cfg), force, show_progress)

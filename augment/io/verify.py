@@ -17,7 +17,8 @@ anything. What it checks:
   the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [n, D] (n > 1: a multi-vector CASO embedding);
   no unlisted token files; manifests' ``token_sha256`` agree with the tokens table.
 
-The CLI maps the report to an exit code.
+:func:`verify_arms` verifies every arm of a run folder (``RunDir.arms()``) and returns a
+:class:`VerifySummary`, whose ``exit_code`` the CLI returns (1 when any arm has a problem).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,11 @@ from PIL import Image
 
 from augment.io.atomic import is_temp_name
 from augment.io.manifest import MANIFEST_SCHEMA, TOKENS_SCHEMA
-from augment.io.rundir import ArmDir, parse_shard_name, shard_name
+from augment.io.rundir import ArmDir, RunDir, parse_shard_name, shard_name
 from augment.io.shards import manifest_path, shard_path
+from augment.stage import StageSummary
 
-__all__ = ["VerifyReport", "verify_run"]
+__all__ = ["VerifyReport", "VerifySummary", "verify_arms", "verify_run"]
 
 #: at most this many problems are listed per shard (then a count of the rest)
 MAX_PROBLEMS_PER_SHARD = 20
@@ -441,3 +444,24 @@ def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> V
         problems.append(f"{out_dir}: no shards and no tokens to verify (is this a run folder?)")
     summary["problems"] = len(problems)
     return report
+
+
+@dataclass
+class VerifySummary(StageSummary):
+    """:func:`verify_arms`' result: the arms checked (by name, in ``ARMS`` order) and each one's
+    report; ``done`` counts the consistent arms, ``failed`` has one line per arm with problems."""
+
+    arms: dict[str, ArmDir] = field(default_factory=dict)
+    reports: dict[str, VerifyReport] = field(default_factory=dict)
+
+
+def verify_arms(out: str | os.PathLike[str], decode_images: bool = True) -> VerifySummary:
+    """:func:`verify_run` on every arm of the run folder ``out``: the token arm (the folder itself,
+    even when it has only tokens) and each other arm that has been generated into."""
+    start = time.perf_counter()
+    run = RunDir(out)
+    arms = {"token": run.arm_dir("token"), **run.arms()}
+    reports = {name: verify_run(arm.path, decode_images=decode_images) for name, arm in arms.items()}
+    failed = [f"{arms[name]}: {len(r.problems)} problems" for name, r in reports.items() if not r.ok]
+    return VerifySummary(stage="verify", out=run.path, done=len(reports) - len(failed), skipped=0, failed=failed,
+                         seconds=time.perf_counter() - start, arms=arms, reports=reports)

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import TokenConfig
-from augment.errors import AugmentError
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import add_token, single_token_id, token_string
@@ -143,9 +142,3 @@ class DiscoTrainer:
             emb_layer.weight[token_id] = best_vec.to(emb_layer.weight.dtype)
         result.seconds = time.perf_counter() - start
         return result
-
-
-def check_grad_steps(value: int | str) -> int | str:
-    if value == "all" or (isinstance(value, int) and value >= 1):
-        return value
-    raise AugmentError(f"grad_steps must be a positive integer or 'all', got {value!r}")

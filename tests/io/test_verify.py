@@ -174,3 +174,25 @@ def test_manifest_token_sha_cross_check(run):
 def test_not_a_run(tmp_path):
     assert "no such folder" in verify_run(tmp_path / "nope").problems[0]
     assert "no shards and no tokens" in verify_run(tmp_path).problems[0]
+
+
+def test_verify_arms_checks_every_arm_and_gives_an_exit_code(run):
+    from augment.io.rundir import RunDir
+    from augment.io.verify import verify_arms
+
+    s = verify_arms(run)
+    assert list(s.arms) == ["token"] and s.reports["token"].ok and (s.done, s.exit_code) == (1, 0)
+    baseline = RunDir(run).arm_dir("baseline").path
+    shutil.copytree(run / "shards", baseline / "shards")
+    shutil.copytree(run / "manifests", baseline / "manifests")
+    _rewrite_tar(shard_path(baseline, 0), lambda m, data: (m, data[:-1] + b"x") if m.name.endswith(".jpg") else (m, data))
+    s = verify_arms(run, decode_images=False)
+    assert list(s.arms) == ["token", "baseline"] and s.reports["token"].ok and not s.reports["baseline"].ok
+    assert s.exit_code == 1 and s.done == 1 and len(s.failed) == 1 and str(baseline) in s.failed[0]
+
+
+def test_verify_arms_of_a_folder_with_only_tokens(tmp_path):
+    from augment.io.verify import verify_arms
+
+    s = verify_arms(tmp_path)
+    assert list(s.arms) == ["token"] and s.exit_code == 1 and "no shards and no tokens" in s.reports["token"].problems[0]

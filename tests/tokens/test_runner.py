@@ -11,7 +11,7 @@ import torch
 from augment.config import Config, GenerateConfig, TokenConfig
 from augment.errors import AugmentError
 from augment.io.rundir import RunDir
-from augment.tokens.runner import run_tokens, token_file
+from augment.tokens.runner import run_tokens
 
 
 def _cfg(out: Path, pipe_dir: Path, clf: Path, **tok) -> Config:
@@ -57,7 +57,7 @@ def test_class_selection_and_changed_settings(tmp_path, micro_pipeline_dir, micr
 def test_slugs_never_escape_the_tokens_folder(tmp_path):
     run = RunDir(tmp_path)
     for name in ("../../etc/passwd", "a/b\\c", "..", "", "St. Bernard's dog"):
-        path = token_file(run, 7, name).resolve()
+        path = run.token_file(7, name).resolve()
         assert path.parent == (tmp_path / "tokens").resolve()
         assert path.name.startswith("0007-") and path.name.endswith(".safetensors")
 
@@ -78,7 +78,7 @@ def test_failed_class_recorded_and_others_carry_on(tmp_path, micro_pipeline_dir,
     assert s.trained == 2 and len(s.failed) == 1 and "dog" in s.failed[0]
     rows = {r["class_name"]: r for r in pq.read_table(tmp_path / "run" / "tokens" / "tokens.parquet").to_pylist()}
     assert rows["dog"]["status"] == "failed" and "nan" in rows["dog"]["error"].lower()
-    assert not token_file(RunDir(tmp_path / "run"), 1, "dog").exists()
+    assert not RunDir(tmp_path / "run").token_file(1, "dog").exists()
 
 
 def test_retrained_model_under_the_same_name_is_refused(tmp_path, micro_pipeline_dir, micro_classifier_path):

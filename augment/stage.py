@@ -1,0 +1,233 @@
+"""The skeleton every stage driver shares (ARCHITECTURE.md, "Stages").
+
+A stage (tokens, generate, caso) turns a config into files of one arm of a run folder, one work
+unit at a time, on a pool of workers (:mod:`augment.distributed`). What differs between stages is
+the work; what must not differ is the order of the checks, how a re-run resumes and how a failure
+reaches the user. So a stage only describes itself (:class:`Stage`) and :func:`run_stage` runs it,
+always in this order:
+
+1. ``preflight()``: every check that needs no run folder (names, models, settings), before any
+   folder is created, so a typo costs nothing;
+2. ``check_compatible`` when this stage wrote the arm before (its settings are then binding),
+   ``check_writable``, then ``run.json`` (which says what is being written, even if the run dies);
+3. ``plan(force)``: the units still to do (a re-run skips done ones);
+4. the units on the pool, with a progress bar; the driver writes each result (``on_result``);
+5. ``finish()`` and ``run.json`` again (it records when the stage last wrote), then a typed
+   :class:`StageSummary` whose ``exit_code`` the CLI returns.
+
+Failures follow one policy for every stage: an :class:`AugmentError` stops the run (the user must
+fix something); an ``OSError`` while writing (disk full, permissions) stops it with one line that
+says how to resume; any other exception fails only its unit, reported as
+``"<unit label>: <Type>: <first line>"``, and the other units carry on.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from tqdm.auto import tqdm
+
+from augment.config import Config
+from augment.distributed import PoolSpec, WorkerFactory, run_units
+from augment.errors import AugmentError
+from augment.io.rundir import ArmDir, RunDir, check_compatible, check_writable, stage_ran, write_run_json
+
+__all__ = ["Plan", "Stage", "StageSummary", "failure_line", "run_stage"]
+
+U = TypeVar("U")  # one work unit (a class index, a shard plan, ...)
+R = TypeVar("R")  # what a worker returns for one unit
+S = TypeVar("S", bound="StageSummary")
+
+#: a failure line keeps this many characters of the exception's first line
+MAX_ERROR_CHARS = 300
+
+
+@dataclass
+class StageSummary:
+    """What a stage did: the CLI prints it and exits with :attr:`exit_code`.
+
+    ``done`` counts the units finished by this call, ``skipped`` the ones a previous call had
+    finished, ``failed`` holds one line per unit that failed (the others were still done).
+    """
+
+    stage: str
+    out: Path
+    done: int
+    skipped: int
+    failed: list[str]
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        """1 when some unit failed (a re-run retries only those), else 0."""
+        return 1 if self.failed else 0
+
+
+@dataclass
+class Plan(Generic[U]):
+    """The units a call has to do; ``work``/``work_done`` size the progress bar when it does not
+    count units (generate counts images): by default it counts units, the done ones filled in."""
+
+    todo: list[U]
+    skipped: int
+    total: int
+    work: int | None = None
+    work_done: int | None = None
+
+
+def failure_line(exc: BaseException) -> str:
+    """``"<Type>: <first line of the message>"``: one line, whatever the exception holds."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:MAX_ERROR_CHARS] if text else ''}"
+
+
+class Stage(ABC, Generic[U, R, S]):
+    """One stage, described for :func:`run_stage`. Subclasses hold the state a run builds up
+    (class names, the rows of a table) between ``preflight`` and ``finish``."""
+
+    #: the stage's name in ``run.json`` (``stages``) and in summaries
+    name: ClassVar[str]
+    #: config keys (dotted) that must match a previous run of this stage in the same arm
+    compat_keys: ClassVar[list[str]]
+    #: the progress bar's unit
+    progress_unit: ClassVar[str] = "class"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.cfg_dict = cfg.to_dict()
+
+    @property
+    def run(self) -> RunDir:
+        """The run folder (``--out``)."""
+        return RunDir(self.cfg.out)
+
+    @property
+    @abstractmethod
+    def arm(self) -> ArmDir:
+        """The arm this stage writes."""
+
+    @property
+    def progress_desc(self) -> str:
+        return self.name
+
+    @abstractmethod
+    def preflight(self) -> None:
+        """Every check that needs no run folder; raise AugmentError naming the fix."""
+
+    def run_json_extra(self) -> dict[str, Any]:
+        """Entries stored at the top of ``run.json`` (and compared by ``compat_keys``)."""
+        return {}
+
+    @abstractmethod
+    def plan(self, force: bool) -> Plan[U]:
+        """The units to run now; ``force`` redoes done ones."""
+
+    @abstractmethod
+    def worker_factory(self) -> WorkerFactory:
+        """A picklable zero-argument callable that builds one worker (it crosses to Ray actors)."""
+
+    @abstractmethod
+    def on_result(self, unit: U, result: R) -> str | None:
+        """Write ``result`` (on the driver); return an error line when the worker reports that
+        the unit failed (it then counts as failed), else None."""
+
+    def on_failed(self, unit: U, error: str) -> None:
+        """Record a unit whose worker raised (``error`` is :func:`failure_line`); default: nothing."""
+
+    @abstractmethod
+    def unit_label(self, unit: U) -> str:
+        """How failure lines name the unit (``"shard 3"``)."""
+
+    def write_label(self, unit: U) -> str:
+        """What could not be written when writing the unit's result fails (``"shard 3"``)."""
+        return self.unit_label(unit)
+
+    def unit_size(self, unit: U) -> int:
+        """How far the unit moves the progress bar."""
+        return 1
+
+    def progress_postfix(self, unit: U, result: R) -> dict[str, Any]:
+        """Shown next to the bar after a unit finished."""
+        return {}
+
+    def finish(self) -> None:
+        """Files rebuilt once all units ran (before ``run.json`` is rewritten)."""
+
+    @abstractmethod
+    def summary(self, **common: Any) -> S:
+        """The stage's summary: ``common`` holds :class:`StageSummary`'s fields, the stage adds its own."""
+
+
+def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
+    """The one line for a failed write: what (None: anything), where, why, and how to resume."""
+    target = f"{what} in {where}" if what else f"into {where}"
+    return AugmentError(f"cannot write {target}: {exc}; free space or fix permissions, "
+                        "then re-run the same command to resume")
+
+
+def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
+    """Steps 1-2: preflight, then the run folder's checks and ``run.json``."""
+    stage.preflight()
+    arm, extra = stage.arm, stage.run_json_extra()
+    if stage_ran(arm, stage.name):
+        check_compatible(arm, stage.cfg_dict, stage.compat_keys, force, extra=extra)
+    check_writable(stage.run.path)
+    if arm.path != stage.run.path:
+        check_writable(arm.path)
+    write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
+
+
+def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = True) -> S:
+    """Run ``stage`` (see the module doc for the order and the failure policy)."""
+    start = time.perf_counter()
+    _prepare(stage, force)
+    arm = stage.arm
+    plan = stage.plan(force)
+    failed: list[str] = []
+    work = plan.work if plan.work is not None else plan.total
+    bar = tqdm(total=work, initial=plan.work_done if plan.work_done is not None else plan.skipped,
+               desc=stage.progress_desc, unit=stage.progress_unit, disable=not show_progress)
+
+    def guarded(unit: U, write: Callable[[], Any]) -> Any:
+        try:
+            return write()
+        except OSError as e:
+            raise _write_error(stage.write_label(unit), arm, e) from None
+
+    def on_result(unit: U, result: R) -> None:
+        error = guarded(unit, lambda: stage.on_result(unit, result))
+        if error is not None:
+            failed.append(f"{stage.unit_label(unit)}: {error}")
+        bar.set_postfix(**stage.progress_postfix(unit, result))
+        bar.update(stage.unit_size(unit))
+
+    def on_error(unit: U, exc: BaseException) -> None:
+        if isinstance(exc, AugmentError):
+            raise exc
+        if isinstance(exc, OSError):
+            raise _write_error(stage.write_label(unit), arm, exc) from None
+        error = failure_line(exc)
+        failed.append(f"{stage.unit_label(unit)}: {error}")
+        guarded(unit, lambda: stage.on_failed(unit, error))
+        bar.update(stage.unit_size(unit))
+
+    cfg = stage.cfg
+    try:
+        try:
+            run_units(stage.worker_factory(), plan.todo, PoolSpec(cfg.workers, cfg.address, device=cfg.device),
+                      on_result, on_error)
+            stage.finish()
+            write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
+        except OSError as e:
+            raise _write_error(None, arm, e) from None
+    finally:
+        bar.close()
+    return stage.summary(stage=stage.name, out=arm.path, done=len(plan.todo) - len(failed), skipped=plan.skipped,
+                         failed=failed, seconds=time.perf_counter() - start)
+
+
