@@ -87,10 +87,11 @@ class TrainConfig:
     hflip: float = 0.0  # off: a mirrored digit is another glyph
     pad: int = 2
     degrees: float = 10.0
-    scale: tuple[float, float] = (0.9, 1.1)
+    # lists, not tuples: the config is dumped as YAML (`augment config`) and round-trips through run.json
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random zoom range
     label_smoothing: float = 0.0
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # input normalisation, per channel
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     eval_batch_size: int = 500
     eval_every: int = 1  # test every N epochs (0: only after the last one); the best epoch is among these
     synthetic_prob: float = field(default=0.5, metadata=_MIX_OR_GRID)

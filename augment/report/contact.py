@@ -115,7 +115,7 @@ def _read_arm(folder: ArmDir) -> _Arm | None:
     wanted = [c for c in ("key", "shard", "class_index", "class_name", "sample_index", "image_format",
                           "guide_confidence", "guide_pred") if c in table.column_names]
     rows = {r["key"]: r for r in table.select(wanted).to_pylist()}
-    return _Arm(ARMS[folder.arm].label, folder, rows)
+    return _Arm(folder.spec.label, folder, rows)
 
 
 def _pick(arm: _Arm, per_class: int) -> dict[int, list[str]]:

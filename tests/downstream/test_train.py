@@ -113,3 +113,9 @@ def test_settings_are_the_config_plus_seed_and_device():
         TrainSettings.from_config(tc, hflip=2.0)
     with pytest.raises(AugmentError, match="--samples-per-epoch"):
         TrainConfig(samples_per_epoch=0).validate()
+    # `augment config` dumps the config as YAML: no tuples in it
+    import dataclasses
+
+    import yaml
+
+    assert yaml.safe_load(yaml.safe_dump(dataclasses.asdict(TrainConfig())))["scale"] == [0.9, 1.1]
