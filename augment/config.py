@@ -63,9 +63,19 @@ class GenerateConfig:
     max_attempts: int = 5  # per sample, with --min-confidence
 
 
+#: metadata of the TrainConfig fields that say how synthetic images are mixed in and which grid
+#: ``augment benchmark`` runs; one training run does not read them (see TrainConfig.trainer_fields)
+_MIX_OR_GRID = {"trainer": False}
+
+
 @dataclass
 class TrainConfig:
-    """Downstream classifier training and the Table-2 grid."""
+    """Downstream classifier training (``augment train``) and the Table-2 grid (``augment benchmark``).
+
+    Every setting of a training run is declared here, once: the trainer takes this object plus a
+    seed and a device (:class:`augment.downstream.train.TrainSettings`), so a field added here
+    is settable from a preset, a ``--config`` file and run.json without a second list to update.
+    """
 
     arch: str = "resnet18"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -76,12 +86,45 @@ class TrainConfig:
     weight_decay: float = 0.05
     opt: str = "adamw"
     sched: str = "cosine"
+    warmup_epochs: int = 0
     input_size: int = 32
-    synthetic_prob: float = 0.5
-    synthetic_weight: float = 1.0
-    min_confidence: float = 0.0
-    k_values: list[int] = field(default_factory=lambda: [0, 3, 9, 15])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    samples_per_epoch: int | None = None  # None: the mixed set's size, at least 1000 (equal compute per arm)
+    hflip: float = 0.0  # off: a mirrored digit is another glyph
+    pad: int = 2
+    degrees: float = 10.0
+    # lists, not tuples: the config is dumped as YAML (`augment config`) and round-trips through run.json
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random zoom range
+    label_smoothing: float = 0.0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # input normalisation, per channel
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    eval_batch_size: int = 500
+    eval_every: int = 1  # test every N epochs (0: only after the last one); the best epoch is among these
+    synthetic_prob: float = field(default=0.5, metadata=_MIX_OR_GRID)
+    synthetic_weight: float = field(default=1.0, metadata=_MIX_OR_GRID)
+    min_confidence: float = field(default=0.0, metadata=_MIX_OR_GRID)
+    k_values: list[int] = field(default_factory=lambda: [0, 3, 9, 15], metadata=_MIX_OR_GRID)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_MIX_OR_GRID)
+
+    @classmethod
+    def trainer_fields(cls) -> tuple[str, ...]:
+        """The fields one training run reads (not the mixing and grid ones): what metrics.json
+        records under ``config.train`` and what a benchmark cell's cache key hashes."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("trainer", True))
+
+    def validate(self) -> None:
+        """Refuse settings no run can use, naming the flag to change (AugmentError)."""
+        if self.epochs < 1:
+            raise AugmentError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise AugmentError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.input_size < 8:
+            raise AugmentError(f"input size must be at least 8 pixels, got {self.input_size}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise AugmentError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
+        if self.eval_every < 0:
+            raise AugmentError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise AugmentError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
 
 
 @dataclass

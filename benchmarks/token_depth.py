@@ -38,6 +38,7 @@ def main() -> None:
     from augment.config import resolve_config
     from augment.downstream.evaluate import run_eval
     from augment.generate.runner import run_generate
+    from augment.io.rundir import RunDir
     from augment.runs import load_dataset
     from augment.tokens.runner import run_tokens
 
@@ -61,20 +62,21 @@ def main() -> None:
         summary = run_tokens(cfg)
         train_s = time.perf_counter() - t0
         run_generate(cfg)
-        if not (baseline_dir / "baseline" / "manifests").exists():
+        shared = RunDir(baseline_dir).arm_dir("baseline")
+        if not shared.has_manifests():
             run_generate(dataclasses.replace(cfg, out=str(baseline_dir)), baseline=True)
         # evaluate token arm and the shared baseline arm together (same seeds)
-        target = Path(cfg.out) / "baseline"
+        target = RunDir(cfg.out).arm_dir("baseline").path
         if not target.exists():
-            shutil.copytree(baseline_dir / "baseline", target)
+            shutil.copytree(shared.path, target)
         result = run_eval(cfg.out, dataset, specs, progress=False)
-        acc = {(r["images"], r["classifier"]): r for r in result["accuracy"]}
+        acc = {(r.images, r.classifier): r for r in result.accuracy}
         row = {"grad_steps": depth, "train_seconds": round(train_s, 1),
                "steps_mean": sum(r.steps for r in summary.rows) / max(1, len(summary.rows))}
         for arm, prefix in (("token", "tokens"), ("baseline", "baseline")):
             for spec, label in ((base.classifier, "guide"), (base.judge, "judge")):
                 r = acc.get((arm, spec))
-                row[f"{prefix}_{label}"] = None if r is None else round(100 * r["top1"], 1)
+                row[f"{prefix}_{label}"] = None if r is None else round(100 * r.top1, 1)
         row["judge_gain"] = (None if row["tokens_judge"] is None or row["baseline_judge"] is None
                              else round(row["tokens_judge"] - row["baseline_judge"], 1))
         rows.append(row)

@@ -202,33 +202,6 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
 # ------------------------------------------------------------------------------------- benchmark
 
 
-def _build_missing_arms(cfg, out: str | Path, arms: tuple[str, ...] | list[str]) -> None:
-    """Make the synthetic arms the grid needs and OUT lacks: tokens (for the token arm), then the token
-    and/or baseline shards. Every stage resumes, so an interrupted build is picked up by the next call."""
-    from augment.downstream.benchmark import arm_sources, parse_arm
-    from augment.generate.runner import run_generate
-    from augment.io.shards import shard_urls
-    from augment.tokens.runner import run_tokens
-
-    sources = arm_sources(out)
-    needed = sorted({a.source for a in map(parse_arm, arms) if a.synthetic})
-    missing = [s for s in needed if not shard_urls(sources[s])]
-    if not missing:
-        return
-    click.echo(f"benchmark: {' and '.join(missing)} arm missing in {out}; building it first "
-               "(as `augment build --baseline`; --no-build refuses instead)")
-    if "token" in missing:
-        t = run_tokens(cfg)
-        if t.failed:
-            raise AugmentError(f"{len(t.failed)} token(s) failed, first: {t.failed[0]}; fix it and re-run "
-                               "(finished tokens are kept)")
-    for arm in missing:
-        g = run_generate(cfg, baseline=arm == "baseline")
-        if g.failed:
-            raise AugmentError(f"{arm} arm: {len(g.failed)} shard(s) failed, first: {g.failed[0]}; re-run to "
-                               "retry them (finished shards are kept)")
-
-
 @command()
 @common_options
 @train_options
@@ -253,6 +226,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     """
     from tqdm.auto import tqdm
 
+    from augment.downstream.arms import build_missing_arms
     from augment.downstream.benchmark import DEFAULT_ARMS, render_text, run_benchmark
     # tiny CNNs at 32x32 gain nothing from a second intra-op thread and lose several-fold when
     # the cores are shared, so the grid runs single-threaded unless told otherwise
@@ -263,7 +237,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     kwargs["out"] = None
     cfg = build_config(kwargs, cfg_over, run=out)
     if build_missing:
-        _build_missing_arms(cfg, out, arms or DEFAULT_ARMS)
+        build_missing_arms(cfg, RunDir(out), arms or DEFAULT_ARMS, click.echo)
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
     ks = int_list(k_values, "--k") or list(cfg.train.k_values)
@@ -287,7 +261,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     click.echo("")
     click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
     click.echo(render_text(result))
-    click.echo(f"\nwrote {RunDir(out).benchmark_files()['json']}, .csv, .md, .png ({result['seconds']:.0f}s)")
+    click.echo(f"\nwrote {RunDir(out).benchmark_files()['json']}, .csv, .md, .png ({result.seconds:.0f}s)")
 
 
 COMMANDS = (train, eval_cmd, benchmark)

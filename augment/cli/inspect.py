@@ -43,7 +43,7 @@ def show(out: str, per_class: int, max_classes: int | None) -> None:
     from augment.report.contact import write_contact_sheets, write_eval_figures
 
     paths = write_contact_sheets(Path(out), per_class=per_class, max_classes=max_classes)
-    paths += write_eval_figures(Path(out)) or []
+    paths += write_eval_figures(Path(out), log=click.echo) or []
     for p in paths:
         click.echo(str(p))
 

@@ -6,8 +6,8 @@ they are compared seed for seed), every classifier spec given (default: the run'
 classifier and its judge) predicts each image; we report top-1 / top-5 per class and their mean,
 plus the same classifier on the real test split for reference. FID and KID between generated and
 real test images are computed on a classifier's penultimate features (no Inception weights exist
-offline), so they compare arms and runs, not papers. Results go to ``OUT/report/eval.json`` and
-``OUT/report/eval.md``.
+offline), so they compare arms and runs, not papers. Results go to ``OUT/report/eval.json`` (an
+:class:`~augment.downstream.eval_result.EvalResult`) and ``OUT/report/eval.md``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from augment.datasets.base import Dataset
-from augment.downstream.metrics import fid, json_safe, kid, penultimate_features
+from augment.downstream.eval_result import Accuracy, Distance, EvalArm, EvalResult
+from augment.downstream.metrics import fid, kid, penultimate_features
 from augment.downstream.mixing import (
     SyntheticSet,
     load_real,
@@ -31,9 +32,13 @@ from augment.downstream.mixing import (
 )
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, atomic_write_text
+from augment.io.rundir import ArmDir, RunDir
 from augment.io.shards import shard_urls
 
 __all__ = ["align_classifier", "arm_dirs", "render_eval_markdown", "run_eval"]
+
+#: the arms augment eval compares, seed for seed (names in augment.io.rundir.ARMS)
+EVAL_ARMS = ("token", "baseline")
 
 FEATURE_NOTE = ("FID/KID use the penultimate-layer features of {spec} (not Inception-v3: no Inception "
                 "weights are available offline); compare them only between runs evaluated with the same "
@@ -41,11 +46,11 @@ FEATURE_NOTE = ("FID/KID use the penultimate-layer features of {spec} (not Incep
                 "score slightly below zero.")
 
 
-def arm_dirs(out: str | Path) -> dict[str, Path]:
-    """The arms of a run folder that hold complete shards: ``token`` (OUT) and ``baseline`` (OUT/baseline)."""
-    out = Path(out)
-    arms = {"token": out, "baseline": out / "baseline"}
-    return {name: p for name, p in arms.items() if p.is_dir() and shard_urls(p)}
+def arm_dirs(out: str | Path) -> dict[str, ArmDir]:
+    """The arms of run folder ``out`` that hold complete shards, among :data:`EVAL_ARMS`."""
+    run = RunDir(out)
+    arms = {name: run.arm_dir(name) for name in EVAL_ARMS}
+    return {name: a for name, a in arms.items() if a.path.is_dir() and shard_urls(a)}
 
 
 def align_classifier(clf: Any, class_names: Sequence[str]) -> torch.Tensor:
@@ -125,16 +130,19 @@ def run_eval(
     batch_size: int = 256,
     kid_subsets: int = 100,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Evaluate the arms of run folder ``out`` (see the module docstring); writes
-    ``out/report/eval.json`` and ``eval.md`` and returns the JSON-able result."""
+    ``out/report/eval.json`` and ``eval.md`` and returns the result as written (undefined metrics
+    are None)."""
     from augment.models.classifier import load_classifier
 
     out = Path(out)
+    run = RunDir(out)
     arms = arm_dirs(out)
     if not arms:
         raise AugmentError(
-            f"no generated images in {out} (no complete shards in {out / 'shards'} or {out / 'baseline' / 'shards'}); "
+            f"no generated images in {out} (no complete shards in "
+            f"{' or '.join(str(run.arm_dir(a).shards) for a in EVAL_ARMS)}); "
             "run `augment build` (or `augment generate`) with this --out first"
         )
     specs = list(dict.fromkeys(s for s in specs if s))
@@ -163,7 +171,7 @@ def run_eval(
     else:
         notes.append(f"dataset {dataset.name!r} has no real images (no --data-root): reference accuracy and FID/KID skipped")
 
-    accuracy: list[dict[str, Any]] = []
+    accuracy: list[Accuracy] = []
     bar = tqdm(total=len(specs) * (len(images) + (real_images is not None)), desc="eval", unit="set",
                disable=not progress, leave=False)
     for spec in specs:
@@ -171,17 +179,17 @@ def run_eval(
         cols = align_classifier(clf, names)
         for a, imgs in images.items():
             logits = _logits(clf, imgs, batch_size)
-            accuracy.append({"images": a, "dir": str(arms[a]), "classifier": spec,
-                             **accuracy_table(logits, cols[labels[a]], labels[a], names)})
+            accuracy.append(Accuracy(images=a, dir=str(arms[a]), classifier=spec,
+                                     **accuracy_table(logits, cols[labels[a]], labels[a], names)))
             bar.update(1)
         if real_images is not None:
             logits = _logits(clf, real_images, batch_size)
-            accuracy.append({"images": f"real {split}", "dir": None, "classifier": spec,
-                             **accuracy_table(logits, cols[real_labels], real_labels, names)})
+            accuracy.append(Accuracy(images=f"real {split}", dir=None, classifier=spec,
+                                     **accuracy_table(logits, cols[real_labels], real_labels, names)))
             bar.update(1)
     bar.close()
 
-    distances: list[dict[str, Any]] = []
+    distances: list[Distance] = []
     feature_spec = feature_spec or specs[-1]
     if real_images is not None:
         clf = load_classifier(feature_spec, device)
@@ -193,26 +201,26 @@ def run_eval(
         for a, imgs in rows:
             f = penultimate_features(clf, imgs, batch_size)
             k_mean, k_std = kid(f, ref, subsets=kid_subsets)
-            distances.append({"images": a, "n": int(len(imgs)), "n_real": int(len(ref)),
-                              "fid": fid(f, ref), "kid": k_mean, "kid_std": k_std})
+            distances.append(Distance(images=a, n=int(len(imgs)), n_real=int(len(ref)), fid=fid(f, ref),
+                                      kid=k_mean, kid_std=k_std))
         notes.append(FEATURE_NOTE.format(spec=feature_spec))
 
-    result = {
-        "run": str(out),
-        "dataset": dataset.name,
-        "split": split,
-        "classifiers": specs,
-        "feature_classifier": feature_spec if real_images is not None else None,
-        "arms": {a: {"dir": str(p), "images": int(len(images[a]))} for a, p in arms.items()},
-        "accuracy": accuracy,
-        "distances": distances,
-        "notes": notes,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    result = json_safe(result)
-    report = out / "report"
-    atomic_write_json(report / "eval.json", result)
-    atomic_write_text(report / "eval.md", render_eval_markdown(result, names))
+    result = EvalResult(
+        run=str(out),
+        dataset=dataset.name,
+        split=split,
+        classifiers=specs,
+        feature_classifier=feature_spec if real_images is not None else None,
+        arms={a: EvalArm(dir=str(p), images=int(len(images[a]))) for a, p in arms.items()},
+        accuracy=accuracy,
+        distances=distances,
+        notes=notes,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+    doc = result.to_json()
+    result = EvalResult.from_json(doc)  # NaN -> None: the object equals what the file holds
+    atomic_write_json(run.eval_json, doc)
+    atomic_write_text(run.eval_md, render_eval_markdown(result, names))
     return result
 
 
@@ -220,28 +228,28 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
-def render_eval_markdown(result: dict[str, Any], class_names: Sequence[str]) -> str:
+def render_eval_markdown(result: EvalResult, class_names: Sequence[str]) -> str:
     """Markdown tables: accuracy per image set and classifier, per-class top-1, FID/KID."""
-    lines = [f"# Generated-image accuracy: {result['run']}", "",
+    lines = [f"# Generated-image accuracy: {result.run}", "",
              "| images | n | classifier | top-1 | top-5 | mean class top-1 |", "|---|---:|---|---:|---:|---:|"]
-    for r in result["accuracy"]:
-        lines.append(f"| {r['images']} | {r['n']} | {r['classifier']} | {_pct(r['top1'])} | {_pct(r['top5'])} | "
-                     f"{_pct(r['mean_class_top1'])} |")
-    cols = [(r["images"], r["classifier"]) for r in result["accuracy"]]
+    for r in result.accuracy:
+        lines.append(f"| {r.images} | {r.n} | {r.classifier} | {_pct(r.top1)} | {_pct(r.top5)} | "
+                     f"{_pct(r.mean_class_top1)} |")
+    cols = [(r.images, r.classifier) for r in result.accuracy]
     lines += ["", "Per-class top-1:", "",
               "| class | " + " | ".join(f"{i} / {c}" for i, c in cols) + " |",
               "|---|" + "---:|" * len(cols)]
     for name in class_names:
-        vals = [r["per_class_top1"].get(name) for r in result["accuracy"]]
+        vals = [r.per_class_top1.get(name) for r in result.accuracy]
         lines.append(f"| {name} | " + " | ".join(_pct(v) for v in vals) + " |")
-    if result["distances"]:
-        lines += ["", f"FID / KID against real {result['split']} images "
-                      f"(features: {result['feature_classifier']}, penultimate layer):", "",
+    if result.distances:
+        lines += ["", f"FID / KID against real {result.split} images "
+                      f"(features: {result.feature_classifier}, penultimate layer):", "",
                   "| images | n | FID | KID ×10³ |", "|---|---:|---:|---:|"]
-        for d in result["distances"]:
-            f = "–" if d["fid"] is None else f"{d['fid']:.2f}"
-            k = "–" if d["kid"] is None else f"{1000 * d['kid']:.2f} ± {1000 * (d['kid_std'] or 0):.2f}"
-            lines.append(f"| {d['images']} | {d['n']} | {f} | {k} |")
-    if result["notes"]:
-        lines += [""] + [f"- {n}" for n in result["notes"]]
+        for d in result.distances:
+            f = "–" if d.fid is None else f"{d.fid:.2f}"
+            k = "–" if d.kid is None else f"{1000 * d.kid:.2f} ± {1000 * (d.kid_std or 0):.2f}"
+            lines.append(f"| {d.images} | {d.n} | {f} | {k} |")
+    if result.notes:
+        lines += [""] + [f"- {n}" for n in result.notes]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,6 @@ between arms and runs that use the same feature classifier, not with published F
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +18,6 @@ import torch
 __all__ = [
     "classification_metrics",
     "fid",
-    "json_safe",
     "kid",
     "penultimate_features",
     "predict_logits",
@@ -137,14 +135,3 @@ def kid(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, subsets: int
         mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
         vals.append(mmd)
     return float(np.mean(vals)), float(np.std(vals))
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf -> None, recursively, so results are strict JSON (atomic_write_json refuses NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj

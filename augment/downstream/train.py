@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from augment.config import TrainConfig
-from augment.downstream.metrics import classification_metrics, json_safe, predict_logits
-from augment.downstream.mixing import DEFAULT_MEAN, DEFAULT_STD, MixedDataset, mixed_loader
+from augment.downstream.metrics import classification_metrics, predict_logits
+from augment.downstream.mixing import MixedDataset, mixed_loader
 from augment.downstream.transforms import BatchAugment, normalize
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_json
+from augment.io.jsonsafe import json_safe
 
 __all__ = ["MIN_SAMPLES_PER_EPOCH", "TrainResult", "TrainSettings", "create_classifier", "train_classifier"]
 
@@ -42,59 +43,31 @@ MIN_SAMPLES_PER_EPOCH = 1000
 
 
 @dataclass
-class TrainSettings:
-    """Everything one training run needs; ``from_config`` fills it from ``cfg.train``."""
+class TrainSettings(TrainConfig):
+    """One training run: ``cfg.train`` (:class:`~augment.config.TrainConfig`, where every setting
+    is declared) bound to the seed and device of this run; ``from_config`` makes one."""
 
-    arch: str = "resnet18"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    opt: str = "adamw"
-    sched: str = "cosine"
-    warmup_epochs: int = 0
-    input_size: int = 32
-    samples_per_epoch: int | None = None
-    hflip: float = 0.0
-    pad: int = 2
-    degrees: float = 10.0
-    scale: tuple[float, float] = (0.9, 1.1)
-    label_smoothing: float = 0.0
-    mean: tuple[float, float, float] = DEFAULT_MEAN
-    std: tuple[float, float, float] = DEFAULT_STD
     seed: int = 0
     device: str = "cpu"
-    eval_batch_size: int = 500
-    eval_every: int = 1  # test every N epochs (0: only after the last one); the best epoch is among these
 
     @classmethod
     def from_config(cls, tc: TrainConfig, **overrides: Any) -> TrainSettings:
-        base = {f.name: getattr(tc, f.name) for f in dataclasses.fields(tc) if f.name in {g.name for g in dataclasses.fields(cls)}}
+        """``tc``'s settings with ``overrides`` (``seed``, ``device`` or any TrainConfig field; None
+        values are ignored: a flag that was not given), validated."""
+        base = {f.name: getattr(tc, f.name) for f in dataclasses.fields(TrainConfig)}
         base.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**base)
         s.validate()
         return s
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise AugmentError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise AugmentError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.input_size < 8:
-            raise AugmentError(f"input size must be at least 8 pixels, got {self.input_size}")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise AugmentError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
-        if self.eval_every < 0:
-            raise AugmentError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}")
-        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-            raise AugmentError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
-
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """What metrics.json records under ``config.train`` and benchmark cell keys hash: the trainer's
+        fields (:meth:`TrainConfig.trainer_fields`), seed and device; sequences as lists. Keeping this
+        exact keeps existing cell caches valid."""
+        d = {name: copy.deepcopy(getattr(self, name)) for name in self.trainer_fields()}
         d["scale"] = list(self.scale)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["seed"], d["device"] = self.seed, self.device
         return d
 
 
@@ -117,7 +90,7 @@ def _check_arch(arch: str) -> None:
                            + "; see timm.list_models()")
 
 
-def create_classifier(settings: TrainSettings, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+def create_classifier(settings: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A fresh timm model for ``num_classes``, initialised from ``settings.checkpoint`` when given
     (a state dict; head weights whose shape does not fit are left freshly initialised). Returns the
     model and a note of what was loaded."""
@@ -148,7 +121,7 @@ def create_classifier(settings: TrainSettings, num_classes: int) -> tuple[torch.
     return model, note
 
 
-def sidecar(settings: TrainSettings, class_names: list[str]) -> dict[str, Any]:
+def sidecar(settings: TrainConfig, class_names: list[str]) -> dict[str, Any]:
     """The JSON next to a checkpoint, in the format ``augment.models.classifier`` reads."""
     return {
         "arch": settings.arch,

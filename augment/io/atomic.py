@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from augment.io.jsonsafe import json_value
+
 TEMP_SUFFIX = ".tmp"
 
 __all__ = [
@@ -106,27 +108,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON (UTF-8, trailing newline) atomically.
 
-    Sorted keys make the file byte-identical for equal objects. NaN/Infinity are refused (they
-    are not JSON and break strict readers).
+    Sorted keys make the file byte-identical for equal objects. Paths, sets, datetimes and numpy /
+    torch values are converted by :func:`augment.io.jsonsafe.json_value`; NaN/Infinity are refused
+    (they are not JSON and break strict readers: pass results through
+    :func:`augment.io.jsonsafe.json_safe` first where a metric may be undefined).
     """
-    text = json.dumps(
-        obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=_json_default
-    )
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=json_value)
     return atomic_write_text(path, text + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    """Serialise the usual non-JSON types found in configs and metadata (paths, numpy scalars, ...)."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, set | frozenset):
-        return sorted(obj)
-    if hasattr(obj, "isoformat"):
-        return obj.isoformat()
-    item = getattr(obj, "item", None)  # numpy / torch scalars
-    if callable(item):
-        return item()
-    tolist = getattr(obj, "tolist", None)  # numpy arrays
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")

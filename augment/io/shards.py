@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import webdataset as wds
 import augment
 from augment.io.atomic import atomic_path, atomic_write_json, is_temp_name
 from augment.io.images import IMAGE_FORMATS, image_size
+from augment.io.jsonsafe import json_safe
 from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
 from augment.io.rundir import ArmDir, parse_shard_name, shard_name
 
@@ -108,24 +108,9 @@ def manifest_path(out_dir: str | os.PathLike[str], index: int) -> Path:
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    item = getattr(v, "item", None)  # numpy / torch scalars
-    if callable(item) and not isinstance(v, (str, bytes)):
-        return _json_value(item())
-    if isinstance(v, list | tuple):
-        return [_json_value(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, _dt.datetime | _dt.date):
-        return v.isoformat()
-    return v
-
-
 def _sidecar(row: dict[str, Any]) -> bytes:
     """The ``<key>.json`` bytes: the row's columns (schema order) minus JSON_EXCLUDE, sorted keys."""
-    doc = {name: _json_value(row.get(name)) for name in MANIFEST_SCHEMA.names if name not in JSON_EXCLUDE}
+    doc = {name: json_safe(row.get(name)) for name in MANIFEST_SCHEMA.names if name not in JSON_EXCLUDE}
     return json.dumps(doc, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 

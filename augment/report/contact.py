@@ -8,7 +8,8 @@ not). Tiny images (the embedded 32 px digits) are upscaled with NEAREST so the p
 
 Sheets are ``OUT/report/contact-000.png``, ``contact-001.png``, ... (one per chunk of classes, so a
 1000-class run gives readable pages rather than one giant PNG); the eval figure is
-``OUT/report/eval-per-class.png``. Every file is written atomically.
+``OUT/report/eval-per-class.png``, drawn from the :class:`~augment.downstream.eval_result.EvalResult`
+that ``augment eval`` wrote. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -18,22 +19,26 @@ import json
 import math
 import os
 import tarfile
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from augment.downstream.eval_result import EvalResult
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path
 from augment.io.manifest import read_manifests
+from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json
 
 __all__ = [
     "CLASSES_PER_SHEET",
     "EVAL_FIGURE",
+    "EvalPanel",
     "Layout",
-    "find_per_class_accuracies",
+    "eval_panels",
     "sheet_size",
     "tile_size",
     "write_contact_sheets",
@@ -43,6 +48,9 @@ __all__ = [
 CLASSES_PER_SHEET = 25
 SHEET_PREFIX = "contact-"
 EVAL_FIGURE = "eval-per-class.png"
+#: the arms side by side on a sheet and in the eval figure, left to right (names in augment.io.rundir.ARMS);
+#: the first is the one whose samples are picked, the second shows the same keys
+SHEET_ARMS = ("token", "baseline")
 
 _BG = (255, 255, 255)
 _BLANK = (225, 225, 225)
@@ -90,24 +98,24 @@ def sheet_size(n_classes: int, per_class: int, arms: int, layout: Layout) -> tup
 @dataclass
 class _Arm:
     label: str
-    folder: Path
+    folder: ArmDir
     rows: dict[str, dict[str, Any]]  # key -> manifest row
 
 
-def _read_arm(folder: Path, label: str) -> _Arm | None:
+def _read_arm(folder: ArmDir) -> _Arm | None:
     """An arm's manifest rows by key, or None when the arm has no manifests."""
     try:
-        table = read_manifests(folder / "manifests")
+        table = read_manifests(folder.manifests)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file
         raise AugmentError(
-            f"cannot read the manifests in {folder / 'manifests'}: {e}; run `augment verify {folder}`"
+            f"cannot read the manifests in {folder.manifests}: {e}; run `augment verify {folder}`"
         ) from None
     if table.num_rows == 0:
         return None
     wanted = [c for c in ("key", "shard", "class_index", "class_name", "sample_index", "image_format",
                           "guide_confidence", "guide_pred") if c in table.column_names]
     rows = {r["key"]: r for r in table.select(wanted).to_pylist()}
-    return _Arm(label, folder, rows)
+    return _Arm(folder.spec.label, folder, rows)
 
 
 def _pick(arm: _Arm, per_class: int) -> dict[int, list[str]]:
@@ -128,7 +136,11 @@ def _load_images(arm: _Arm, keys: Iterable[str]) -> dict[str, Image.Image]:
             by_shard.setdefault(r["shard"], {})[f"{key}.{r.get('image_format') or 'jpg'}"] = key
     images: dict[str, Image.Image] = {}
     for shard, members in sorted(by_shard.items()):
-        path = arm.folder / "shards" / f"{shard}.tar"
+        index = parse_shard_name(shard)
+        if index is None:
+            raise AugmentError(f"a manifest row of {arm.folder} names shard {shard!r}, which is not a shard "
+                               f"name; run `augment verify {arm.folder}`")
+        path = arm.folder.shard_path(index)
         try:
             with tarfile.open(path) as tar:
                 for member in tar:
@@ -267,12 +279,13 @@ def write_contact_sheets(
         raise AugmentError(f"classes per sheet must be at least 1, got {classes_per_sheet}")
     if not out_dir.is_dir():
         raise AugmentError(f"run folder {out_dir} does not exist; pass the --out of `augment generate`")
-    arms = [a for a in (_read_arm(out_dir, "tokens"), _read_arm(out_dir / "baseline", "baseline (no token)"))
-            if a is not None]
+    run = RunDir(out_dir)
+    arms = [a for a in (_read_arm(run.arm_dir(name)) for name in SHEET_ARMS) if a is not None]
     if not arms:
         raise AugmentError(
-            f"{out_dir} holds no generated samples (no manifests in {out_dir / 'manifests'} or "
-            f"{out_dir / 'baseline' / 'manifests'}); run `augment generate --out {out_dir}` first"
+            f"{out_dir} holds no generated samples (no manifests in "
+            f"{' or '.join(str(run.arm_dir(name).manifests) for name in SHEET_ARMS)}); "
+            f"run `augment generate --out {out_dir}` first"
         )
     picked = _pick(arms[0], per_class)  # the baseline shows the same keys as the token arm
     class_ids = sorted(picked)[:max_classes] if max_classes else sorted(picked)
@@ -280,7 +293,7 @@ def write_contact_sheets(
     first = next(iter(_load_images(arms[0], picked[class_ids[0]][:1]).values()), None)
     side = tile_size(*first.size) if first is not None else 64
     layout = Layout(tile=side)
-    report = out_dir / "report"
+    report = run.report
     paths: list[Path] = []
     chunks = [class_ids[i : i + classes_per_sheet] for i in range(0, len(class_ids), classes_per_sheet)]
     for n, chunk in enumerate(chunks):
@@ -302,149 +315,101 @@ def write_contact_sheets(
 # ----------------------------------------------------------------------------------------- eval
 
 
-_TOKEN_NAMES = ("tokens", "token", "synthetic", "synth", "disco", "ours")
-_BASE_NAMES = ("baseline", "base", "no_token", "plain")
-_PER_CLASS_NAMES = ("per_class_accuracy", "per_class_acc", "per_class", "class_accuracy", "accuracy_per_class")
+@dataclass(frozen=True)
+class EvalPanel:
+    """One classifier's per-class top-1 on the baseline and the token arm, classes aligned."""
+
+    classifier: str
+    classes: list[str]
+    baseline: list[float]
+    tokens: list[float]
 
 
-class _Accs(list):
-    """A list of per-class accuracies that remembers its class labels (a mapping's keys)."""
-
-    def __init__(self, values: list[float], labels: list[str] | None = None) -> None:
-        super().__init__(values)
-        self.labels = labels
-
-
-def _as_accuracies(value: Any) -> _Accs | None:
-    """Per-class accuracies from a list of numbers or a ``{class: number}`` mapping, else None."""
-    labels: list[str] | None = None
-    if isinstance(value, dict):
-        def order(k: Any) -> tuple[int, int | str]:
-            return (0, int(k)) if str(k).lstrip("-").isdigit() else (1, str(k))
-
-        keys = sorted(value, key=order)
-        items, labels = [value[k] for k in keys], [str(k) for k in keys]
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
-        return None
-    return _Accs([float(v) for v in items], labels)
+def eval_panels(result: EvalResult, class_order: Sequence[str] = ()) -> list[EvalPanel]:
+    """A panel per classifier in ``result`` that scored both arms, over the classes both arms have
+    images of: in ``class_order`` (the run's class list) first, then any others as eval.json lists
+    them. Empty when the run has no baseline arm."""
+    token, baseline = SHEET_ARMS
+    panels = []
+    for spec in result.classifiers:
+        tok, base = result.row(token, spec), result.row(baseline, spec)
+        if tok is None or base is None:
+            continue
+        both = [c for c in tok.per_class_top1 if tok.per_class_top1[c] is not None
+                and base.per_class_top1.get(c) is not None]
+        order = {name: i for i, name in enumerate(class_order)}
+        classes = sorted(both, key=lambda c: order.get(c, len(order)))  # stable: unknown ones keep their order
+        if classes:
+            panels.append(EvalPanel(spec, classes, [base.per_class_top1[c] for c in classes],
+                                    [tok.per_class_top1[c] for c in classes]))
+    return panels
 
 
-def _per_class(node: Any) -> _Accs | None:
-    """The per-class accuracies held by an arm's entry: a list, a ``{class index: accuracy}``
-    mapping, or a dict holding either (or a ``{class name: accuracy}`` mapping) under a
-    ``per_class...`` key. A dict of summary numbers (``{"accuracy": 0.9}``) is not per-class."""
-    if isinstance(node, list) or (isinstance(node, dict) and node and all(str(k).isdigit() for k in node)):
-        return _as_accuracies(node)  # a bare list, or {class index: accuracy}
-    if isinstance(node, dict):
-        for name in _PER_CLASS_NAMES:
-            if name in node:
-                found = _as_accuracies(node[name])
-                if found is not None:
-                    return found
-        for k, v in node.items():
-            if "per_class" in str(k).lower():
-                found = _as_accuracies(v)
-                if found is not None:
-                    return found
-    return None
-
-
-def _arm_entry(node: dict[str, Any], names: tuple[str, ...]) -> Any:
-    lowered = {str(k).lower(): v for k, v in node.items()}
-    for name in names:
-        if name in lowered:
-            return lowered[name]
-    return None
-
-
-def find_per_class_accuracies(doc: Any) -> dict[str, tuple[_Accs, _Accs]]:
-    """Every place in an ``eval.json`` that holds per-class accuracies of both arms.
-
-    ``eval.json`` is written by ``augment eval``; rather than hard-code its layout, walk it and take
-    each mapping that has a token-arm key (tokens/token/synthetic/...) and a baseline key
-    (baseline/base/...), each holding a per-class list or ``{class: accuracy}`` mapping (directly or
-    under a ``per_class...`` key). The result maps the path to that mapping (e.g. the classifier
-    name, ``"judge"``) to (baseline, tokens). Anything else in the file is ignored.
-    """
-    found: dict[str, tuple[_Accs, _Accs]] = {}
-
-    def walk(node: Any, path: list[str]) -> None:
-        if isinstance(node, dict):
-            tok, base = _arm_entry(node, _TOKEN_NAMES), _arm_entry(node, _BASE_NAMES)
-            if tok is not None and base is not None:
-                t, b = _per_class(tok), _per_class(base)
-                if t is not None and b is not None and len(t) == len(b):
-                    found["/".join(path) or "eval"] = (b, t)
-                    return
-            for k, v in node.items():
-                walk(v, [*path, str(k)])
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                label = v.get("classifier") or v.get("name") if isinstance(v, dict) else None
-                walk(v, [*path, str(label or i)])
-
-    walk(doc, [])
-    return found
-
-
-def _class_labels(out_dir: Path, n: int, accs: _Accs) -> list[str]:
-    if accs.labels and not all(lbl.isdigit() for lbl in accs.labels):
-        return list(accs.labels)
-    try:
-        names = json.loads((out_dir / "run.json").read_text(encoding="utf-8")).get("class_names") or []
-    except (OSError, ValueError, AttributeError):
-        names = []
-    indices = [int(lbl) for lbl in accs.labels] if accs.labels else list(range(n))
-    return [str(names[i]) if 0 <= i < len(names) else str(i) for i in indices]
-
-
-def write_eval_figures(out_dir: Path) -> list[Path]:
-    """Plot per-class accuracy, baseline vs tokens, for each classifier in ``OUT/report/eval.json``.
-
-    Writes ``OUT/report/eval-per-class.png`` (one grouped-bar panel per classifier) and returns
-    ``[path]``; returns ``[]`` when there is no eval.json or it holds no per-class accuracies of
-    both arms. An eval.json that is not JSON raises AugmentError.
-    """
-    out_dir = Path(out_dir)
-    path = out_dir / "report" / "eval.json"
+def _read_eval(run: RunDir, out_dir: Path, log: Callable[[str], None]) -> EvalResult | None:
+    """The run's eval.json as an EvalResult; None (saying why through ``log``) when it is absent or
+    of a layout this version does not read; AugmentError when it is not JSON."""
+    path = run.eval_json
     if not path.is_file():
-        return []
+        return None
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise AugmentError(f"cannot read {path}: {e}; re-run `augment eval {out_dir}`") from None
-    panels = find_per_class_accuracies(doc)
+    try:
+        return EvalResult.from_json(doc)
+    except ValueError as e:
+        log(f"no eval figure: {path} is not an eval.json this version reads ({e}); re-run `augment eval {out_dir}`")
+        return None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=4)  # at the caller of write_eval_figures
+
+
+def write_eval_figures(out_dir: Path, log: Callable[[str], None] | None = None) -> list[Path]:
+    """Plot per-class top-1, baseline vs tokens, for each classifier in ``OUT/report/eval.json``.
+
+    Writes ``OUT/report/eval-per-class.png`` (one grouped-bar panel per classifier) and returns
+    ``[path]``; returns ``[]`` when there is no eval.json or no classifier scored both arms. An
+    eval.json of another layout (an older augment) is skipped with one line through ``log``
+    (default: a warning); one that is not JSON raises AugmentError.
+    """
+    out_dir = Path(out_dir)
+    run = RunDir(out_dir)
+    result = _read_eval(run, out_dir, log or _warn)
+    if result is None:
+        return []
+    try:
+        class_order = (read_run_json(run) or {}).get("class_names") or []
+    except AugmentError:
+        class_order = []
+    panels = eval_panels(result, [str(n) for n in class_order])
     if not panels:
         return []
 
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
-    n_panels = len(panels)
-    width = max(6.0, 0.45 * max(len(t) for _, t in panels.values()) + 2)
-    fig = Figure(figsize=(min(width, 60.0), 3.2 * n_panels))
-    axes = fig.subplots(n_panels, 1, squeeze=False)
-    for ax, (name, (base, tok)) in zip(axes[:, 0], panels.items(), strict=True):
-        n = len(tok)
+    token, baseline = (ARMS[name].label for name in SHEET_ARMS)
+    width = max(6.0, 0.45 * max(len(p.classes) for p in panels) + 2)
+    fig = Figure(figsize=(min(width, 60.0), 3.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        n = len(panel.classes)
         x = np.arange(n)
-        scale = 100.0 if max([*base, *tok]) <= 1.0 else 1.0  # fractions -> percent
-        ax.bar(x - 0.2, [v * scale for v in base], 0.4, label=f"baseline (mean {np.mean(base) * scale:.1f})",
-               color="#999999")
-        ax.bar(x + 0.2, [v * scale for v in tok], 0.4, label=f"tokens (mean {np.mean(tok) * scale:.1f})",
-               color="#1f77b4")
-        ax.set_xticks(x, _class_labels(out_dir, n, tok), rotation=60 if n > 12 else 0, ha="right" if n > 12 else "center",
+        base = [100.0 * v for v in panel.baseline]  # fractions -> percent
+        tok = [100.0 * v for v in panel.tokens]
+        ax.bar(x - 0.2, base, 0.4, label=f"{baseline}, mean {np.mean(base):.1f}", color="#999999")
+        ax.bar(x + 0.2, tok, 0.4, label=f"{token}, mean {np.mean(tok):.1f}", color="#1f77b4")
+        ax.set_xticks(x, panel.classes, rotation=60 if n > 12 else 0, ha="right" if n > 12 else "center",
                       fontsize=8)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel("top-1 accuracy (%)")
         ax.set_ylim(0, 118)  # headroom for the legend
-        ax.set_title(name, fontsize=9)
+        ax.set_title(panel.classifier, fontsize=9)
         ax.legend(fontsize=8, loc="upper center", ncols=2, frameon=False)
     fig.suptitle("per-class accuracy on the generated images, baseline vs tokens", fontsize=10)
     fig.tight_layout()
-    target = out_dir / "report" / EVAL_FIGURE
+    target = run.report / EVAL_FIGURE
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     return [target]

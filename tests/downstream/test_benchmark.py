@@ -9,7 +9,16 @@ from functools import partial
 import pytest
 
 from augment.datasets import get_dataset
-from augment.downstream.benchmark import Arm, CellWorker, parse_arm, render_text, run_benchmark
+from augment.downstream.benchmark import (
+    Arm,
+    CellWorker,
+    _cell_key,
+    _read_cache,
+    parse_arm,
+    render_text,
+    run_benchmark,
+)
+from augment.downstream.benchmark_result import BenchmarkCell, BenchmarkResult, SummaryRow
 from augment.downstream.train import TrainSettings
 from augment.errors import AugmentError
 from tests.downstream import make_digit_run
@@ -41,8 +50,9 @@ def test_parse_arm():
 
 def test_grid_reports_and_cache(tmp_path, run, digits):
     arms = ["real", "baseline", "token", "token:conf=0.8,weight=0.5"]
-    res = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
-                        progress=False)
+    result = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
+                           progress=False)
+    res = result.to_json()
     cells = res["cells"]
     assert len(cells) == 2 * 4 * 2 - 2  # no k=0 real-only cells
     by = {(c["arm"], c["k"], c["seed"]): c for c in cells}
@@ -60,10 +70,10 @@ def test_grid_reports_and_cache(tmp_path, run, digits):
     assert (report / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "benchmark.md").read_text()
     assert "| real only | – |" in md
-    assert "real only" in render_text(res) and "±" in render_text(res)
+    assert "real only" in render_text(result) and "±" in render_text(result)
     # a re-run reuses every cached cell (same numbers, no training)
     again = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
-                          progress=False)
+                          progress=False).to_json()
     assert [c["top1"] for c in again["cells"]] == [c["top1"] for c in cells]
     assert again["seconds"] < res["seconds"]
     lines = (report / "benchmark-cells.jsonl").read_text().splitlines()
@@ -108,7 +118,7 @@ def test_failed_cell_is_reported_and_finished_cells_stay_cached(run, digits, mon
     lines = (run / "report" / "benchmark-cells.jsonl").read_text().splitlines()
     assert [json.loads(line)["seed"] for line in lines] == [0]
     monkeypatch.setattr(bm, "train_classifier", real_train)
-    res = run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], arms=["real"], progress=False)
+    res = run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], arms=["real"], progress=False).to_json()
     assert [c["seed"] for c in res["cells"]] == [0, 1]
 
 
@@ -123,13 +133,13 @@ def test_ray_workers_give_the_inline_figures(tmp_path, run, digits):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two actors on a 2-core machine (and the CLI's inline default)
     try:
-        inline = run_benchmark(run, digits, TINY, resume=False, **args)
+        inline = run_benchmark(run, digits, TINY, resume=False, **args).to_json()
     finally:
         torch.set_num_threads(threads)
     try:
         # the actors rebuild the dataset from a factory (the CLI's way) instead of receiving it pickled
         ray = run_benchmark(run, digits, TINY, resume=False, workers=2, dataset_factory=partial(get_dataset, "digits"),
-                            **args)
+                            **args).to_json()
     finally:
         shutdown()
     assert ray["workers"] == 2
@@ -141,4 +151,50 @@ def test_cell_worker_builds_its_dataset_from_a_factory(run):
     worker = CellWorker(run, partial(get_dataset, "digits"), TINY)
     assert worker.dataset.name == "digits" and len(worker.test_labels) == 450
     row = worker.run(("key", 1, Arm("real"), 0))
-    assert row["real"] == 10 and row["synthetic"] == 0 and 0 <= row["top1"] <= 1
+    assert row.real == 10 and row.synthetic == 0 and 0 <= row.top1 <= 1
+
+
+# a line of benchmark-cells.jsonl as written before the cells were typed: caches must stay valid
+OLD_CACHE_LINE = (
+    '{"arm": "real + baseline synthetic (p=0.5)", "arm_spec": {"min_confidence": 0.0, "prob": 0.5, '
+    '"source": "baseline", "weight": 1.0}, "k": 0, "key": "edaf5529c3e0ea296eb45d6d", "mean_class_top1": 0.1, '
+    '"real": 0, "seconds": 3.273283785999979, "seed": 0, "synthetic": 30, "top1": 0.10222221910953522, '
+    '"top5": 0.504444420337677}'
+)
+
+
+def test_cell_keys_are_unchanged():
+    """The cache key hashes TrainSettings.to_dict() (minus seed/device/eval cadence): its values
+    for these settings were computed before TrainSettings became TrainConfig + seed + device."""
+    assert _cell_key(Arm("token", 0.5, 1.0, 0.9), 3, 1, TINY, "abc", "digits") == "d7140000535ad9f1412e95b9"
+    assert _cell_key(Arm("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
+
+
+def test_old_cache_lines_are_read_and_written_back_the_same(tmp_path):
+    cell = BenchmarkCell.from_json(json.loads(OLD_CACHE_LINE))
+    assert cell.arm_spec == Arm("baseline", 0.5, 1.0, 0.0) and cell.arm == cell.arm_spec.label
+    assert json.dumps(cell.to_json(), sort_keys=True) == OLD_CACHE_LINE
+    path = tmp_path / "cells.jsonl"
+    path.write_text(OLD_CACHE_LINE + "\n" + '{"key": "cut by a cr' + "\n" + '{"key": "x", "arm": "other layout"}\n')
+    assert _read_cache(path) == {cell.key: cell}
+
+
+def test_benchmark_result_round_trip():
+    real, token = Arm("real"), Arm("token", 0.5, 0.5, 0.9)
+    cells = [BenchmarkCell(f"k{s}", token.label, token, 1, s, 0.5 + s / 10, 0.9, float("nan"), 10, 20, 1.5)
+             for s in (0, 1)]
+    result = BenchmarkResult(
+        run="/run", dataset="digits", test_split="test", test_images=450, k_values=[0, 1], seeds=[0, 1],
+        arms=[real, token], metric="top-1", settings=TINY.to_dict(), workers=0,
+        summary=[SummaryRow.of(real, 0, [], "no data"), SummaryRow.of(real, 1, []),
+                 SummaryRow.of(token, 0, []), SummaryRow.of(token, 1, [c.top1 for c in cells])],
+        cells=cells, seconds=2.0, created="2025-01-02T03:04:05+00:00",
+    )
+    doc = result.to_json()
+    assert doc["arms"][1]["label"] == token.label and doc["cells"][0]["mean_class_top1"] is None
+    back = BenchmarkResult.from_json(json.loads(json.dumps(doc)))
+    assert back.to_json() == doc
+    assert back == BenchmarkResult.from_json(doc) and back.cells[1] == BenchmarkCell.from_json(cells[1].to_json())
+    assert back.summary_of(token)[1].mean == pytest.approx(0.55) and back["seconds"] == 2.0
+    with pytest.raises(ValueError, match="'cells'"):
+        BenchmarkResult.from_json({k: v for k, v in doc.items() if k != "cells"})

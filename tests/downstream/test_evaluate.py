@@ -9,8 +9,10 @@ import pytest
 
 from augment.datasets import get_dataset
 from augment.datasets.digits import DIGIT_NAMES
+from augment.downstream.eval_result import EvalResult
 from augment.downstream.evaluate import align_classifier, run_eval
 from augment.errors import AugmentError
+from augment.io.rundir import write_run_json
 from tests.downstream import make_digit_run
 from tests.fixtures.models import build_micro_classifier
 
@@ -29,7 +31,7 @@ def test_eval_token_and_baseline_arms(tmp_path, digits, digit_clf):
     run = make_digit_run(tmp_path / "run", per_class=3, shard_size=12)
     make_digit_run(tmp_path / "run" / "baseline", per_class=4, index_of=lambda c: 9 - c)
     spec = f"timm:test_resnet@{digit_clf}"
-    res = run_eval(run, digits, [spec, spec], progress=False, kid_subsets=5)
+    res = run_eval(run, digits, [spec, spec], progress=False, kid_subsets=5).to_json()
     assert res["classifiers"] == [spec]  # duplicates dropped
     rows = {r["images"]: r for r in res["accuracy"]}
     assert set(rows) == {"token", "baseline", "real test"}
@@ -72,3 +74,27 @@ def test_align_classifier_by_name(tmp_path):
     assert align_classifier(clf, ["zero", "one", "two"]).tolist() == [1, 2, 0]
     with pytest.raises(AugmentError, match="'three'"):
         align_classifier(clf, ["zero", "three"])
+
+
+def test_eval_result_round_trips_and_draws_the_eval_figure(tmp_path, digits, digit_clf):
+    """evaluate writes an EvalResult; contact reads it back by type, not by guessing keys."""
+    from augment.report.contact import EVAL_FIGURE, eval_panels, write_eval_figures
+
+    run = make_digit_run(tmp_path / "run", per_class=2)
+    make_digit_run(tmp_path / "run" / "baseline", per_class=2)
+    write_run_json(run, {}, "generate", extra={"class_names": DIGIT_NAMES})
+    spec = f"timm:test_resnet@{digit_clf}"
+    res = run_eval(run, digits, [spec], progress=False, kid_subsets=2)
+    assert isinstance(res, EvalResult)
+    doc = json.loads((run / "report" / "eval.json").read_text())
+    assert res.to_json() == doc and EvalResult.from_json(doc) == res
+    token, baseline = res.row("token", spec), res.row("baseline", spec)
+    assert token.n == baseline.n == res.arms["token"].images == 20 and res.row("real test", spec).real
+    panels = eval_panels(res, DIGIT_NAMES)
+    assert [p.classifier for p in panels] == [spec] and panels[0].classes == DIGIT_NAMES
+    assert panels[0].tokens == [token.per_class_top1[n] for n in DIGIT_NAMES]
+    assert write_eval_figures(run) == [run / "report" / EVAL_FIGURE]
+    # a renamed field fails where it is read, naming it
+    doc["accuracy"][0]["top_1"] = doc["accuracy"][0].pop("top1")
+    with pytest.raises(ValueError, match="'top1'"):
+        EvalResult.from_json(doc)

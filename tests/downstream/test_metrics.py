@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from augment.downstream.metrics import classification_metrics, fid, json_safe, kid
+from augment.downstream.metrics import classification_metrics, fid, kid
 
 
 def test_classification_metrics_on_known_logits():
@@ -49,7 +47,3 @@ def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
     same, _ = kid(a, b, subsets=20, subset_size=200)
     diff, _ = kid(a, b + 1.0, subsets=20, subset_size=200)
     assert abs(same) < 0.05 and diff > 0.5
-
-
-def test_json_safe_replaces_non_finite():
-    assert json_safe({"a": [float("nan"), 1.0], "b": math.inf}) == {"a": [None, 1.0], "b": None}

@@ -89,3 +89,33 @@ def test_eval_every_zero_tests_only_after_the_last_epoch(digits, test_split):
     res = train_classifier(mixed, *test_split, TrainSettings(**{**TINY, "epochs": 3}, eval_every=0), progress=False)
     assert [h["test_top1"] is None for h in res.metrics["history"]] == [True, True, False]
     assert res.best_epoch == 3 and res.metrics["best"]["top1"] == res.metrics["final"]["top1"] == res.final_top1
+
+
+#: TrainSettings.to_dict() before TrainSettings became TrainConfig + seed + device: metrics.json's
+#: config.train and the benchmark's cell keys depend on exactly these entries
+OLD_TO_DICT = {
+    "arch": "resnet18", "arch_kwargs": {}, "batch_size": 64, "checkpoint": None, "degrees": 10.0, "device": "cpu",
+    "epochs": 30, "eval_batch_size": 500, "eval_every": 1, "hflip": 0.0, "input_size": 32, "label_smoothing": 0.0,
+    "lr": 0.001, "mean": [0.5, 0.5, 0.5], "opt": "adamw", "pad": 2, "samples_per_epoch": None, "scale": [0.9, 1.1],
+    "sched": "cosine", "seed": 0, "std": [0.5, 0.5, 0.5], "warmup_epochs": 0, "weight_decay": 0.05,
+}
+
+
+def test_settings_are_the_config_plus_seed_and_device():
+    from augment.config import TrainConfig
+
+    assert TrainSettings().to_dict() == OLD_TO_DICT
+    tc = TrainConfig(epochs=3, hflip=0.5, synthetic_prob=0.2)
+    s = TrainSettings.from_config(tc, samples_per_epoch=None, hflip=None, seed=7, device="cpu")
+    assert (s.epochs, s.hflip, s.seed, s.synthetic_prob) == (3, 0.5, 7, 0.2)  # None overrides: not given
+    assert s.to_dict() == {**OLD_TO_DICT, "epochs": 3, "hflip": 0.5, "seed": 7}
+    with pytest.raises(AugmentError, match="--hflip"):
+        TrainSettings.from_config(tc, hflip=2.0)
+    with pytest.raises(AugmentError, match="--samples-per-epoch"):
+        TrainConfig(samples_per_epoch=0).validate()
+    # `augment config` dumps the config as YAML: no tuples in it
+    import dataclasses
+
+    import yaml
+
+    assert yaml.safe_load(yaml.safe_dump(dataclasses.asdict(TrainConfig())))["scale"] == [0.9, 1.1]

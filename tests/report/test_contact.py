@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from augment.downstream.eval_result import Accuracy, EvalArm, EvalResult
 from augment.errors import AugmentError
+from augment.io.rundir import write_run_json
 from augment.io.shards import write_info, write_shard
 from augment.report.contact import (
     EVAL_FIGURE,
+    EvalPanel,
     Layout,
-    find_per_class_accuracies,
+    eval_panels,
     sheet_size,
     tile_size,
     write_contact_sheets,
@@ -149,42 +152,55 @@ def test_broken_shard_raises_augment_error(tmp_path):
         write_contact_sheets(out)
 
 
-EVAL = {
-    "classifiers": {
-        "embedded:digits-judge": {
-            "baseline": {"accuracy": 0.5, "per_class_accuracy": [0.2, 0.5, 0.8]},
-            "tokens": {"accuracy": 0.8, "per_class_accuracy": [0.7, 0.9, 0.8]},
-        },
-        "embedded:digits-guide": {
-            "base": {"per_class": {"0": 0.1, "2": 0.3, "1": 0.2}},
-            "token": {"per_class": {"0": 0.4, "1": 0.5, "2": 0.6}},
-        },
-    },
-    "other": {"tokens": 3, "baseline": "x"},
-}
+def accuracy(images: str, classifier: str, per_class: dict[str, float]) -> Accuracy:
+    mean = sum(per_class.values()) / len(per_class)
+    return Accuracy(images=images, dir=None if images.startswith("real") else f"/run/{images}", classifier=classifier,
+                    n=10 * len(per_class), top1=mean, top5=1.0, top5_k=3, mean_class_top1=mean,
+                    mean_class_top5=1.0, per_class_top1=per_class, per_class_top5=dict.fromkeys(per_class, 1.0))
 
 
-def test_find_per_class_accuracies():
-    found = find_per_class_accuracies(EVAL)
-    assert set(found) == {"classifiers/embedded:digits-judge", "classifiers/embedded:digits-guide"}
-    base, tok = found["classifiers/embedded:digits-guide"]
-    assert list(base) == [0.1, 0.2, 0.3] and list(tok) == [0.4, 0.5, 0.6]
-    assert base.labels == ["0", "1", "2"]
-    assert list(found["classifiers/embedded:digits-judge"][1]) == [0.7, 0.9, 0.8]
-    assert find_per_class_accuracies({"tokens": {"accuracy": 1.0}, "baseline": {"accuracy": 0.5}}) == {}
+JUDGE, GUIDE = "embedded:digits-judge", "embedded:digits-guide"
+EVAL = EvalResult(
+    run="/run", dataset="digits", split="test", classifiers=[JUDGE, GUIDE], feature_classifier=GUIDE,
+    arms={"token": EvalArm("/run", 30), "baseline": EvalArm("/run/baseline", 30)},
+    accuracy=[
+        accuracy("token", JUDGE, {"zero": 0.7, "one": 0.9, "two": 0.8}),
+        accuracy("baseline", JUDGE, {"zero": 0.2, "one": 0.5, "two": 0.8}),
+        accuracy("real test", JUDGE, {"zero": 1.0, "one": 1.0, "two": 1.0}),
+        accuracy("token", GUIDE, {"two": 0.6, "zero": 0.4, "one": 0.5}),
+        accuracy("baseline", GUIDE, {"zero": 0.1, "two": 0.3, "one": 0.2}),
+    ],
+    distances=[], notes=[], created="2025-01-02T03:04:05+00:00",
+)
+
+
+def test_eval_panels():
+    panels = eval_panels(EVAL, ["zero", "one", "two"])
+    assert [p.classifier for p in panels] == [JUDGE, GUIDE]
+    assert panels[1] == EvalPanel(GUIDE, ["zero", "one", "two"], [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert panels[0].tokens == [0.7, 0.9, 0.8]
+    # without the run's class list the classes keep eval.json's order; no baseline arm: no panel
+    assert eval_panels(EVAL)[1].classes == ["two", "zero", "one"]
+    token_only = dataclasses.replace(EVAL, accuracy=[r for r in EVAL.accuracy if r.images != "baseline"])
+    assert eval_panels(token_only) == []
 
 
 def test_eval_figure(tmp_path):
     out = make_run(tmp_path / "run")
     assert write_eval_figures(out) == []  # no eval.json yet
+    write_run_json(out, {}, "generate", extra={"class_names": ["zero", "one", "two"]})
     (out / "report").mkdir(exist_ok=True)
-    (out / "report" / "eval.json").write_text(json.dumps(EVAL))
+    (out / "report" / "eval.json").write_text(json.dumps(EVAL.to_json()))
     paths = write_eval_figures(out)
     assert paths == [out / "report" / EVAL_FIGURE]
     with Image.open(paths[0]) as im:
         assert im.format == "PNG" and im.size[1] > 400  # two panels
-    (out / "report" / "eval.json").write_text(json.dumps({"accuracy": 0.9}))
-    assert write_eval_figures(out) == []
+    messages: list[str] = []
+    (out / "report" / "eval.json").write_text(json.dumps({"accuracy": 0.9}))  # another layout: skipped, said once
+    assert write_eval_figures(out, log=messages.append) == []
+    assert len(messages) == 1 and "re-run `augment eval" in messages[0] and "'run'" in messages[0]
+    with pytest.warns(UserWarning, match="no eval figure"):
+        assert write_eval_figures(out) == []
     (out / "report" / "eval.json").write_text("{not json")
     with pytest.raises(AugmentError, match="eval.json"):
         write_eval_figures(out)

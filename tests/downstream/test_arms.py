@@ -1,0 +1,66 @@
+"""build_missing_arms: only the arms a run folder lacks are built, tokens before the token arm."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from augment.config import Config
+from augment.downstream.arms import build_missing_arms, missing_arms
+from augment.errors import AugmentError
+from augment.io.rundir import RunDir
+from tests.downstream import make_digit_run
+
+
+@pytest.fixture()
+def stages(monkeypatch, tmp_path):
+    """Fake token and generate stages that record their calls and write the arm they make."""
+    import augment.generate.runner as generate_runner
+    import augment.tokens.runner as tokens_runner
+
+    calls: list[tuple] = []
+    failed: dict[str, list[str]] = {}
+
+    def fake_generate(cfg, baseline=False, **_):
+        arm = "baseline" if baseline else "token"
+        calls.append(("generate", arm))
+        if not failed.get(arm):
+            make_digit_run(RunDir(cfg.out).arm_dir(arm).path, per_class=1)
+        return SimpleNamespace(failed=failed.get(arm, []))
+
+    def fake_tokens(cfg, **_):
+        calls.append(("tokens",))
+        return SimpleNamespace(failed=failed.get("tokens", []))
+
+    monkeypatch.setattr(generate_runner, "run_generate", fake_generate)
+    monkeypatch.setattr(tokens_runner, "run_tokens", fake_tokens)
+    return SimpleNamespace(calls=calls, failed=failed)
+
+
+def test_builds_only_the_missing_arm(tmp_path, stages):
+    run = RunDir(make_digit_run(tmp_path / "run", per_class=1))  # token arm present
+    messages: list[str] = []
+    built = build_missing_arms(Config(out=str(run)), run, ["real", "baseline:conf=0.9", "token"], messages.append)
+    assert built == ["baseline"] and stages.calls == [("generate", "baseline")]
+    assert messages == [f"benchmark: baseline arm missing in {run}; building it first "
+                        "(as `augment build --baseline`; --no-build refuses instead)"]
+    assert missing_arms(run, ["baseline", "token"]) == []
+    assert build_missing_arms(Config(out=str(run)), run, ["baseline"], messages.append) == [] and len(messages) == 1
+
+
+def test_empty_run_gets_tokens_then_both_arms(tmp_path, stages):
+    run = RunDir(tmp_path / "run")
+    assert build_missing_arms(Config(out=str(run)), run, ["token", "baseline"], lambda m: None) == ["baseline", "token"]
+    assert stages.calls == [("tokens",), ("generate", "baseline"), ("generate", "token")]
+
+
+def test_a_failed_stage_stops_the_build(tmp_path, stages):
+    run = RunDir(tmp_path / "run")
+    stages.failed["tokens"] = ["0003-three: out of memory"]
+    with pytest.raises(AugmentError, match=r"1 token\(s\) failed, first: 0003-three"):
+        build_missing_arms(Config(out=str(run)), run, ["token"], lambda m: None)
+    stages.failed.clear()
+    stages.failed["baseline"] = ["synth-000000"]
+    with pytest.raises(AugmentError, match="baseline arm: 1 shard"):
+        build_missing_arms(Config(out=str(run)), run, ["baseline"], lambda m: None)
