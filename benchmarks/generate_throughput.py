@@ -200,8 +200,8 @@ def build_config(args: argparse.Namespace, out: Path, workers: int):
 
 def plan_batches(cfg, class_names: list[str], batch_size: int, baseline: bool) -> list[tuple[list[str], list[int]]]:
     """(prompts, seeds) per sampler call, exactly as GenerateWorker.run forms them (first attempt)."""
+    from augment.datasets.selection import select_classes
     from augment.generate.plan import plan_shards, render_prompt, sample_seed
-    from augment.runs import select_classes
     from augment.tokens.textual_inversion import token_string
 
     g = cfg.generate
@@ -297,7 +297,7 @@ def run_generate_row(args: argparse.Namespace, work: Path, workers: int, tokens_
 
 
 def cfg_classes(cfg) -> list[int]:
-    from augment.runs import load_dataset, select_classes
+    from augment.datasets.selection import load_dataset, select_classes
 
     return select_classes(cfg.classes, len(load_dataset(cfg).class_names))
 
@@ -418,11 +418,11 @@ def _row_dict(r: Row) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    from augment.datasets.selection import load_dataset
     from augment.generate.worker import default_batch_size
     from augment.models.backbone import load_backbone, native_resolution
     from augment.models.device import resolve_device
     from augment.models.diffusion import Diffusion
-    from augment.runs import load_dataset
     from augment.tokens.textual_inversion import load_tokens
 
     if args.threads:

@@ -103,7 +103,7 @@ def _settings(cfg, only: dict[str, Any], seed: int | None = None):
 
 
 def _dataset(cfg):
-    from augment.runs import load_dataset
+    from augment.datasets.selection import load_dataset
 
     return load_dataset(cfg)
 

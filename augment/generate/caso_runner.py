@@ -19,6 +19,7 @@ import torch
 
 from augment import stage
 from augment.config import Config, config_from_dict
+from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
 from augment.io.images import encode_image
@@ -26,7 +27,6 @@ from augment.io.rundir import ArmDir
 from augment.io.shards import SynthSample, done_shards, sample_key, write_info, write_shard
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.diffusion import Diffusion
-from augment.runs import load_dataset, select_classes
 from augment.seeds import derive_seed
 from augment.tokens.caso import CasoTrainer, vector_tokens
 

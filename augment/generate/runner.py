@@ -19,13 +19,13 @@ import pyarrow.parquet as pq
 
 from augment import stage
 from augment.config import Config
+from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
 from augment.generate.worker import GenerateWorker, GenSpec
 from augment.io.rundir import ArmDir
 from augment.io.shards import SynthSample, cleanup_partial, done_shards, sample_key, write_info, write_shard
-from augment.runs import load_dataset, select_classes
 
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
                "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",

@@ -16,11 +16,11 @@ from typing import Any
 
 from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
+from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
-from augment.runs import load_dataset, select_classes
 from augment.tokens.disco import TokenResult
 from augment.tokens.textual_inversion import save_token, token_string
 
