@@ -5,6 +5,7 @@ and the CLI resolves the same settings and gives the same errors."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -48,8 +49,13 @@ def wheel_python(tmp_path_factory) -> str:
     from this interpreter's site-packages through a .pth line (which does not run the editable
     install's finder), so only the wheel provides augment."""
     tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"  # setuptools writes build/ and *.egg-info next to the sources: build from a copy
+    for name in ("augment", "pipelines", "manifests"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600,
+                            "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=600,
                            env=_env())
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp / "dist").glob("augment-*.whl"))
