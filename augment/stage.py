@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 from augment.config import Config
 from augment.distributed import PoolSpec, WorkerFactory, run_units
 from augment.errors import AugmentError
-from augment.io.rundir import ArmDir, RunDir, check_compatible, check_writable, stage_ran, write_run_json
+from augment.io.rundir import (
+    ArmDir,
+    RunDir,
+    check_compatible,
+    check_out_in_ray_job,
+    check_writable,
+    stage_ran,
+    write_run_json,
+)
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "run_stage"]
 
@@ -172,6 +180,7 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
 
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Steps 1-2: preflight, then the run folder's checks and ``run.json``."""
+    check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
     stage.preflight()
     arm, extra = stage.arm, stage.run_json_extra()
     if stage_ran(arm, stage.name):

@@ -37,6 +37,7 @@ __all__ = [
     "parse_shard_name",
     "shard_name",
     "check_compatible",
+    "check_out_in_ray_job",
     "check_writable",
     "git_sha",
     "package_versions",
@@ -54,6 +55,14 @@ REPORT_DIR = "report"
 TRAIN_DIR = "train"
 SHARD_PREFIX = "synth-"
 PACKAGES = ("torch", "diffusers", "transformers", "timm", "ray", "webdataset", "pyarrow")
+
+#: Ray's job supervisor sets this in the environment of a ``ray job submit`` entrypoint (and only
+#: there): ray/_private/runtime_env/constants.py, used by JobSupervisor._get_driver_env_vars.
+#: Spelled out rather than imported, so that reading a run folder never imports Ray.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: the folder of Ray's session dir that a job's ``--working-dir`` is unpacked into
+#: (ray/_private/ray_constants.py DEFAULT_RUNTIME_ENV_DIR_NAME)
+RAY_UPLOAD_DIR = "runtime_resources"
 
 _SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d{{6,}})$")
 
@@ -414,6 +423,32 @@ def stage_ran(run_dir: ArmDir | str | os.PathLike[str], stage: str) -> bool:
     except AugmentError:
         return False
     return stage in (old.get("stages") or {})
+
+
+def check_out_in_ray_job(path: str | os.PathLike[str]) -> None:
+    """Refuse an ``--out`` that a Ray job would write where the user cannot find it.
+
+    A ``ray job submit`` entrypoint runs in the job's working folder: the ``--working-dir`` upload,
+    unpacked under Ray's session dir and deleted with it. A relative ``--out`` (the default
+    ``runs/<dataset>`` included) would land there, and the run would report a path that does not
+    exist on the user's machine nor anywhere they would look on the head. Outside a Ray job this
+    does nothing. Raises AugmentError naming an absolute folder on the head to use instead.
+    """
+    if RAY_JOB_ENV not in os.environ:
+        return
+    out = Path(path)
+    example = Path.home() / "runs" / (out.name or "run")
+    fix = f"pass an absolute --out on the head, e.g. --out {example}, and fetch it with `ray rsync-down`"
+    if not out.is_absolute():
+        raise AugmentError(
+            f"--out {path} is relative inside a Ray job (its working folder is a temporary upload that Ray "
+            f"deletes with the session); {fix}"
+        )
+    if RAY_UPLOAD_DIR in out.resolve().parts:
+        raise AugmentError(
+            f"--out {path} is inside Ray's temporary upload folder ({RAY_UPLOAD_DIR}/), which Ray deletes "
+            f"with the session; {fix}"
+        )
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:

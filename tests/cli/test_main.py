@@ -78,3 +78,47 @@ def test_bad_input_one_line_exit_2(args, fragment, tmp_path, micro_classifier_pa
     assert sorted(os.listdir(tmp_path)) == before  # nothing written (no runs/ folder either)
 
 
+
+
+# --- `ray job submit`: a relative --out would land in Ray's temporary upload folder -----------------
+
+def test_the_ray_job_markers_are_rays_own():
+    """rundir spells Ray's names out (reading a run never imports Ray); they must stay Ray's."""
+    from ray._private.ray_constants import DEFAULT_RUNTIME_ENV_DIR_NAME
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    from augment.io.rundir import RAY_JOB_ENV, RAY_UPLOAD_DIR
+
+    assert (RAY_JOB_ENV, RAY_UPLOAD_DIR) == (RAY_JOB_CONFIG_JSON_ENV_VAR, DEFAULT_RUNTIME_ENV_DIR_NAME)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["build"], "--out runs/digits is relative inside a Ray job"),  # the default --out
+        (["tokens", "--out", "relrun"], "--out relrun is relative inside a Ray job"),
+        (["generate", "--baseline", "--out", "./runs/x"], "is relative inside a Ray job"),
+        (["caso", "--out", "{tmp}/session/runtime_resources/working_dir_files/_ray_pkg_1/runs"],
+         "inside Ray's temporary upload folder"),
+    ],
+)
+def test_out_in_ray_job_refused_before_anything_is_written(args, fragment, tmp_path, monkeypatch):
+    from augment.io.rundir import RAY_JOB_ENV
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(RAY_JOB_ENV, '{"runtime_env": {"working_dir": "gcs://_ray_pkg_1.zip"}, "metadata": {}}')
+    result = invoke_err(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    _assert_one_line_error(result, fragment)
+    assert f"pass an absolute --out on the head, e.g. --out {os.path.expanduser('~')}/runs/" in result.stderr
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_absolute_out_in_ray_job_passes_the_check(tmp_path, monkeypatch):
+    from augment.io.rundir import RAY_JOB_ENV
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(RAY_JOB_ENV, "{}")
+    # past the --out check, the next one (preflight) speaks: the folder was accepted
+    _assert_one_line_error(invoke_err("tokens", "--out", str(tmp_path / "run"), "--classes", "12"), "out of range")
+    monkeypatch.delenv(RAY_JOB_ENV)
+    _assert_one_line_error(invoke_err("tokens", "--out", "relrun", "--classes", "12"), "out of range")  # no job: fine
