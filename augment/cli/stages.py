@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from augment.cli.options import add_options, build_config, command, common_options, grad_steps_option
 from augment.io.rundir import RunDir
+
+if TYPE_CHECKING:
+    from augment.io.verify import VerifySummary
 
 generate_options = add_options([
     click.option("--per-class", type=int, help="Images per class (raising it later only adds samples)."),
@@ -53,6 +56,17 @@ def print_generate(s) -> None:
     click.echo(f"generate: {s.samples} samples of {s.classes} classes in {s.shards} shards "
                f"({s.written} written, {s.skipped} already done) in {s.seconds:.0f}s{conf} -> {s.out}")
     print_failed(s.failed)
+
+
+def verify_line(checked: VerifySummary) -> str:
+    """Every arm's verdict in one line: ``ok (token: 5 shards, baseline: 5 shards)``, or the
+    number of problems, per arm, and the command that lists them."""
+    arms = ", ".join(f"{name}: {r.summary.get('shards', 0)} shards" + ("" if r.ok else f", {len(r.problems)} problems")
+                     for name, r in checked.reports.items())
+    if not checked.exit_code:
+        return f"ok ({arms})"
+    problems = sum(len(r.problems) for r in checked.reports.values())
+    return f"{problems} problems ({arms}); `augment verify {checked.out}` lists them"
 
 
 @command()
@@ -100,7 +114,7 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
     With no arguments it runs the embedded default end to end: digits, 10 classes x 100 images.
     """
     from augment.generate.runner import run_generate
-    from augment.io.verify import verify_run
+    from augment.io.verify import verify_arms
     from augment.tokens.runner import run_tokens
 
     start = time.perf_counter()
@@ -114,21 +128,26 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
     s = run_generate(cfg, force=force)
     print_generate(s)
     baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
+    failed = list(s.failed)
     if baseline:
-        print_generate(run_generate(cfg, baseline=True, force=force))
-    report = verify_run(s.out)
+        b = run_generate(cfg, baseline=True, force=force)
+        print_generate(b)
+        failed += b.failed
     run = RunDir(cfg.out)
+    checked = verify_arms(run.path)
     click.echo("")
     click.echo(f"done in {time.perf_counter() - start:.0f}s: {s.classes} classes, {s.samples} samples, {s.shards} shards"
                + (f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""))
     click.echo(f"  tokens:    {run.tokens}  (pipe.load_textual_inversion)")
     click.echo(f"  shards:    {run.shards}  (+ _info.json for timm wds/)")
     click.echo(f"  manifests: {run.manifests}")
-    click.echo(f"  verify:    {'ok' if report.ok else f'{len(report.problems)} problems (augment verify {run})'}")
+    click.echo(f"  verify:    {verify_line(checked)}")
+    for problem in [p for r in checked.reports.values() for p in r.problems][:3]:
+        click.echo(f"  problem:   {problem}", err=True)
     click.echo(f"  read it:   python -c \"import webdataset as wds; ds = wds.WebDataset('{run.shard_path(0).parent}/"
                f"synth-{{000000..{s.shards - 1:06d}}}.tar', shardshuffle=False).decode('pil')"
                f".to_tuple('{cfg.generate.image_format}', 'cls'); print(next(iter(ds)))\"")
-    if s.failed or not report.ok:
+    if failed or checked.exit_code:
         sys.exit(1)
 
 

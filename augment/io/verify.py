@@ -17,8 +17,14 @@ anything. What it checks:
   the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [n, D] (n > 1: a multi-vector CASO embedding);
   no unlisted token files; manifests' ``token_sha256`` agree with the tokens table.
 
-:func:`verify_arms` verifies every arm of a run folder (``RunDir.arms()``) and returns a
-:class:`VerifySummary`, whose ``exit_code`` the CLI returns (1 when any arm has a problem).
+An arm that was generated into must hold shards: it counts as present when its ``run.json``
+records a generating stage (generate or caso: the stage writes run.json before its first unit) or
+its ``shards/`` or ``manifests/`` folder exists, and a present arm without one complete shard is a
+problem (a generate whose every unit failed once printed "verify: ok"). A run folder where only the
+tokens stage ran verifies its tokens and passes.
+
+:func:`verify_arms` verifies the token arm and every other present arm of a run folder and returns
+a :class:`VerifySummary`, whose ``exit_code`` the CLI returns (1 when any arm has a problem).
 """
 
 from __future__ import annotations
@@ -37,16 +43,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from augment.errors import AugmentError
 from augment.io.atomic import is_temp_name
 from augment.io.manifest import MANIFEST_SCHEMA, TOKENS_SCHEMA
-from augment.io.rundir import ArmDir, RunDir, parse_shard_name, shard_name
+from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json, shard_name
 from augment.io.shards import manifest_path, shard_path
 from augment.stage import StageSummary
 
-__all__ = ["VerifyReport", "VerifySummary", "verify_arms", "verify_run"]
+__all__ = ["VerifyReport", "VerifySummary", "arm_present", "verify_arms", "verify_run"]
 
 #: at most this many problems are listed per shard (then a count of the rest)
 MAX_PROBLEMS_PER_SHARD = 20
+#: stages whose entry in an arm's run.json means shards were meant to be written there
+GENERATING_STAGES = ("generate", "caso")
+#: the command that (re)writes each arm's shards, for the "no shards" line
+_RESUME = {"token": "augment generate", "baseline": "augment generate --baseline", "caso": "augment caso"}
+
+
+def arm_present(arm: ArmDir) -> bool:
+    """Whether ``arm`` was generated into: its run.json records a generating stage, or its
+    ``shards/`` or ``manifests/`` folder exists. Such an arm must hold shards."""
+    try:
+        stages = (read_run_json(arm) or {}).get("stages") or {}
+    except AugmentError:  # an unreadable run.json: the folders still tell
+        stages = {}
+    generated = isinstance(stages, dict) and any(s in stages for s in GENERATING_STAGES)
+    return generated or arm.shards.is_dir() or arm.manifests.is_dir()
+
+
+def _no_shards_line(out_dir: Path) -> str:
+    """``<arm>: no shards ...``, naming the command that resumes it."""
+    run, name = RunDir.locate(out_dir)
+    command = _RESUME.get(name, "the stage that writes this arm")
+    return (f"{name}: no shards in {ArmDir(out_dir).shards} (generate did not finish? re-run `{command} "
+            f"--out {run}` with the same settings, or the same `augment build`, to resume)")
 
 
 @dataclass
@@ -388,6 +418,8 @@ def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> V
     for i in sorted(pqs - tars):
         problems.append(f"{manifest_path(out_dir, i)}: manifest without its tar (the shard is missing)")
     complete = sorted(tars & pqs)
+    if not complete and arm_present(ArmDir(out_dir)):
+        problems.append(_no_shards_line(out_dir))
 
     lengths: dict[int, int] = {}
     tables: list[pa.Table] = []
@@ -457,10 +489,11 @@ class VerifySummary(StageSummary):
 
 def verify_arms(out: str | os.PathLike[str], decode_images: bool = True) -> VerifySummary:
     """:func:`verify_run` on every arm of the run folder ``out``: the token arm (the folder itself,
-    even when it has only tokens) and each other arm that has been generated into."""
+    even when it has only tokens) and each other arm that is present (:func:`arm_present`), so an
+    arm whose generate started but wrote nothing fails instead of being skipped."""
     start = time.perf_counter()
     run = RunDir(out)
-    arms = {"token": run.arm_dir("token"), **run.arms()}
+    arms = {name: run.arm_dir(name) for name in ARMS if name == "token" or arm_present(run.arm_dir(name))}
     reports = {name: verify_run(arm.path, decode_images=decode_images) for name, arm in arms.items()}
     failed = [f"{arms[name]}: {len(r.problems)} problems" for name, r in reports.items() if not r.ok]
     return VerifySummary(stage="verify", out=run.path, done=len(reports) - len(failed), skipped=0, failed=failed,

@@ -122,3 +122,55 @@ def test_absolute_out_in_ray_job_passes_the_check(tmp_path, monkeypatch):
     _assert_one_line_error(invoke_err("tokens", "--out", str(tmp_path / "run"), "--classes", "12"), "out of range")
     monkeypatch.delenv(RAY_JOB_ENV)
     _assert_one_line_error(invoke_err("tokens", "--out", "relrun", "--classes", "12"), "out of range")  # no job: fine
+
+
+# --- verify: every present arm, and an arm with no shards fails (in `verify` and in `build`) ---------
+
+def _fake_stages(monkeypatch, token_shards: bool):
+    """run_tokens / run_generate stand-ins: tokens all done; the token arm's generate either writes
+    shards or fails every unit after writing run.json (as a real failed generate does); the baseline
+    arm gets shards. build's own verify then decides."""
+    from pathlib import Path
+
+    from augment.generate.runner import GenerateSummary
+    from augment.io.rundir import RunDir, write_run_json
+    from augment.tokens.runner import TokensSummary
+    from tests.io import make_run
+
+    def run_tokens(cfg, force=False):
+        return TokensSummary(stage="tokens", out=Path(cfg.out), done=0, skipped=10, failed=[], seconds=0.0, rows=[])
+
+    def run_generate(cfg, baseline=False, force=False):
+        arm = RunDir(cfg.out).arm_dir("baseline" if baseline else "token")
+        write_run_json(arm, cfg.to_dict(), "generate")
+        failed = []
+        if baseline or token_shards:
+            make_run(arm.path)
+        else:
+            failed = ["shard 0: FileNotFoundError: relrun/tokens/0000-zero.safetensors"]
+        return GenerateSummary(stage="generate", out=arm.path, done=0 if failed else 3, skipped=0, failed=failed,
+                               seconds=0.0, classes=3, samples=8, shards=3, mean_confidence=None)
+
+    monkeypatch.setattr("augment.tokens.runner.run_tokens", run_tokens)
+    monkeypatch.setattr("augment.generate.runner.run_generate", run_generate)
+
+
+def test_build_fails_verify_on_an_arm_without_shards(tmp_path, monkeypatch):
+    _fake_stages(monkeypatch, token_shards=False)
+    out = tmp_path / "run"
+    r = invoke_err("build", "--out", str(out))
+    assert r.exit_code == 1, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("  verify:"))
+    assert line == (f"  verify:    1 problems (token: 0 shards, 1 problems, baseline: 3 shards); "
+                    f"`augment verify {out}` lists them")
+    assert f"problem:   token: no shards in {out / 'shards'}" in r.stderr
+
+    r = invoke_err("verify", str(out))  # the verify command says the same
+    assert r.exit_code == 1 and "token: no shards" in r.stderr and f"{out / 'baseline'}: 3 shards" in r.stdout
+
+
+def test_build_verify_ok_names_every_arm(tmp_path, monkeypatch):
+    _fake_stages(monkeypatch, token_shards=True)
+    r = invoke_err("build", "--out", str(tmp_path / "run"))
+    assert r.exit_code == 0, r.output
+    assert "  verify:    ok (token: 3 shards, baseline: 3 shards)\n" in r.stdout

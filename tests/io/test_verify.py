@@ -196,3 +196,74 @@ def test_verify_arms_of_a_folder_with_only_tokens(tmp_path):
 
     s = verify_arms(tmp_path)
     assert list(s.arms) == ["token"] and s.exit_code == 1 and "no shards and no tokens" in s.reports["token"].problems[0]
+
+
+# --- an arm that was generated into must hold shards ------------------------------------------------
+
+@pytest.fixture
+def tokens_only(clean, tmp_path):
+    """A run folder where only the tokens stage ran: tokens/ and a run.json that says so."""
+    from augment.io.rundir import write_run_json
+
+    run = tmp_path / "run"
+    shutil.copytree(clean / "tokens", run / "tokens")
+    write_run_json(run, {"dataset": "digits"}, "tokens")
+    return run
+
+
+def test_tokens_only_run_verifies_its_tokens_and_passes(tokens_only):
+    from augment.io.verify import verify_arms
+
+    s = verify_arms(tokens_only)
+    assert list(s.arms) == ["token"] and s.exit_code == 0 and s.reports["token"].summary["tokens"] == 4
+    (tokens_only / "tokens" / "0001-one.safetensors").write_bytes(b"x")  # and the tokens are really checked
+    assert verify_arms(tokens_only).exit_code == 1
+
+
+def test_generate_that_wrote_no_shard_fails_verify(tokens_only):
+    from augment.io.rundir import write_run_json
+    from augment.io.verify import verify_arms
+
+    write_run_json(tokens_only, {"dataset": "digits"}, "generate")  # generate started (and then failed)
+    r = verify_run(tokens_only)
+    assert not r.ok and r.problems[0].startswith("token: no shards in ")
+    assert f"re-run `augment generate --out {tokens_only}`" in r.problems[0]
+    s = verify_arms(tokens_only)
+    assert s.exit_code == 1 and s.failed == [f"{tokens_only}: 1 problems"]
+
+
+def _caso_started(arm_path):
+    from augment.io.rundir import write_run_json
+
+    write_run_json(arm_path, {}, "caso")
+
+
+@pytest.mark.parametrize(
+    "arm, make, command",
+    [
+        ("baseline", lambda a: (a / "manifests").mkdir(parents=True), "augment generate --baseline"),
+        ("baseline", lambda a: (a / "shards").mkdir(parents=True), "augment generate --baseline"),
+        ("caso", _caso_started, "augment caso"),
+    ],
+)
+def test_every_present_arm_is_checked(run, arm, make, command):
+    from augment.io.rundir import RunDir
+    from augment.io.verify import verify_arms
+
+    make(RunDir(run).arm_dir(arm).path)
+    s = verify_arms(run)
+    assert list(s.arms) == ["token", arm] and s.reports["token"].ok and s.exit_code == 1
+    assert s.reports[arm].problems == [
+        f"{arm}: no shards in {RunDir(run).arm_dir(arm).shards} (generate did not finish? re-run `{command} "
+        f"--out {run}` with the same settings, or the same `augment build`, to resume)"]
+
+
+def test_an_arm_with_only_a_run_json_of_another_stage_is_not_present(run):
+    from augment.io.rundir import RunDir, write_run_json
+    from augment.io.verify import arm_present, verify_arms
+
+    caso = RunDir(run).arm_dir("caso")
+    write_run_json(caso, {}, "tokens")
+    assert not arm_present(caso) and list(verify_arms(run).arms) == ["token"]
+    caso.run_json.write_text("{not json")  # unreadable: the folders decide
+    assert not arm_present(caso)
