@@ -11,6 +11,7 @@ the method's settings were measured with), unless ``scheduler`` names another.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from importlib import resources
@@ -41,17 +42,43 @@ def list_embedded_backbones() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "model_index.json").exists()) if root.exists() else []
 
 
+#: the pipeline classes augment runs (``_class_name`` of model_index.json): Stable Diffusion 1.x and
+#: 2.x. The tokens, the sampler and the one-step x0 all assume one CLIP text encoder and a 4-channel
+#: text-to-image UNet; SDXL (two text encoders, pooled embeddings), SD3, inpainting UNets and others
+#: would fail deep inside a stage, on a worker, after the run folder was made.
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+
+
+def check_pipeline_class(folder: str, spec: str) -> str:
+    """Return ``folder`` when its model_index.json names a supported pipeline class; else a one-line
+    AugmentError naming the class found and what is supported (before any run folder is made)."""
+    index = Path(folder) / "model_index.json"
+    try:
+        found = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except FileNotFoundError:
+        raise AugmentError(f"{spec}: {folder} is not a diffusers pipeline folder (no model_index.json)") from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise AugmentError(f"{spec}: cannot read {index} ({type(e).__name__}); re-save or re-download the model") from None
+    if found not in SUPPORTED_PIPELINES:
+        raise AugmentError(
+            f"{spec} is a {found or 'pipeline without a _class_name'}; augment supports Stable Diffusion 1.x/2.x "
+            f"text-to-image pipelines ({', '.join(SUPPORTED_PIPELINES)}), e.g. stabilityai/stable-diffusion-2-1-base"
+        )
+    return folder
+
+
 def resolve_backbone_path(spec: str) -> str:
-    """Turn a spec into something ``from_pretrained`` accepts, or raise a one-line AugmentError."""
+    """Turn a spec into something ``from_pretrained`` accepts, or raise a one-line AugmentError
+    (an unsupported pipeline class included: :func:`check_pipeline_class`)."""
     if spec.startswith("embedded:"):
         name = spec.split(":", 1)[1]
         path = embedded_dir() / name
         if not (path / "model_index.json").exists():
             known = ", ".join(f"embedded:{n}" for n in list_embedded_backbones()) or "none shipped"
             raise AugmentError(f"unknown embedded model {spec!r}; known: {known}")
-        return str(path)
+        return check_pipeline_class(str(path), spec)
     if spec.startswith("hf:"):
-        return cached_hub_snapshot(spec[3:])
+        return check_pipeline_class(cached_hub_snapshot(spec[3:]), spec)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "model_index.json").exists():
@@ -59,9 +86,9 @@ def resolve_backbone_path(spec: str) -> str:
                 f"{spec} is not a diffusers pipeline folder (no model_index.json); "
                 "save one with pipe.save_pretrained(DIR) or pass a hub id"
             )
-        return str(path)
+        return check_pipeline_class(str(path), spec)
     if HUB_ID.match(spec):
-        return cached_hub_snapshot(spec)
+        return check_pipeline_class(cached_hub_snapshot(spec), spec)
     raise AugmentError(
         f"cannot read model spec {spec!r}: use embedded:<name>, a local pipeline folder, or a hub id like "
         "stabilityai/stable-diffusion-2-1-base"

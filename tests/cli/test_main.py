@@ -174,3 +174,16 @@ def test_build_verify_ok_names_every_arm(tmp_path, monkeypatch):
     r = invoke_err("build", "--out", str(tmp_path / "run"))
     assert r.exit_code == 0, r.output
     assert "  verify:    ok (token: 3 shards, baseline: 3 shards)\n" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["build", "tokens", "generate", "caso"])
+def test_sdxl_refused_before_anything_is_written(command, tmp_path, monkeypatch):
+    import json
+
+    model = tmp_path / "sdxl"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    monkeypatch.chdir(tmp_path)
+    result = invoke_err(command, "--model", str(model), "--out", str(tmp_path / "run"))
+    _assert_one_line_error(result, f"{model} is a StableDiffusionXLPipeline; augment supports Stable Diffusion 1.x/2.x")
+    assert os.listdir(tmp_path) == ["sdxl"]  # no run folder

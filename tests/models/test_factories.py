@@ -46,6 +46,52 @@ def test_backbone_folder_without_model_index(tmp_path):
         load_backbone(str(tmp_path))
 
 
+SDXL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.42.1",
+              "text_encoder": ["transformers", "CLIPTextModel"],
+              "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+
+
+@pytest.mark.parametrize("name", ["StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
+                                  "StableDiffusionInpaintPipeline"])
+def test_backbone_other_pipeline_classes_refused_before_loading(name, tmp_path):
+    from augment.models.backbone import resolve_backbone_path
+
+    (tmp_path / "model_index.json").write_text(json.dumps(SDXL_INDEX | {"_class_name": name}))
+    for call in (lambda: resolve_backbone_path(str(tmp_path)), lambda: load_backbone(str(tmp_path))):
+        with pytest.raises(AugmentError) as e:
+            call()
+        msg = str(e.value)
+        assert "\n" not in msg and f"{tmp_path} is a {name}; augment supports Stable Diffusion 1.x/2.x" in msg
+        assert "(StableDiffusionPipeline)" in msg
+
+
+def test_backbone_sdxl_from_the_hub_cache_refused(tmp_path, monkeypatch):
+    """A hub id resolves through the local cache; the class check applies to that snapshot too."""
+    from augment.models.backbone import resolve_backbone_path
+
+    repo = tmp_path / "hub" / "models--someone--sdxl"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "model_index.json").write_text(json.dumps(SDXL_INDEX))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(AugmentError, match="someone/sdxl is a StableDiffusionXLPipeline; augment supports"):
+        resolve_backbone_path("someone/sdxl")
+    with pytest.raises(AugmentError, match="hf:someone/sdxl is a StableDiffusionXLPipeline"):
+        resolve_backbone_path("hf:someone/sdxl")
+
+
+def test_backbone_supported_classes_pass(micro_pipeline_dir, tmp_path):
+    from augment.models.backbone import resolve_backbone_path
+
+    assert resolve_backbone_path(str(micro_pipeline_dir)) == str(micro_pipeline_dir)
+    assert resolve_backbone_path("embedded:tiny-digits").endswith("tiny-digits")
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(AugmentError, match="cannot read .*model_index.json"):
+        resolve_backbone_path(str(tmp_path))
+
+
 def test_classifier_from_checkpoint_is_differentiable(micro_classifier):
     assert micro_classifier.class_names == ["cat", "dog", "bird"]
     assert micro_classifier.num_classes == 3
