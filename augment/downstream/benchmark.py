@@ -19,6 +19,11 @@ grid resumes where it stopped. Outputs: ``OUT/report/benchmark.{json,csv,md,png}
 
 This module runs the grid; the arms, cells and result are typed in
 :mod:`augment.downstream.benchmark_result` and rendered by :mod:`augment.downstream.benchmark_report`.
+
+The driver reads every image: the test split and each synthetic set once, each (k, seed) draw of
+reals when its first cell is sent. Cells carry them by reference (:class:`~augment.shipping.Payload`,
+one object-store copy shared by every cell), so a worker on a node that sees neither the dataset
+nor the run folder trains the same cells; inline (``workers=0``) runs the same code on the values.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,6 +63,7 @@ from augment.downstream.train import TrainSettings, train_classifier
 from augment.errors import AugmentError
 from augment.io.rundir import ArmDir, RunDir
 from augment.io.shards import shard_urls
+from augment.shipping import Payload
 
 __all__ = [
     "DEFAULT_ARMS",
@@ -64,6 +71,7 @@ __all__ = [
     "Arm",
     "BenchmarkCell",
     "BenchmarkResult",
+    "CellUnit",
     "CellWorker",
     "arm_sources",
     "parse_arm",
@@ -76,8 +84,26 @@ __all__ = [
 #: the baseline separates "the token helps" from "the filter helps"); and loss weighting
 DEFAULT_ARMS = ("real", "baseline", "token", "baseline:conf=0.9", "token:conf=0.9", "token:weight=0.5")
 
-#: one grid cell as it travels to a worker: (cache key, k, arm, seed)
-Cell = tuple[str, int, Arm, int]
+#: uint8 images (N,3,H,W) and int64 labels (N,)
+Images = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class CellUnit:
+    """One grid cell as it travels to a worker: its cache key and settings, and the images it
+    trains and tests on, read by the driver and sent by reference (the worker opens no file)."""
+
+    key: str
+    k: int
+    arm: Arm
+    seed: int
+    reals: Payload[Images]  # the (k, seed) draw of real train images; empty for k=0
+    test: Payload[Images]  # the real test split (one copy shared by every cell)
+    synthetic: Payload[tuple[SyntheticSet, torch.Tensor]] | None  # the arm's kept images
+
+    @property
+    def label(self) -> str:
+        return f"k={self.k} {self.arm.label} seed={self.seed}"
 
 
 def arm_sources(out: str | Path) -> dict[str, ArmDir]:
@@ -124,47 +150,55 @@ def _append_cache(path: Path, cell: BenchmarkCell) -> None:
 
 
 class CellWorker:
-    """Trains grid cells. One is built per Ray actor (or one on the driver for ``workers=0``): it
-    loads the test split once and each synthetic set the first time an arm needs it."""
+    """Trains grid cells from the images they carry. One is built per Ray actor (or one on the driver
+    for ``workers=0``); the test split and each synthetic set are fetched once per worker (cached by
+    their payload's key), a cell's reals every time."""
 
-    def __init__(self, out: str | Path, dataset: Dataset | Callable[[], Dataset], settings: TrainSettings,
-                 test_split: str = "test", log: Callable[[str], None] | None = None) -> None:
-        if not isinstance(dataset, Dataset):
-            dataset = dataset()  # a factory: actors rebuild the dataset instead of receiving it pickled
-        self.sources = arm_sources(out)
-        self.dataset = dataset
+    def __init__(self, settings: TrainSettings, class_names: Sequence[str]) -> None:
         self.settings = settings
-        self.log = log or (lambda msg: None)
-        self.test_images, self.test_labels = load_split(dataset, test_split, settings.input_size)
-        self._synthetic: dict[tuple[str, float], tuple[SyntheticSet, torch.Tensor]] = {}
+        self.class_names = list(class_names)
+        self._shared: dict[str, Any] = {}
 
-    def synthetic(self, arm: Arm) -> tuple[SyntheticSet, torch.Tensor]:
-        key = (arm.source, float(arm.min_confidence or 0.0))
-        if key not in self._synthetic:
-            syn = load_synthetic(self.sources[arm.source], self.dataset.class_names, key[1])
-            self._synthetic[key] = (syn, read_synthetic_images(syn, self.settings.input_size))
-            self.log(f"{arm.source} arm (min confidence {key[1]:g}): {syn.kept} of {syn.total} images kept"
-                     + (f" ({', '.join(f'{n} {r}' for r, n in syn.dropped.items())})" if syn.dropped else ""))
-        return self._synthetic[key]
+    def shared(self, payload: Payload[Any]) -> Any:
+        """A payload that many cells carry, fetched the first time only."""
+        if payload.key not in self._shared:
+            self._shared[payload.key] = payload.get()
+        return self._shared[payload.key]
 
-    def run(self, cell: Cell) -> BenchmarkCell:
-        """Train one cell ``(key, k, arm, seed)``."""
-        key, k, arm, seed = cell
-        dataset, settings = self.dataset, self.settings
-        real_images, real_labels = load_real(dataset, dataset.kshot(k, seed) if k > 0 else [], settings.input_size)
+    def run(self, cell: CellUnit) -> BenchmarkCell:
+        """Train one cell."""
+        k, arm, seed, settings = cell.k, cell.arm, cell.seed, self.settings
+        test_images, test_labels = self.shared(cell.test)
+        real_images, real_labels = cell.reals.get()
         if len(real_labels) == 0:
-            real_images = torch.zeros(0, *self.test_images.shape[1:], dtype=torch.uint8)
-        sets = [self.synthetic(arm)] if arm.synthetic else []
-        mixed = MixedDataset(real_images, real_labels, sets, dataset.class_names,
+            real_images = torch.zeros(0, *test_images.shape[1:], dtype=torch.uint8)
+        sets = [self.shared(cell.synthetic)] if cell.synthetic is not None else []
+        mixed = MixedDataset(real_images, real_labels, sets, self.class_names,
                              arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0)
         # only the last epoch counts here, so skip the per-epoch test passes (~15% of a cell)
         s = dataclasses.replace(settings, seed=seed, eval_every=0)
-        result = train_classifier(mixed, self.test_images, self.test_labels, s, out=None, progress=False,
+        result = train_classifier(mixed, test_images, test_labels, s, out=None, progress=False,
                                   desc=f"k={k} {arm.source} s{seed}")
         final = result.metrics["final"]
-        return BenchmarkCell(key=key, arm=arm.label, arm_spec=arm, k=k, seed=seed, top1=result.final_top1,
+        return BenchmarkCell(key=cell.key, arm=arm.label, arm_spec=arm, k=k, seed=seed, top1=result.final_top1,
                              top5=final["top5"], mean_class_top1=final["mean_class_top1"], real=mixed.n_real,
                              synthetic=mixed.n_synthetic, seconds=result.seconds)
+
+
+def _kshot_reals(dataset: Dataset, k: int, seed: int, size: int | None) -> Images:
+    """The (k, seed) draw of real train images, decoded on the driver."""
+    return load_real(dataset, dataset.kshot(k, seed) if k > 0 else [], size)
+
+
+def _read_arm(sources: dict[str, ArmDir], arm: Arm, dataset: Dataset, size: int | None,
+              log: Callable[[str], None]) -> tuple[SyntheticSet, torch.Tensor]:
+    """An arm's synthetic set after its confidence filter, decoded on the driver."""
+    conf = float(arm.min_confidence or 0.0)
+    syn = load_synthetic(sources[arm.source], dataset.class_names, conf)
+    images = read_synthetic_images(syn, size)
+    log(f"{arm.source} arm (min confidence {conf:g}): {syn.kept} of {syn.total} images kept"
+        + (f" ({', '.join(f'{n} {r}' for r, n in syn.dropped.items())})" if syn.dropped else ""))
+    return syn, images
 
 
 def run_benchmark(
@@ -183,16 +217,14 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     workers: int = 0,
     address: str | None = None,
-    dataset_factory: Callable[[], Dataset] | None = None,
 ) -> BenchmarkResult:
     """Run the grid (see the module docstring) on the arms of run folder ``out``; writes the report
     files into ``out/report/`` and returns the result as written to benchmark.json.
 
     ``workers`` > 0 trains cells on that many Ray actors (one per GPU on GPU machines); each cell
-    carries its own seed and cells train single-threaded, so the figures do not depend on it.
-    ``dataset_factory`` (a small picklable callable returning ``dataset``) lets each actor rebuild
-    the dataset: a dataset object over 100 KB would travel through Ray's object store, from which
-    an actor restart cannot always get it back (ray-project/ray#53727)."""
+    carries its own seed and images and cells train single-threaded, so the figures do not depend
+    on it. Actors receive nothing large at construction (only settings and class names): an
+    object-store constructor argument breaks actor restarts (ray-project/ray#53727)."""
     start = time.perf_counter()
     out = Path(out)
     run = RunDir(out)
@@ -216,56 +248,69 @@ def run_benchmark(
             f"{', '.join(str(sources[m].shards) for m in what)}); run `augment build --baseline --out {out}` "
             "first (tokens, then both arms), or drop those arms with --arm"
         )
-    # the driver reads (and checks) every synthetic set before the first cell trains
-    driver = CellWorker(out, dataset, settings, test_split, log)
-    for arm in arms:
-        if arm.synthetic:
-            driver.synthetic(arm)
+    # the driver reads (and checks) every synthetic set and the test split before the first cell trains
+    size = settings.input_size
+    test = Payload(load_split(dataset, test_split, size))
+    synthetic = {(a.source, float(a.min_confidence or 0.0)): a for a in arms if a.synthetic}
+    syn_sets = {key: Payload(_read_arm(sources, a, dataset, size, log)) for key, a in synthetic.items()}
     fps = {s: _fingerprint(p) for s, p in sources.items() if any(a.source == s for a in arms)}
     cache_path = run.benchmark_cells
     cache = _read_cache(cache_path) if resume else {}
-    grid: list[Cell] = [(_cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name), k, arm, seed)
-                        for k in k_values for arm in arms for seed in seeds if arm.synthetic or k > 0]
-    done = {key: cache[key] for key, *_ in grid if key in cache}
-    todo = [cell for cell in grid if cell[0] not in done]
+    reals = {(k, seed): Payload.lazy(partial(_kshot_reals, dataset, k, seed, size)) for k in k_values for seed in seeds}
+    grid = [CellUnit(_cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name), k, arm, seed, reals[k, seed],
+                     test, syn_sets[arm.source, float(arm.min_confidence or 0.0)] if arm.synthetic else None)
+            for k in k_values for arm in arms for seed in seeds if arm.synthetic or k > 0]
+    done = {cell.key: cache[cell.key] for cell in grid if cell.key in cache}
+    todo = [cell for cell in grid if cell.key not in done]
+    # a (k, seed) draw of reals is released once its last cell is done
+    pending: dict[tuple[int, int], int] = {}
+    for cell in todo:
+        pending[cell.k, cell.seed] = pending.get((cell.k, cell.seed), 0) + 1
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(grid), initial=len(done), desc="benchmark", unit="cell", disable=not progress)
     failures: list[str] = []
 
-    def on_result(cell: Cell, row: BenchmarkCell) -> None:
+    def finished(cell: CellUnit) -> None:
+        pending[cell.k, cell.seed] -= 1
+        if pending[cell.k, cell.seed] == 0:
+            cell.reals.release()
+
+    def on_result(cell: CellUnit, row: BenchmarkCell) -> None:
+        finished(cell)
         done[row.key] = row
         _append_cache(cache_path, row)
         bar.update(1)
         log(f"k={row.k:<3d} {row.arm:<45s} seed={row.seed}: top-1 {100 * row.top1:5.1f}% ({row.seconds:.0f}s)")
 
-    def on_error(cell: Cell, exc: BaseException) -> None:
-        failures.append(f"k={cell[1]} {cell[2].label} seed={cell[3]}: {exc}")
+    def on_error(cell: CellUnit, exc: BaseException) -> None:
+        finished(cell)
+        failures.append(f"{cell.label}: {exc}")
 
     if todo:
         from augment.distributed import PoolSpec, run_units
 
-        factory = (lambda: driver) if workers <= 0 else \
-            partial(CellWorker, out, dataset_factory or dataset, settings, test_split)
+        worker = CellWorker(settings, dataset.class_names)
+        factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names)
         run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device),
                   on_result, on_error)
     bar.close()
     if failures:
         raise AugmentError(f"{len(failures)} benchmark cell(s) failed, first: {failures[0]}; the "
                            f"{len(done)} finished cells are cached, re-run to retry the rest")
-    cells = [done[key] for key, *_ in grid]
+    cells = [done[cell.key] for cell in grid]
 
     summary = []
     for arm in arms:
         for k in k_values:
-            values = [done[key].top1 for key, kk, a, _ in grid if a == arm and kk == k]
+            values = [done[cell.key].top1 for cell in grid if cell.arm == arm and cell.k == k]
             note = "no data (k=0, real only)" if not arm.synthetic and k == 0 else None
             summary.append(SummaryRow.of(arm, k, values, note))
     result = BenchmarkResult(
         run=str(out),
         dataset=dataset.name,
         test_split=test_split,
-        test_images=int(len(driver.test_labels)),
+        test_images=int(len(test.get()[1])),
         k_values=k_values,
         seeds=seeds,
         arms=arms,

@@ -6,6 +6,10 @@ edit each of the k reals ``edits_per_image`` times (fresh seeds) into one shard 
 its manifest (mode ``edit``, ``source_key``, ``strength``). Labels are the TARGET class. A class is
 done when its shard's Parquet exists; re-runs skip done classes. The checks, the run folder and the
 failure policy are :mod:`augment.stage`'s.
+
+The worker reads nothing from disk but the diffusion weights: the driver decodes each class's k
+real images and sends them with the unit (by reference, :class:`~augment.shipping.Payload`,
+released once the class is written) and the classifier's checkpoint with the worker's factory.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from augment import stage
 from augment.config import Config, config_from_dict
+from augment.datasets.base import Dataset
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
@@ -26,8 +32,10 @@ from augment.io.images import encode_image
 from augment.io.rundir import ArmDir
 from augment.io.shards import SynthSample, done_shards, sample_key, write_info, write_shard
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
+from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
+from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.caso import CasoTrainer, vector_tokens
 
 COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
@@ -57,31 +65,52 @@ class CasoOutcome:
     shard: int
 
 
+@dataclass
+class CasoReals:
+    """One class's k real images as the driver decoded them (RGB uint8 arrays, original size) and
+    the ``source_key`` each edit's manifest row records."""
+
+    images: list[np.ndarray]
+    source_keys: list[str]
+
+
+@dataclass
+class CasoUnit:
+    """One source class: its index, its shard and its reals (sent by reference)."""
+
+    class_index: int
+    shard: int
+    reals: Payload[CasoReals]
+
+
+def read_reals(dataset: Dataset, samples: list[Any], split: str) -> CasoReals:
+    """Decode ``samples`` on the driver (the worker's node may not have the dataset)."""
+    return CasoReals([np.array(dataset.load_image(s).convert("RGB")) for s in samples],
+                     [f"{dataset.name}:{split}:{s.ref}" for s in samples])
+
+
 class CasoWorker:
-    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str]) -> None:
+    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classifier: ClassifierSource | str) -> None:
         from augment.models.backbone import load_backbone
         from augment.models.classifier import load_classifier
 
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.names = class_names
         self.pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
-        self.trainer = CasoTrainer(self.pipe, load_classifier(cfg.classifier), cfg.caso, cfg.seed)
-        self.dataset = load_dataset(cfg)
+        self.trainer = CasoTrainer(self.pipe, load_classifier(classifier), cfg.caso, cfg.seed)
 
-    def run(self, unit: tuple[int, int]) -> CasoOutcome:
-        c, shard_index = unit
+    def run(self, unit: CasoUnit) -> CasoOutcome:
+        c, shard_index, reals = unit.class_index, unit.shard, unit.reals.get()
         cfg, cc = self.cfg, self.cfg.caso
         target = c if cc.target is None else int(cc.target)
-        reals = self.dataset.kshot(cc.k, cfg.seed, cc.split)
-        reals = [s for s in reals if s.label == c]
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         images = torch.stack([
-            torch.from_numpy(np.array(self.dataset.load_image(s).convert("RGB").resize((size, size)))).permute(2, 0, 1)
-            for s in reals]).float() / 255
+            torch.from_numpy(np.array(Image.fromarray(a).resize((size, size)))).permute(2, 0, 1)
+            for a in reals.images]).float() / 255
         res = self.trainer.learn(images, c, target)
         prompt = " ".join(vector_tokens(res.token, cc.n_vectors))
         samples = []
-        for j, (s, img) in enumerate(zip(reals, images, strict=True)):
+        for j, (source_key, img) in enumerate(zip(reals.source_keys, images, strict=True)):
             seeds = [derive_seed(cfg.seed, "caso-edit", c, target, j, e) for e in range(cc.edits_per_image)]
             edited = Diffusion(self.pipe).edit(prompt, img.unsqueeze(0).repeat(len(seeds), 1, 1, 1), seeds,
                                                cc.strength, cc.edit_steps, cc.edit_guidance)
@@ -92,7 +121,7 @@ class CasoWorker:
                 samples.append(SynthSample(sample_key(target, index), target, encode_image(arrays[e], cc.image_format),
                                            cc.image_format, {
                     "class_name": self.names[target], "prompt": prompt, "seed": seeds[e], "token": res.token,
-                    "mode": "edit", "source_key": f"{self.dataset.name}:{cc.split}:{s.ref}", "strength": cc.strength,
+                    "mode": "edit", "source_key": source_key, "strength": cc.strength,
                     "model_id": cfg.model, "scheduler": cfg.scheduler, "steps": cc.edit_steps,
                     "guidance_scale": cc.edit_guidance, "guide_confidence": float(probs[e, target]),
                     "guide_pred": int(probs[e].argmax()), "attempts": 1, "status": "ok", "sample_index": index}))
@@ -100,8 +129,10 @@ class CasoWorker:
         return CasoOutcome(row, res.embedding, samples, shard_index)
 
 
-def make_worker(cfg_dict: dict[str, Any], names: list[str]) -> CasoWorker:
-    return CasoWorker(cfg_dict, names)
+def make_worker(cfg_dict: dict[str, Any], names: list[str],
+                classifier: Payload[ClassifierSource]) -> CasoWorker | BrokenWorker:
+    """The factory an actor calls: the classifier arrives by reference, fetched here."""
+    return build_worker(lambda: CasoWorker(cfg_dict, names, classifier.get()))
 
 
 @dataclass
@@ -111,8 +142,8 @@ class CasoSummary(stage.StageSummary):
     rows: list[CasoRow]
 
 
-class CasoStage(stage.Stage[tuple[int, int], CasoOutcome, CasoSummary]):
-    """Units are (source class, shard index); results are :class:`CasoOutcome`."""
+class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
+    """Units are :class:`CasoUnit` (source class, shard, reals); results are :class:`CasoOutcome`."""
 
     name = "caso"
     compat_keys = COMPAT_KEYS
@@ -123,6 +154,8 @@ class CasoStage(stage.Stage[tuple[int, int], CasoOutcome, CasoSummary]):
         self.classes: list[int] = []
         self.token_rows: dict[int, TokenRow] = {}
         self.rows: list[CasoRow] = []
+        self.dataset: Dataset | None = None
+        self.classifier: Payload[ClassifierSource] | None = None
 
     @property
     def arm(self) -> ArmDir:
@@ -130,10 +163,10 @@ class CasoStage(stage.Stage[tuple[int, int], CasoOutcome, CasoSummary]):
 
     def preflight(self) -> None:
         from augment.models.backbone import resolve_backbone_path
-        from augment.models.classifier import check_classes, load_classifier
+        from augment.models.classifier import check_classes, load_classifier, read_classifier_source
 
         cfg, cc = self.cfg, self.cfg.caso
-        dataset = load_dataset(cfg)
+        self.dataset = dataset = load_dataset(cfg)
         self.names = names = dataset.class_names
         self.classes = select_classes(cfg.classes, len(names))
         if cc.split not in dataset.splits():
@@ -143,23 +176,31 @@ class CasoStage(stage.Stage[tuple[int, int], CasoOutcome, CasoSummary]):
             raise AugmentError(f"caso.target {cc.target} is out of range; this dataset has classes 0-{len(names) - 1}")
         dataset.kshot(cc.k, cfg.seed, cc.split)  # k too large -> one clear error before any model loads
         resolve_backbone_path(cfg.model)
-        check_classes(load_classifier(cfg.classifier), names)
+        source = read_classifier_source(cfg.classifier)  # read once here: workers may not see this disk
+        check_classes(load_classifier(source), names)
+        self.classifier = Payload(source)
 
     def run_json_extra(self) -> dict[str, Any]:
         return {"class_names": self.names}
 
-    def plan(self, force: bool) -> stage.Plan[tuple[int, int]]:
+    def plan(self, force: bool) -> stage.Plan[CasoUnit]:
+        assert self.dataset is not None
+        cfg, cc, dataset = self.cfg, self.cfg.caso, self.dataset
         done = done_shards(self.arm.path)
-        todo = [(c, i) for i, c in enumerate(self.classes) if force or i not in done]
+        kshot = dataset.kshot(cc.k, cfg.seed, cc.split)
+        # each class's reals are decoded when its unit is sent, and released once it is written
+        todo = [CasoUnit(c, i, Payload.lazy(partial(read_reals, dataset, [s for s in kshot if s.label == c], cc.split)))
+                for i, c in enumerate(self.classes) if force or i not in done]
         self.token_rows = read_token_rows(self.arm.tokens_parquet)
         return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))
 
     def worker_factory(self) -> WorkerFactory:
-        return partial(make_worker, self.cfg_dict, self.names)
+        return partial(make_worker, self.cfg_dict, self.names, self.classifier)
 
-    def on_result(self, unit: tuple[int, int], res: CasoOutcome) -> str | None:
+    def on_result(self, unit: CasoUnit, res: CasoOutcome) -> str | None:
         from augment.tokens.textual_inversion import save_token
 
+        unit.reals.release()
         cfg, cc, row = self.cfg, self.cfg.caso, res.row
         c = row.class_index
         path = self.arm.token_file(c, self.names[c], row.target)
@@ -174,10 +215,13 @@ class CasoStage(stage.Stage[tuple[int, int], CasoOutcome, CasoSummary]):
         self.rows.append(row)
         return None
 
-    def unit_label(self, unit: tuple[int, int]) -> str:
-        return f"class {unit[0]}"
+    def on_failed(self, unit: CasoUnit, error: str) -> None:
+        unit.reals.release()
 
-    def progress_postfix(self, unit: tuple[int, int], res: CasoOutcome) -> dict[str, Any]:
+    def unit_label(self, unit: CasoUnit) -> str:
+        return f"class {unit.class_index}"
+
+    def progress_postfix(self, unit: CasoUnit, res: CasoOutcome) -> dict[str, Any]:
         return {"cls": res.row.class_index, "acc": f"{res.row.init_accuracy:.2f}->{res.row.final_accuracy:.2f}"}
 
     def summary(self, **common: Any) -> CasoSummary:

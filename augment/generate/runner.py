@@ -10,7 +10,6 @@ folder (``RunDir.arm_dir("baseline")``). The checks, the run folder and the fail
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,9 +22,11 @@ from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
-from augment.generate.worker import GenerateWorker, GenSpec
+from augment.generate.worker import GenSpec, make_worker
 from augment.io.rundir import ArmDir
 from augment.io.shards import SynthSample, cleanup_partial, done_shards, sample_key, write_info, write_shard
+from augment.models.classifier import ClassifierSource
+from augment.shipping import Payload
 
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
                "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",
@@ -56,10 +57,6 @@ def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int]) -> bool:
     return keys == [sample_key(c, i) for c, i in unit.entries]
 
 
-def make_worker(cfg_dict: dict[str, Any], spec: GenSpec) -> GenerateWorker:
-    return GenerateWorker(cfg_dict, spec)
-
-
 class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
     """Units are planned shards; results are their encoded samples, in shard order."""
 
@@ -73,7 +70,8 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
         self.names: list[str] = []
         self.classes: list[int] = []
         self.fingerprint: str | None = None
-        self.spec: GenSpec | None = None
+        self.spec: Payload[GenSpec] | None = None
+        self.classifier: Payload[ClassifierSource] | None = None
         self.units: list[ShardUnit] = []
 
     @property
@@ -91,7 +89,8 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
 
     def preflight(self) -> None:
         from augment.models.backbone import model_fingerprint, resolve_backbone_path
-        from augment.models.classifier import check_classes, load_classifier
+        from augment.models.classifier import check_classes, load_classifier, read_classifier_source
+        from augment.tokens.textual_inversion import read_token_embedding
 
         cfg, g = self.cfg, self.cfg.generate
         if g.per_class < 1:
@@ -104,23 +103,23 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
         self.classes = select_classes(cfg.classes, len(names))
         resolve_backbone_path(cfg.model)
         self.fingerprint = model_fingerprint(cfg.model)
-        check_classes(load_classifier(cfg.classifier), names)
-        token_files: dict[int, str] = {}
-        token_sha: dict[int, str] = {}
+        # Workers may share no disk with this machine: they get the classifier's files and the
+        # token vectors from here, read once (see augment.shipping).
+        source = read_classifier_source(cfg.classifier)
+        check_classes(load_classifier(source), names)
+        tokens = {}
         if not self.baseline:
-            tokens = self.run.arm_dir("token")
-            missing = [c for c in self.classes if not tokens.token_file(c, names[c]).exists()]
+            arm = self.run.arm_dir("token")
+            missing = [c for c in self.classes if not arm.token_file(c, names[c]).exists()]
             if missing:
                 c = missing[0]
                 raise AugmentError(
-                    f"no token for class {c} ({names[c]!r}) in {tokens.tokens} ({len(missing)} missing); "
+                    f"no token for class {c} ({names[c]!r}) in {arm.tokens} ({len(missing)} missing); "
                     "run `augment tokens` with the same --out first (or pass --baseline for plain prompts)"
                 )
-            for c in self.classes:
-                path = tokens.token_file(c, names[c])
-                token_files[c] = str(path)
-                token_sha[c] = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.spec = GenSpec(names, token_files, token_sha, self.baseline)
+            tokens = {c: read_token_embedding(arm.token_file(c, names[c])) for c in self.classes}
+        self.spec = Payload(GenSpec(names, tokens, self.baseline))
+        self.classifier = Payload(source)
 
     def run_json_extra(self) -> dict[str, Any]:
         return {"class_names": self.names, "baseline": self.baseline, "model_fingerprint": self.fingerprint}
@@ -135,7 +134,7 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
                           work=sum(len(u.entries) for u in todo), work_done=0)
 
     def worker_factory(self) -> WorkerFactory:
-        return partial(make_worker, self.cfg_dict, self.spec)
+        return partial(make_worker, self.cfg_dict, self.spec, self.classifier)
 
     def on_result(self, unit: ShardUnit, samples: list[SynthSample]) -> str | None:
         write_shard(self.arm.path, unit.index, samples)

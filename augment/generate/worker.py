@@ -3,6 +3,11 @@
 The worker loads the pipeline, every class token and the guidance classifier once. Images are
 encoded on a small thread pool while the next batch is sampled, so the sampler does not wait on
 PNG/JPEG encoding; the driver writes the shard to disk while the worker goes on.
+
+The worker opens no file of the run folder: the token vectors and the classifier's checkpoint
+arrive from the driver (:class:`GenSpec`, :class:`~augment.models.classifier.ClassifierSource`,
+sent by reference through the object store), so a GPU node that shares no disk with the driver
+generates the same shards. Only the diffusion weights come from the node itself.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +24,10 @@ from augment.config import config_from_dict
 from augment.generate.plan import ShardUnit, render_prompt, sample_seed
 from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
+from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
+from augment.shipping import BrokenWorker, Payload, build_worker
+from augment.tokens.textual_inversion import TokenEmbedding
 
 
 def default_batch_size(device: torch.device, resolution: int) -> int:
@@ -33,27 +40,31 @@ def default_batch_size(device: torch.device, resolution: int) -> int:
 
 @dataclass
 class GenSpec:
-    """What the driver resolved for the worker: names, token files, the arm."""
+    """What the driver resolved for the worker: class names, the arm, and the token embeddings
+    themselves (read from the run folder by the driver; empty for the baseline arm)."""
 
     class_names: list[str]
-    token_files: dict[int, str]  # class index -> token file (empty for the baseline arm)
-    token_sha: dict[int, str]
+    tokens: dict[int, TokenEmbedding]  # class index -> its token file's content
     baseline: bool
+
+    def token_sha(self, c: int) -> str | None:
+        """The sha256 of class ``c``'s token file (manifests' ``token_sha256``); None on the baseline arm."""
+        return None if self.baseline or c not in self.tokens else self.tokens[c].sha256
 
 
 class GenerateWorker:
-    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec) -> None:
+    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str) -> None:
         from augment.models.backbone import load_backbone, native_resolution
         from augment.models.classifier import load_classifier
-        from augment.tokens.textual_inversion import load_tokens
+        from augment.tokens.textual_inversion import add_embeddings
 
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.spec = spec
         self.pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         if not spec.baseline:
-            load_tokens(self.pipe, [Path(spec.token_files[c]) for c in sorted(spec.token_files)])
+            add_embeddings(self.pipe, [spec.tokens[c] for c in sorted(spec.tokens)])
         self.device = self.pipe.unet.device
-        self.classifier = load_classifier(cfg.classifier, self.device)
+        self.classifier = load_classifier(classifier, self.device)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
         self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)
@@ -108,7 +119,7 @@ class GenerateWorker:
             meta = {
                 "class_name": self.spec.class_names[c], "prompt": self.prompt(c, i),
                 "negative_prompt": g.negative_prompt or None, "seed": s, "token": self.token(c) or None,
-                "token_sha256": None if self.spec.baseline else self.spec.token_sha.get(c),
+                "token_sha256": self.spec.token_sha(c),
                 "mode": "txt2img", "model_id": self.cfg.model, "scheduler": self.cfg.scheduler, "steps": g.steps,
                 "guidance_scale": g.guidance_scale, "guide_confidence": confidence, "guide_pred": p,
                 "attempts": a + 1 if confidence >= g.min_confidence else g.max_attempts,
@@ -116,3 +127,9 @@ class GenerateWorker:
             }
             samples.append(SynthSample(sample_key(c, i), c, fut.result(), g.image_format, meta))
         return samples
+
+
+def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec],
+                classifier: Payload[ClassifierSource]) -> GenerateWorker | BrokenWorker:
+    """The factory an actor calls: the spec and classifier arrive by reference, fetched here."""
+    return build_worker(lambda: GenerateWorker(cfg_dict, spec.get(), classifier.get()))

@@ -7,6 +7,10 @@
                      command that downloads it, never hang.
 The sampler is always swapped for a DDIM scheduler built from the model's own config (the sampler
 the method's settings were measured with), unless ``scheduler`` names another.
+
+Weights are the one thing a cluster worker does not receive from the driver (gigabytes, per
+actor): each node reads them from its own Hugging Face cache or from a path that exists on every
+node. When a worker's node lacks them, the error names that node (see :func:`load_backbone`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from augment.errors import AugmentError
 from augment.models.device import resolve_device, resolve_dtype
+from augment.shipping import node_label
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -124,7 +129,10 @@ def load_backbone(
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    where = resolve_backbone_path(spec)
+    try:
+        where = resolve_backbone_path(spec)
+    except AugmentError as e:
+        raise _missing_on_node(spec, e) from None
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
     try:
@@ -159,6 +167,20 @@ def load_backbone(
         pass
     pipe.augment_spec = spec  # the spec we were loaded from, recorded in manifests
     return pipe
+
+
+def _missing_on_node(spec: str, error: AugmentError) -> AugmentError:
+    """On a Ray worker, the driver found the model (its preflight resolved it) and this node did
+    not: say which node lacks what, since the fix is on that node, not in the command."""
+    node = node_label()
+    if node is None:
+        return error
+    if spec.startswith(("/", ".", "~")) or (os.sep in spec and not HUB_ID.match(spec)):
+        return AugmentError(
+            f"model folder {spec} does not exist on {node}: a --model path must exist at the same place on "
+            "every node (copy or mount it there), or use a hub id that is in every node's Hugging Face cache"
+        )
+    return AugmentError(f"on {node}: {error}")
 
 
 def model_fingerprint(spec: str) -> str:

@@ -9,13 +9,21 @@ torch ops (no PIL, no numpy). ``load_classifier(spec)`` returns such a module fo
 ``timm:<arch>@<checkpoint>`` a local ``.safetensors`` or ``.pth`` state dict (``weights_only=True``);
                              an optional ``<checkpoint>.json`` sidecar gives class names and kwargs
 ``hf:<repo-or-folder>``      a transformers ``AutoModelForImageClassification``
+
+On a cluster the workers may not see the driver's disk, so the driver reads the files a spec names
+into a :class:`ClassifierSource` (:func:`read_classifier_source`) that travels with the work, and
+``load_classifier(source)`` builds the same classifier from those bytes on any node. ``embedded:``
+classifiers ship inside the package and hub ids resolve from each node's local cache: their
+sources carry no files.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +86,67 @@ class Classifier(nn.Module):
         return out.logits if hasattr(out, "logits") else out
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise AugmentError(f"checkpoint {path} does not exist; check the path after '@'")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+@dataclass(frozen=True)
+class ClassifierSource:
+    """A classifier spec with the bytes of the local files it names, read by the driver.
 
-            sd = load_file(str(path))
+    ``files`` maps file names to contents: a ``timm:<arch>@<checkpoint>`` checkpoint and its JSON
+    sidecar, or the files of an ``hf:<folder>``. It is empty for specs that every node resolves by
+    itself: ``embedded:`` (inside the package) and hub ids (the node's local cache)."""
+
+    spec: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
+def _sidecar_names(name: str) -> tuple[str, str]:
+    """Where a checkpoint's sidecar may be: ``x.json`` next to ``x.safetensors``, or ``x.safetensors.json``."""
+    return Path(name).with_suffix(".json").name, name + ".json"
+
+
+def _checkpoint_files(path: Path) -> dict[str, bytes]:
+    """A checkpoint and its sidecar (if any), read into memory by name."""
+    if not path.is_file():
+        raise AugmentError(f"checkpoint {path} does not exist; check the path after '@'")
+    files = {path.name: path.read_bytes()}
+    for name in _sidecar_names(path.name):
+        if (path.parent / name).is_file():
+            files[name] = (path.parent / name).read_bytes()
+            break
+    return files
+
+
+def read_classifier_source(spec: str) -> ClassifierSource:
+    """What a worker needs to build the classifier of ``spec`` without the driver's disk."""
+    _check_spec(spec)
+    if spec.startswith("timm:"):
+        _, _, ckpt = spec[5:].partition("@")
+        if ckpt:
+            return ClassifierSource(spec, _checkpoint_files(Path(ckpt).expanduser()))
+    elif spec.startswith("hf:"):
+        folder = Path(spec[3:]).expanduser()
+        if folder.is_dir():
+            files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+                     if p.is_file() and not p.name.startswith(".")}
+            return ClassifierSource(spec, files)
+    return ClassifierSource(spec)
+
+
+def _decode_state_dict(data: bytes, name: str, where: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors from its bytes: safetensors, or a torch state dict (``weights_only``)."""
+    try:
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load
+
+            sd = load(data)
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any decode failure is the same user problem
         raise AugmentError(
-            f"cannot load checkpoint {path}: {str(e).splitlines()[0][:200]}; "
+            f"cannot load checkpoint {where}: {str(e).splitlines()[0][:200]}; "
             "pass a .safetensors file or a state dict saved with torch.save (no pickled objects)"
         ) from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
@@ -98,17 +154,24 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = sd[key]
             break
     if not isinstance(sd, dict):
-        raise AugmentError(f"checkpoint {path} does not hold a state dict")
+        raise AugmentError(f"checkpoint {where} does not hold a state dict")
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def _sidecar(path: Path) -> dict[str, Any]:
-    for cand in (path.with_suffix(".json"), Path(str(path) + ".json")):
-        if cand.exists():
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise AugmentError(f"checkpoint {path} does not exist; check the path after '@'")
+    return _decode_state_dict(path.read_bytes(), path.name, path)
+
+
+def _sidecar(name: str, files: dict[str, bytes], where: Path) -> dict[str, Any]:
+    """The checkpoint's JSON sidecar from ``files`` ({} without one); ``where`` names it in errors."""
+    for cand in _sidecar_names(name):
+        if cand in files:
             try:
-                return json.loads(cand.read_text())
-            except json.JSONDecodeError as e:
-                raise AugmentError(f"cannot parse {cand}: {e}; fix or remove the sidecar") from None
+                return json.loads(files[cand])
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise AugmentError(f"cannot parse {where.with_name(cand)}: {e}; fix or remove the sidecar") from None
     return {}
 
 
@@ -139,12 +202,13 @@ def _timm_names(model: nn.Module, num_classes: int) -> list[str] | None:
         return None
 
 
-def _load_timm(arch: str, ckpt: Path | None, spec: str) -> Classifier:
+def _load_timm(arch: str, ckpt: Path | None, files: dict[str, bytes], spec: str) -> Classifier:
+    """A timm classifier: pretrained weights from the local cache, or checkpoint ``ckpt`` read from ``files``."""
     import timm
 
     if not timm.is_model(arch.split(".", 1)[0]):
         raise AugmentError(f"unknown timm architecture {arch!r} in {spec!r}; see timm.list_models()")
-    side = _sidecar(ckpt) if ckpt else {}
+    side = _sidecar(ckpt.name, files, ckpt) if ckpt else {}
     kwargs = dict(side.get("kwargs", {}))
     if ckpt is None:
         try:
@@ -155,7 +219,10 @@ def _load_timm(arch: str, ckpt: Path | None, spec: str) -> Classifier:
                 f"download them on a connected machine or pass timm:{arch}@/path/to/checkpoint.safetensors"
             ) from None
     else:
-        sd = _load_state_dict(ckpt)
+        if ckpt.name not in files:
+            raise AugmentError(f"the classifier source of {spec!r} holds no {ckpt.name}; "
+                               "build it with read_classifier_source on the machine that has the file")
+        sd = _decode_state_dict(files[ckpt.name], ckpt.name, ckpt)
         probe = timm.create_model(arch, pretrained=False, num_classes=1, **kwargs)
         head = probe.pretrained_cfg.get("classifier", "fc")
         head = head[0] if isinstance(head, (list, tuple)) else head
@@ -210,31 +277,50 @@ def _load_hf(where: str, spec: str) -> Classifier:
     return Classifier(model, data, names, spec, hf=True)
 
 
-def load_classifier(spec: str, device: str | torch.device = "cpu") -> Classifier:
-    """The classifier for ``spec``, frozen (no grads on its weights), in float32 on ``device``."""
+def _load_hf_files(files: dict[str, bytes], spec: str) -> Classifier:
+    """An ``hf:<folder>`` classifier from its files' bytes (a worker that cannot see the folder):
+    written to a private temporary folder, loaded into memory, the folder removed."""
+    with tempfile.TemporaryDirectory(prefix="augment-hf-") as tmp:
+        for name, data in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(data)
+        return _load_hf(tmp, spec)
+
+
+def _check_spec(spec: str) -> None:
     if not spec:
         raise AugmentError(
             "no classifier given: pass --classifier timm:<arch>@<checkpoint>, hf:<folder> or embedded:<name> "
             "(a classifier trained on this dataset's classes)"
         )
-    if spec.startswith("embedded:"):
-        name = spec.split(":", 1)[1]
-        ckpt = embedded_dir() / f"{name}.safetensors"
-        if not ckpt.exists():
-            known = sorted(p.stem for p in embedded_dir().glob("*.safetensors"))
-            raise AugmentError(f"unknown embedded classifier {spec!r}; known: {', '.join('embedded:' + k for k in known) or 'none shipped'}")
-        side = _sidecar(ckpt)
-        clf = _load_timm(side.get("arch", ""), ckpt, spec)
-    elif spec.startswith("timm:"):
-        body = spec[5:]
-        arch, _, ckpt = body.partition("@")
-        clf = _load_timm(arch, Path(ckpt).expanduser() if ckpt else None, spec)
-    elif spec.startswith("hf:"):
-        clf = _load_hf(spec[3:], spec)
-    else:
+    if not spec.startswith(("embedded:", "timm:", "hf:")):
         raise AugmentError(
             f"cannot read classifier spec {spec!r}: use embedded:<name>, timm:<arch>[@checkpoint], or hf:<repo-or-folder>"
         )
+
+
+def load_classifier(spec: str | ClassifierSource, device: str | torch.device = "cpu") -> Classifier:
+    """The classifier for ``spec`` (read from this machine's disk) or for a :class:`ClassifierSource`
+    (from the bytes it carries), frozen (no grads on its weights), in float32 on ``device``."""
+    source = spec if isinstance(spec, ClassifierSource) else None
+    text = source.spec if source is not None else str(spec)
+    _check_spec(text)
+    if text.startswith("embedded:"):
+        name = text.split(":", 1)[1]
+        ckpt = embedded_dir() / f"{name}.safetensors"
+        if not ckpt.exists():
+            known = sorted(p.stem for p in embedded_dir().glob("*.safetensors"))
+            raise AugmentError(f"unknown embedded classifier {text!r}; known: {', '.join('embedded:' + k for k in known) or 'none shipped'}")
+        files = _checkpoint_files(ckpt)
+        clf = _load_timm(_sidecar(ckpt.name, files, ckpt).get("arch", ""), ckpt, files, text)
+    elif text.startswith("timm:"):
+        arch, _, ckpt = text[5:].partition("@")
+        path = Path(ckpt).expanduser() if ckpt else None
+        files = source.files if source is not None else (_checkpoint_files(path) if path else {})
+        clf = _load_timm(arch, path, files, text)
+    elif source is not None and source.files:
+        clf = _load_hf_files(source.files, text)
+    else:
+        clf = _load_hf(text[3:], text)
     clf.requires_grad_(False)
     return clf.to(device)
 

@@ -21,6 +21,8 @@ from augment.distributed import WorkerFactory
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
+from augment.models.classifier import ClassifierSource
+from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.disco import TokenResult
 from augment.tokens.textual_inversion import save_token, token_string
 
@@ -30,9 +32,12 @@ COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names"
 
 
 class TokenWorker:
-    """Loads backbone + classifier once; ``run(class_index)`` trains that class's token."""
+    """Loads backbone + classifier once; ``run(class_index)`` trains that class's token.
 
-    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str]) -> None:
+    The classifier is built from the driver's :class:`ClassifierSource` (a checkpoint's bytes), not
+    from a path: the worker's node need not see the driver's disk."""
+
+    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classifier: ClassifierSource | str) -> None:
         from augment.models.backbone import load_backbone, native_resolution
         from augment.models.classifier import check_classes, load_classifier
         from augment.tokens.disco import DiscoTrainer
@@ -40,7 +45,7 @@ class TokenWorker:
         cfg = config_from_dict(cfg_dict)
         self.class_names = class_names
         pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
-        clf = load_classifier(cfg.classifier)
+        clf = load_classifier(classifier)
         check_classes(clf, class_names)
         self.trainer = DiscoTrainer(pipe, clf, cfg.tokens, cfg.seed, cfg.resolution or native_resolution(pipe))
 
@@ -49,8 +54,10 @@ class TokenWorker:
         return self.trainer.train(class_index, self.class_names[class_index])
 
 
-def make_worker(cfg_dict: dict[str, Any], class_names: list[str]) -> TokenWorker:
-    return TokenWorker(cfg_dict, class_names)
+def make_worker(cfg_dict: dict[str, Any], class_names: list[str],
+                classifier: Payload[ClassifierSource]) -> TokenWorker | BrokenWorker:
+    """The factory an actor calls: the classifier arrives by reference, fetched here."""
+    return build_worker(lambda: TokenWorker(cfg_dict, class_names, classifier.get()))
 
 
 @dataclass
@@ -76,6 +83,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         self.classes: list[int] = []
         self.fingerprint: str | None = None
         self.rows: dict[int, TokenRow] = {}
+        self.classifier: Payload[ClassifierSource] | None = None
 
     @property
     def arm(self) -> ArmDir:
@@ -83,7 +91,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
     def preflight(self) -> None:
         from augment.models.backbone import resolve_backbone_path
-        from augment.models.classifier import check_classes, load_classifier
+        from augment.models.classifier import check_classes, load_classifier, read_classifier_source
 
         cfg = self.cfg
         self.names = load_dataset(cfg).class_names
@@ -91,7 +99,9 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         # fail on the driver, with one clear line, before any actor starts loading models
         resolve_backbone_path(cfg.model)
         parse_grad_steps(cfg.tokens.grad_steps)
-        check_classes(load_classifier(cfg.classifier), self.names)
+        source = read_classifier_source(cfg.classifier)  # read once here: workers may not see this disk
+        check_classes(load_classifier(source), self.names)
+        self.classifier = Payload(source)
         self.fingerprint = model_fingerprint(cfg.model)
 
     def run_json_extra(self) -> dict[str, Any]:
@@ -107,7 +117,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))
 
     def worker_factory(self) -> WorkerFactory:
-        return partial(make_worker, self.cfg_dict, self.names)
+        return partial(make_worker, self.cfg_dict, self.names, self.classifier)
 
     def _record(self, row: TokenRow) -> None:
         self.rows[row.class_index] = row

@@ -4,6 +4,11 @@ A token file holds exactly one key, the token string, mapped to a ``[1, D]`` flo
 ``pipe.load_textual_inversion([file, ...])`` loads many of them in one call into any pipeline of
 the same base model. Files are written atomically (temp + rename): a token file that exists is a
 finished token, which is what resume relies on.
+
+Workers never open token files: the driver reads each file once into a :class:`TokenEmbedding`
+(the token, its vectors and the sha256 of the file's bytes, which manifests record) and sends it
+with the work, so a GPU node that does not share the driver's disk loads the same vectors
+(:func:`add_embeddings`, diffusers' loader given state dicts instead of paths).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -79,23 +86,55 @@ def save_token(path: Path, token: str, embedding: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_token(path: Path) -> tuple[str, torch.Tensor]:
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class TokenEmbedding:
+    """One token file's content, read by the driver: what a worker needs instead of the file's path.
 
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-        if len(keys) != 1:
-            raise AugmentError(f"{path} holds {len(keys)} keys; a token file holds exactly one (the token)")
-        return keys[0], f.get_tensor(keys[0])
+    ``vectors`` is the stored float32 tensor as is (``[1, D]`` DisCo, ``[n, D]`` CASO) and
+    ``sha256`` the hash of the file's bytes (a manifest's ``token_sha256``)."""
+
+    token: str
+    vectors: torch.Tensor
+    sha256: str
+
+
+def decode_token(data: bytes, where: str) -> tuple[str, torch.Tensor]:
+    """The one (token, tensor) pair of a token file's bytes (safetensors: nothing is unpickled)."""
+    from safetensors.torch import load
+
+    try:
+        state = load(data)
+    except Exception as e:  # noqa: BLE001 - a corrupt file is one user problem whatever the decoder says
+        raise AugmentError(f"cannot read token file {where}: {str(e).splitlines()[0][:120]}; "
+                           "delete it and re-run `augment tokens` to retrain that class") from None
+    if len(state) != 1:
+        raise AugmentError(f"{where} holds {len(state)} keys; a token file holds exactly one (the token)")
+    return next(iter(state.items()))
+
+
+def read_token(path: Path) -> tuple[str, torch.Tensor]:
+    """The (token, vectors) of a token file."""
+    emb = read_token_embedding(path)
+    return emb.token, emb.vectors
+
+
+def read_token_embedding(path: Path) -> TokenEmbedding:
+    """Read a token file once: its token, vectors and the sha256 of exactly the bytes decoded."""
+    data = Path(path).read_bytes()
+    token, vectors = decode_token(data, str(path))
+    return TokenEmbedding(token, vectors, hashlib.sha256(data).hexdigest())
+
+
+def add_embeddings(pipe, embeddings: Sequence[TokenEmbedding]) -> list[str]:
+    """Add token embeddings to ``pipe`` in memory with diffusers' own loader (given state dicts,
+    not files); tokens the pipeline already has are skipped. Returns the token strings in order."""
+    present = pipe.tokenizer.get_vocab()
+    todo = [e for e in embeddings if e.token not in present]
+    if todo:
+        pipe.load_textual_inversion([{e.token: e.vectors} for e in todo])
+    return [e.token for e in embeddings]
 
 
 def load_tokens(pipe, paths: list[Path]) -> list[str]:
-    """Load token files into ``pipe`` with diffusers' own loader; returns the token strings."""
-    if not paths:
-        return []
-    tokens = [read_token(p)[0] for p in paths]
-    present = [t for t in tokens if t in pipe.tokenizer.get_vocab()]
-    todo = [(p, t) for p, t in zip(paths, tokens, strict=True) if t not in present]
-    if todo:
-        pipe.load_textual_inversion([str(p) for p, _ in todo])
-    return tokens
+    """Load token files into ``pipe`` (local use: tests, benchmarks); returns the token strings."""
+    return add_embeddings(pipe, [read_token_embedding(p) for p in paths])

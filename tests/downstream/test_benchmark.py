@@ -11,6 +11,7 @@ import pytest
 from augment.datasets import get_dataset
 from augment.downstream.benchmark import (
     Arm,
+    CellUnit,
     CellWorker,
     _cell_key,
     _read_cache,
@@ -137,9 +138,8 @@ def test_ray_workers_give_the_inline_figures(tmp_path, run, digits):
     finally:
         torch.set_num_threads(threads)
     try:
-        # the actors rebuild the dataset from a factory (the CLI's way) instead of receiving it pickled
-        ray = run_benchmark(run, digits, TINY, resume=False, workers=2, dataset_factory=partial(get_dataset, "digits"),
-                            **args).to_json()
+        # the actors get every image from the driver, by reference (none opens a file)
+        ray = run_benchmark(run, digits, TINY, resume=False, workers=2, **args).to_json()
     finally:
         shutdown()
     assert ray["workers"] == 2
@@ -147,11 +147,28 @@ def test_ray_workers_give_the_inline_figures(tmp_path, run, digits):
         [(c["arm"], c["seed"], c["top1"]) for c in inline["cells"]]
 
 
-def test_cell_worker_builds_its_dataset_from_a_factory(run):
-    worker = CellWorker(run, partial(get_dataset, "digits"), TINY)
-    assert worker.dataset.name == "digits" and len(worker.test_labels) == 450
-    row = worker.run(("key", 1, Arm("real"), 0))
-    assert row.real == 10 and row.synthetic == 0 and 0 <= row.top1 <= 1
+def test_cell_worker_trains_from_the_images_a_cell_carries(tmp_path, run, digits):
+    """A worker needs no dataset and no run folder: the driver's payloads are all it reads."""
+    import shutil
+
+    import torch
+
+    from augment.downstream.benchmark import _kshot_reals, _read_arm, arm_sources
+    from augment.downstream.mixing import load_split
+    from augment.shipping import Payload
+
+    arm = Arm("token", prob=0.5, weight=1.0, min_confidence=0.0)
+    test = Payload(load_split(digits, "test", TINY.input_size))
+    synthetic = Payload(_read_arm(arm_sources(run), arm, digits, TINY.input_size, lambda m: None))
+    reals = Payload.lazy(partial(_kshot_reals, digits, 1, 0, TINY.input_size))
+    cell = CellUnit("key", 1, arm, 0, reals, test, synthetic)
+    shutil.rmtree(run)  # the shards were read by the "driver" above; the worker must not need them
+    worker = CellWorker(TINY, digits.class_names)
+    row = worker.run(cell)
+    assert row.real == 10 and row.synthetic == 20 and 0 <= row.top1 <= 1
+    assert worker.shared(test) is test.get() and len(test.get()[1]) == 450
+    reals.release()  # a lazy payload drops its images and rebuilds the same ones when used again
+    torch.testing.assert_close(reals.get()[1], _kshot_reals(digits, 1, 0, TINY.input_size)[1])
 
 
 # a line of benchmark-cells.jsonl as written before the cells were typed: caches must stay valid

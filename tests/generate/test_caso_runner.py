@@ -36,3 +36,29 @@ def test_caso_needs_real_images(tmp_path, micro_pipeline_dir, micro_classifier_p
                  out=str(tmp_path / "run"), workers=0)
     with pytest.raises(AugmentError, match="has no split 'train'"):
         run_caso(cfg, show_progress=False)
+
+
+def test_caso_worker_reads_no_dataset(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_path):
+    """The reals of a class travel in its unit (decoded by the driver); the worker, built from its
+    pickled factory, edits them with the dataset folder gone, into the shard the stage writes."""
+    import pickle
+    import shutil
+
+    from augment.generate.caso_runner import CasoStage
+    from augment.io.shards import write_shard
+
+    cfg = Config(dataset="cub", data_root=str(fake_cub), model=str(micro_pipeline_dir),
+                 classifier=f"timm:test_resnet@{micro_classifier_path}", judge=None, out=str(tmp_path / "run"),
+                 workers=0, classes="1", caso=CasoConfig(k=2, max_steps=1, batch_size=2, edits_per_image=1, edit_steps=2))
+    assert run_caso(cfg, show_progress=False).done == 1
+    stage = CasoStage(cfg)
+    stage.preflight()
+    [unit] = stage.plan(force=True).todo
+    unit, factory = pickle.loads(pickle.dumps((unit, stage.worker_factory())))  # as they cross to an actor
+    shutil.rmtree(fake_cub)
+    res = factory().run(unit)
+    assert [s.meta["source_key"] for s in res.samples] == unit.reals.get().source_keys
+    assert all(k.startswith("cub:train:") for k in unit.reals.get().source_keys) and len(res.samples) == 2
+    write_shard(tmp_path / "remote", res.shard, res.samples)
+    assert (tmp_path / "remote" / "shards" / "synth-000000.tar").read_bytes() == \
+        (tmp_path / "run" / "caso" / "shards" / "synth-000000.tar").read_bytes()

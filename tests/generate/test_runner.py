@@ -136,3 +136,37 @@ def test_disk_full_mid_shard_leaves_no_half_shard_and_resumes(trained, monkeypat
     s = run_generate(trained, show_progress=False)
     assert s.written == 2 and s.skipped == 1
     assert verify_run(out).ok
+
+
+def test_the_worker_needs_neither_the_run_folder_nor_the_checkpoint(trained, micro_classifier_path, tmp_path):
+    """A worker node that shares no disk with the driver: its factory (pickled, as it crosses to an
+    actor) carries the token vectors and the checkpoint's bytes; with the run folder and the
+    checkpoint gone it writes the shard the stage writes, byte for byte, with the files' sha256."""
+    import pickle
+
+    from augment.generate.plan import plan_shards
+    from augment.generate.runner import GenerateStage
+    from augment.io.shards import write_shard
+
+    (tmp_path / "clf").mkdir()
+    clf = Path(shutil.copy(micro_classifier_path, tmp_path / "clf"))
+    shutil.copy(micro_classifier_path.with_suffix(".json"), tmp_path / "clf")
+    cfg = dataclasses.replace(trained, classifier=f"timm:test_resnet@{clf}")
+    stage = GenerateStage(cfg, baseline=False)
+    stage.preflight()
+    factory = pickle.dumps(stage.worker_factory())
+    unit = plan_shards(stage.classes, cfg.generate.per_class, cfg.generate.shard_size)[0]
+    shas = {p.name[:4]: hashlib.sha256(p.read_bytes()).hexdigest() for p in (Path(cfg.out) / "tokens").glob("*.safetensors")}
+    hidden = shutil.move(cfg.out, tmp_path / "hidden")
+    shutil.rmtree(tmp_path / "clf")
+    samples = pickle.loads(factory)().run(unit)
+    write_shard(tmp_path / "remote", unit.index, samples)
+    shutil.move(hidden, cfg.out)
+    assert {s.meta["token_sha256"] for s in samples} == {shas[f"{s.class_index:04d}"] for s in samples}
+    assert len(set(shas.values())) == 3
+    (tmp_path / "clf").mkdir()  # the driver's own run, for comparison
+    shutil.copy(micro_classifier_path, clf)
+    shutil.copy(micro_classifier_path.with_suffix(".json"), tmp_path / "clf")
+    run_generate(cfg, show_progress=False)
+    assert (tmp_path / "remote" / "shards" / "synth-000000.tar").read_bytes() == \
+        (Path(cfg.out) / "shards" / "synth-000000.tar").read_bytes()

@@ -9,7 +9,7 @@ import torch
 
 from augment.errors import AugmentError
 from augment.models.backbone import load_backbone, native_resolution
-from augment.models.classifier import check_classes, load_classifier
+from augment.models.classifier import ClassifierSource, check_classes, load_classifier, read_classifier_source
 
 
 def test_backbone_loads_from_folder_and_generates(micro_pipe):
@@ -200,3 +200,95 @@ def test_backbone_hub_id_resolves_from_local_cache(micro_pipeline_dir, tmp_path,
     pipe = load_backbone("someone/micro-sd")
     assert native_resolution(pipe) == 32
     assert load_backbone("hf:someone/micro-sd").augment_spec == "hf:someone/micro-sd"
+
+
+def _copy_checkpoint(src, folder):
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(src, folder / src.name)
+    shutil.copy(src.with_suffix(".json"), folder / src.with_suffix(".json").name)
+    return folder / src.name
+
+
+def test_classifier_source_builds_the_classifier_without_the_files(micro_classifier_path, tmp_path):
+    """A worker node that cannot see the checkpoint builds the same classifier from the driver's bytes."""
+    import pickle
+    import shutil
+
+    ckpt = _copy_checkpoint(micro_classifier_path, tmp_path / "ckpt")
+    spec = f"timm:test_resnet@{ckpt}"
+    local = load_classifier(spec)
+    source = pickle.loads(pickle.dumps(read_classifier_source(spec)))  # as it crosses to a worker
+    assert sorted(source.files) == ["clf.json", "clf.safetensors"] and source.nbytes > 1000
+    shutil.rmtree(tmp_path / "ckpt")
+    remote = load_classifier(source)
+    x = torch.rand(2, 3, 32, 32)
+    assert remote.class_names == local.class_names == ["cat", "dog", "bird"] and remote.spec == spec
+    assert torch.equal(remote(x), local(x))
+    with pytest.raises(AugmentError, match="does not exist"):
+        read_classifier_source(spec)  # the driver reads the files, and says so when they are gone
+
+
+def test_classifier_source_of_a_sidecar_named_after_the_full_file(micro_classifier_path, tmp_path):
+    import shutil
+
+    (tmp_path / "c").mkdir()
+    pth = tmp_path / "c" / "w.pth"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(micro_classifier_path)), pth)
+    shutil.copy(micro_classifier_path.with_suffix(".json"), str(pth) + ".json")
+    source = read_classifier_source(f"timm:test_resnet@{pth}")
+    assert sorted(source.files) == ["w.pth", "w.pth.json"]
+    shutil.rmtree(tmp_path / "c")
+    assert load_classifier(source).class_names == ["cat", "dog", "bird"]
+
+
+def test_hf_classifier_source_from_a_folder_that_is_gone(tmp_path):
+    import shutil
+
+    from transformers import ViTConfig, ViTForImageClassification
+
+    folder = tmp_path / "vit"
+    cfg = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=16, num_labels=2, id2label={0: "tabby cat", 1: "golden retriever"},
+                    label2id={"tabby cat": 0, "golden retriever": 1})
+    ViTForImageClassification(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": 16, "width": 16}}))
+    local = load_classifier(f"hf:{folder}")
+    source = read_classifier_source(f"hf:{folder}")
+    assert "config.json" in source.files and "preprocessor_config.json" in source.files
+    shutil.rmtree(folder)
+    remote = load_classifier(source)
+    x = torch.rand(2, 3, 32, 32)
+    assert remote.class_names == ["tabby cat", "golden retriever"] and remote.data.input_size == (16, 16)
+    torch.testing.assert_close(remote(x), local(x))
+
+
+def test_sources_of_specs_every_node_resolves_carry_no_files():
+    assert read_classifier_source("embedded:digits-guide") == ClassifierSource("embedded:digits-guide")
+    assert read_classifier_source("timm:resnet18").files == {}
+    assert read_classifier_source("hf:someone/some-vit").files == {}
+    assert load_classifier(ClassifierSource("embedded:digits-guide")).num_classes == 10
+    for bad in ("", "resnet18"):
+        with pytest.raises(AugmentError, match="classifier"):
+            read_classifier_source(bad)
+
+
+def test_backbone_missing_on_a_worker_node_names_the_node(monkeypatch, tmp_path):
+    """The driver's preflight found the model; a worker's node that lacks it says which node and what."""
+    import augment.models.backbone as backbone
+
+    monkeypatch.setattr(backbone, "node_label", lambda: "node gpu-7 (10.0.0.7)")
+    with pytest.raises(AugmentError, match=r"^model folder /nonexistent/sd does not exist on node gpu-7 "
+                                           r"\(10\.0\.0\.7\): a --model path must exist"):
+        load_backbone("/nonexistent/sd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(AugmentError, match=r"^on node gpu-7 \(10\.0\.0\.7\): model 'someone/absent' is not in "
+                                           r"the local Hugging Face cache"):
+        load_backbone("someone/absent")
+    monkeypatch.setattr(backbone, "node_label", lambda: None)  # on the driver: the message as before
+    with pytest.raises(AugmentError, match="^cannot read model spec '/nonexistent/sd'"):
+        load_backbone("/nonexistent/sd")

@@ -8,7 +8,14 @@ import torch
 from augment.config import TokenConfig
 from augment.errors import AugmentError
 from augment.tokens.disco import DiscoTrainer, choose_init_token
-from augment.tokens.textual_inversion import add_token, load_tokens, save_token, single_token_id
+from augment.tokens.textual_inversion import (
+    add_embeddings,
+    add_token,
+    load_tokens,
+    read_token_embedding,
+    save_token,
+    single_token_id,
+)
 
 EMB_KEY = "embeddings.token_embedding.weight"
 
@@ -96,6 +103,39 @@ def test_token_file_loads_in_fresh_pipeline(micro_pipe, micro_pipeline_dir, tmp_
     # diffusers' own call works with the token in a prompt
     out = fresh("a photo of a <c0001> dog", num_inference_steps=2, output_type="pt", height=32, width=32)
     assert out.images.shape == (1, 3, 32, 32)
+
+
+def test_token_embedding_loads_in_memory_like_its_file(micro_pipe, micro_pipeline_dir, tmp_path):
+    """What the driver reads (token, vectors, sha256 of the bytes) loads into a pipeline with no file:
+    the same rows as diffusers loading the files themselves, in any order of classes."""
+    import hashlib
+    import pickle
+
+    from augment.models.backbone import load_backbone
+
+    hidden = micro_pipe.text_encoder.config.hidden_size
+    paths = [tmp_path / "0001-dog.safetensors", tmp_path / "0002-bird.safetensors"]
+    shas = [save_token(paths[0], "<c0001>", torch.randn(1, hidden)), save_token(paths[1], "<c0002>", torch.randn(2, hidden))]
+    embs = [read_token_embedding(p) for p in paths]
+    assert [e.sha256 for e in embs] == shas == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    from_files = load_backbone(str(micro_pipeline_dir))
+    from_files.load_textual_inversion([str(p) for p in paths])
+    embs = pickle.loads(pickle.dumps(embs))  # as it crosses to a worker
+    for p in paths:
+        p.unlink()
+    in_memory = load_backbone(str(micro_pipeline_dir))
+    assert add_embeddings(in_memory, embs) == ["<c0001>", "<c0002>"]
+    assert add_embeddings(in_memory, embs[:1]) == ["<c0001>"]  # already present: skipped, not an error
+    assert "<c0002>_1" in in_memory.tokenizer.get_vocab()  # a 2-vector (CASO) token adds token_1
+    torch.testing.assert_close(in_memory.text_encoder.get_input_embeddings().weight,
+                               from_files.text_encoder.get_input_embeddings().weight, rtol=0, atol=0)
+
+
+def test_corrupt_token_file_is_one_line(tmp_path):
+    bad = tmp_path / "0001-dog.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(AugmentError, match="cannot read token file .*re-run `augment tokens`"):
+        read_token_embedding(bad)
 
 
 def test_nan_loss_marks_failed(micro_pipe, micro_classifier, monkeypatch):
