@@ -184,12 +184,15 @@ def run_benchmark(
     workers: int = 0,
     address: str | None = None,
     dataset_factory: Callable[[], Dataset] | None = None,
+    gpus_per_worker: float = 1.0,
+    placement_timeout: float = 300.0,
 ) -> BenchmarkResult:
     """Run the grid (see the module docstring) on the arms of run folder ``out``; writes the report
     files into ``out/report/`` and returns the result as written to benchmark.json.
 
-    ``workers`` > 0 trains cells on that many Ray actors (one per GPU on GPU machines); each cell
-    carries its own seed and cells train single-threaded, so the figures do not depend on it.
+    ``workers`` > 0 trains cells on that many Ray actors (each asking for ``gpus_per_worker`` GPUs
+    on CUDA; ``placement_timeout``: see :class:`augment.distributed.PoolSpec`); each cell carries its
+    own seed and cells train single-threaded, so the figures do not depend on it.
     ``dataset_factory`` (a small picklable callable returning ``dataset``) lets each actor rebuild
     the dataset: a dataset object over 100 KB would travel through Ray's object store, from which
     an actor restart cannot always get it back (ray-project/ray#53727)."""
@@ -247,7 +250,8 @@ def run_benchmark(
 
         factory = (lambda: driver) if workers <= 0 else \
             partial(CellWorker, out, dataset_factory or dataset, settings, test_split)
-        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device),
+        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
+                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout),
                   on_result, on_error)
     bar.close()
     if failures:
