@@ -107,6 +107,24 @@ def test_placement_error_names_the_resource_and_the_fix():
     assert "CPU: 0.99 for the 1 augment worker after 5 s" in str(e) and "lower --workers" in str(e)
 
 
+def test_gpus_per_worker_and_placement_timeout_are_settings():
+    from click.testing import CliRunner
+
+    from augment.cli import cli
+    from augment.config import resolve_config
+
+    r = CliRunner().invoke(cli, ["config", "--gpus-per-worker", "0.5", "--placement-timeout", "60"])
+    assert r.exit_code == 0 and "gpus_per_worker: 0.5" in r.output and "placement_timeout: 60.0" in r.output
+    assert resolve_config(overrides={"gpus_per_worker": 2}).gpus_per_worker == 2
+    for bad in (0, -1, 1.5, "one"):
+        with pytest.raises(AugmentError, match="gpus_per_worker must be a fraction of one GPU"):
+            resolve_config(overrides={"gpus_per_worker": bad})
+    with pytest.raises(AugmentError, match="placement_timeout must be a positive number of seconds"):
+        resolve_config(overrides={"placement_timeout": 0})
+    r = CliRunner().invoke(cli, ["config", "--gpus-per-worker", "1.5"])
+    assert r.exit_code == 2 and "gpus_per_worker" in r.output
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
