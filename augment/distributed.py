@@ -112,10 +112,11 @@ def _probe(address: str) -> str | None:
         return e.strerror or type(e).__name__
 
 
-def _unreachable(address: str, source: str, reason: str) -> AugmentError:
+def _unreachable(address: str, source: str, reason: str, verb: str = "reach") -> AugmentError:
+    """One line for a cluster that cannot be reached (or joined): where the address came from and the fixes."""
     port = address.rpartition(":")[2]
     start = f"`ray start --head --port {port}` there" if port.isdigit() else "`ray start --head`"
-    return AugmentError(f"cannot reach a Ray cluster at {address} (from {source}): {reason}; start one with "
+    return AugmentError(f"cannot {verb} a Ray cluster at {address} (from {source}): {reason}; start one with "
                         f"{start}, fix {source}, or unset --address and RAY_ADDRESS to run on a private local Ray")
 
 
@@ -182,8 +183,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         try:
             # Joining: the resources belong to the cluster, passing num_cpus would raise.
             ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level="ERROR")
-        except ConnectionError as e:
-            raise _unreachable(address, source, str(e).splitlines()[0] if str(e) else "no answer") from None
+        except (ConnectionError, RuntimeError) as e:  # nothing there; another Ray or Python version
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise _unreachable(address, source, first, verb="join") from None
         return False
     # "local" forces a new instance even when ray.init() would find a head recorded on this machine.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,

@@ -148,6 +148,17 @@ def test_unreachable_address_is_one_line_before_any_ray(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be called"))
     with pytest.raises(AugmentError, match="cannot reach a Ray cluster"):
         dist.connect(f"127.0.0.1:{port}")
+    # something answers but ray.init cannot join it (no GCS there, another Ray version): one line too
+
+    def refuse(**kw):
+        raise RuntimeError("Version mismatch: The cluster was started with Ray 2.9\nmore detail")
+
+    monkeypatch.setattr(dist, "_probe", lambda address: None)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(AugmentError, match=r"cannot join a Ray cluster at 10.0.0.9:6379 \(from --address\): "
+                                           r"Version mismatch: .*Ray 2.9; start one") as e:
+        dist.connect("10.0.0.9:6379")
+    assert "more detail" not in str(e.value)
 
 
 def test_cuda_workers_on_a_private_ray_without_gpu_fail_before_anything(monkeypatch):
@@ -160,6 +171,25 @@ def test_cuda_workers_on_a_private_ray_without_gpu_fail_before_anything(monkeypa
     check_pool(PoolSpec(workers=2, device="auto"))  # auto takes CPUs here
     monkeypatch.setattr(dist, "_local_gpus", lambda: 1.0)
     check_pool(PoolSpec(workers=2, device="cuda", gpus_per_worker=0.5))
+
+
+def test_cli_refuses_a_bad_pool_in_one_line_before_writing(monkeypatch, tmp_path):
+    """Issue 13: ``--device cuda --workers 2`` on a CPU machine said ActorDiedError per shard."""
+    import ray
+    from click.testing import CliRunner
+
+    from augment.cli import cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(dist, "_local_head", lambda: None)
+    monkeypatch.setattr(dist, "_local_gpus", lambda: 0.0)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    args = ["generate", "--baseline", "--classes", "0", "--per-class", "2", "--workers", "2"]
+    r = CliRunner().invoke(cli, [*args, "--device", "cuda", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "no Ray node offers GPU: 1" in r.output and "ActorDied" not in r.output
+    r = CliRunner().invoke(cli, [*args, "--address", f"127.0.0.1:{_closed_port()}", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "cannot reach a Ray cluster at 127.0.0.1:" in r.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_a_stale_recorded_head_is_not_joined(monkeypatch):
