@@ -16,9 +16,10 @@ more than units), whatever the cluster holds when the job starts, so an autoscal
 demand. Each actor asks for ``gpus_per_worker`` GPUs (fractions share a GPU) when the device
 wants CUDA: ``cuda``/``cuda:N`` always; ``auto`` when the connected cluster has GPUs now or its
 autoscaler config lists GPU node types; ``cpu`` never. CPU actors split the cluster's cores
-between them (torch threads set to match). When no actor can be placed for ``placement_timeout``
-seconds the run stops with one error naming the missing resource (at once on a private local Ray,
-which no node will ever join).
+between them (torch threads set to match). When no actor is usable and no node of the cluster
+could hold one for ``placement_timeout`` seconds (an autoscaler did not add one), the run stops
+with one error naming the missing resource; at once on a private local Ray, which no node will
+ever join. A cluster that could hold the actors but is busy, or slow to start them, is waited for.
 
 Failures: an exception raised by the worker fails its unit only (``on_error``), the others carry
 on. A lost actor (process killed, node removed, its result lost with the node) costs the unit an
@@ -36,10 +37,9 @@ import os
 import pickle
 import socket
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from augment.errors import AugmentError
@@ -57,8 +57,8 @@ class PoolSpec:
     """How to run units: ``workers`` actors (0: inline), where, how often a unit may lose its actor.
 
     ``gpus_per_worker``: the GPUs each actor asks for when the device wants CUDA (0.5 puts two
-    actors on one GPU); ``placement_timeout``: seconds to wait for at least one actor to be placed
-    before giving up with an error naming the missing resource.
+    actors on one GPU); ``placement_timeout``: seconds to wait, while no actor is usable, for a
+    node that could hold one before giving up with an error naming the missing resource.
     """
 
     workers: int = 2
@@ -263,6 +263,14 @@ def unplaceable(options: dict[str, float], resources: dict[str, float],
     return None
 
 
+def fits_a_node(options: dict[str, float], nodes: list[dict[str, float]]) -> bool:
+    """Whether one of ``nodes`` (each node's total resources) could ever hold an actor asking for
+    ``options``. While none can, the actors wait for a node that is not there (the autoscaler's
+    to add); while one can, they only wait for their turn or for a worker process to start."""
+    need = {"GPU": options.get("num_gpus", 0), "CPU": options.get("num_cpus", 0)}
+    return any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes)
+
+
 def placement_error(options: dict[str, float], n_actors: int, waited: float | None = None,
                     private: bool = False) -> AugmentError:
     """The one error for actors that cannot be placed: what they asked for, why, and the fix.
@@ -336,33 +344,6 @@ class _Member:
 
     actor: Any
     state: str = "starting"  # starting | idle | busy | dead (starting covers restarts)
-    since: float = field(default_factory=time.monotonic)  # when it last became unusable
-    alive_at: tuple[str, int] | None = None  # its worker's address when it last answered
-    warned: bool = False
-
-
-def _actor_info(member: _Member) -> tuple[str, tuple[str, int] | None]:
-    """The actor's GCS state and its worker address (None when no worker is assigned)."""
-    from ray._private import state
-
-    info = state.actors(member.actor._actor_id.hex()) or {}
-    addr = info.get("Address") or {}
-    port = int(addr.get("Port") or 0)
-    return str(info.get("State", "")), ((str(addr.get("IPAddress", "")), port) if port else None)
-
-
-def _placed(member: _Member) -> bool:
-    """Whether a node runs (or is building) this actor, as opposed to the actor waiting for one.
-
-    A restarting actor keeps its old worker address until it gets a new one, hence the compare.
-    Unknown (the GCS does not answer) counts as not placed: the stall clock then covers start-up too.
-    """
-    try:
-        status, addr = _actor_info(member)
-    except Exception:  # noqa: BLE001 - a private Ray API
-        return False
-    return status == "ALIVE" or (status in ("PENDING_CREATION", "RESTARTING") and addr is not None
-                                 and addr != member.alive_at)
 
 
 class _Pool:
@@ -386,19 +367,15 @@ class _Pool:
         self.members.append(member)
         self.refs[member.actor.ping.remote()] = (member, None)
 
-    def _ready(self, member: _Member) -> None:
-        member.state = "idle"
-        try:
-            member.alive_at = _actor_info(member)[1]
-        except Exception:  # noqa: BLE001 - a private Ray API; only sharpens the stall clock
-            member.alive_at = None
+    def _lost(self, member: _Member, exc: BaseException, pinging: bool = False) -> None:
+        """The actor is gone: wait for Ray's restart (ping), or replace a permanently dead one.
 
-    def _lost(self, member: _Member, exc: BaseException) -> None:
-        """The actor is gone: wait for Ray's restart (ping), or replace a permanently dead one."""
-        from ray.exceptions import ActorDiedError
+        A ping that fails other than with "temporarily unavailable" counts as dead (Ray already
+        retries pings through restarts), so that a broken actor is never pinged in a loop.
+        """
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-        member.since = time.monotonic()
-        if isinstance(exc, ActorDiedError):
+        if isinstance(exc, ActorDiedError) or (pinging and not isinstance(exc, ActorUnavailableError)):
             member.state = "dead"
             if self.replacements > 0:
                 self.replacements -= 1
@@ -407,33 +384,27 @@ class _Pool:
         member.state = "starting"
         self.refs[member.actor.ping.remote()] = (member, None)
 
-    def _check_stall(self, n_actors_wanted: int) -> None:
-        """Raise when no actor could be placed for ``placement_timeout``; warn once per actor
-        still pending after it while others work."""
-        now = time.monotonic()
-        waiting = [m for m in self.members if m.state == "starting"]
-        if not waiting:
+    def _check_stall(self) -> None:
+        """Raise once no actor has been usable, and no alive node could hold one, for
+        ``placement_timeout`` seconds (see :func:`fits_a_node`; a busy or slowly starting
+        cluster is waited for)."""
+        import ray
+
+        waiting = any(m.state == "starting" for m in self.members)
+        working = any(m.state in ("idle", "busy") for m in self.members)
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")] if waiting and not working else []
+        if not waiting or working or fits_a_node(self.options, nodes):
             self.stall_since = None
             return
-        pending = [m for m in waiting if not _placed(m)]
-        working = any(m.state in ("idle", "busy") for m in self.members)
-        if working or len(pending) < len(waiting):
-            self.stall_since = None
-        else:
-            self.stall_since = self.stall_since or min(m.since for m in pending)
-            if now - self.stall_since >= self.spec.placement_timeout:
-                raise placement_error(self.options, n_actors_wanted, now - self.stall_since)
-        for m in pending:
-            if working and not m.warned and now - m.since >= self.spec.placement_timeout:
-                m.warned = True
-                warnings.warn(f"an augment worker still waits for a Ray node offering {_request(self.options)} "
-                              f"after {now - m.since:.0f} s; the run goes on with the workers that started",
-                              stacklevel=2)
+        now = time.monotonic()
+        self.stall_since = self.stall_since or now
+        if now - self.stall_since >= self.spec.placement_timeout:
+            raise placement_error(self.options, self.n_actors, now - self.stall_since)
 
     def run(self, units: list[Any], on_result: Callable[[Any, Any], None],
             on_error: Callable[[Any, BaseException], None]) -> None:
         import ray
-        from ray.exceptions import RayActorError, RayError, RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         queue: deque[int] = deque(range(len(units)))
         attempts: dict[int, int] = {}
@@ -462,7 +433,7 @@ class _Pool:
             done, _ = ray.wait(list(self.refs), num_returns=1, timeout=POLL_S)
             if not done or time.monotonic() - last_look >= POLL_S:
                 last_look = time.monotonic()
-                self._check_stall(self.n_actors)
+                self._check_stall()
             if not done:
                 continue
             ref = done[0]
@@ -470,11 +441,11 @@ class _Pool:
             if idx is None:  # a ping: the actor is up (or could not build its worker)
                 try:
                     error = ray.get(ref)
-                except RayActorError as e:
-                    self._lost(member, e)
+                except RayError as e:
+                    self._lost(member, e, pinging=True)
                     continue
                 if error is None:
-                    self._ready(member)
+                    member.state = "idle"
                     continue
                 if isinstance(error, AugmentError):
                     raise error

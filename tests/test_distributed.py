@@ -25,6 +25,7 @@ from augment.config import Config, GenerateConfig, TokenConfig
 from augment.distributed import (
     PoolSpec,
     check_pool,
+    fits_a_node,
     placement_error,
     plan_actors,
     run_units,
@@ -95,6 +96,16 @@ def test_unplaceable_only_when_nothing_can_ever_offer_it():
     assert unplaceable(gpu, {"CPU": 2}, {"CPU": 16}, private=False) == "GPU"  # its node types have none
     assert unplaceable(gpu, {"CPU": 2}, {"CPU": 16, "GPU": 4}, private=False) is None
     assert unplaceable({"num_gpus": 0.5, "num_cpus": 1}, {"CPU": 2, "GPU": 1}, None, private=True) is None
+
+
+def test_the_stall_clock_runs_only_while_no_node_could_hold_an_actor():
+    gpu = {"num_gpus": 1, "num_cpus": 1}
+    assert not fits_a_node(gpu, [{"CPU": 8}])  # the CPU head of an autoscaling cluster
+    assert fits_a_node(gpu, [{"CPU": 8}, {"CPU": 4, "GPU": 1}])  # busy or starting: wait, no error
+    assert not fits_a_node({"num_gpus": 2, "num_cpus": 1}, [{"CPU": 4, "GPU": 1}] * 2)  # per node, not summed
+    assert not fits_a_node({"num_cpus": 0.99}, [{"memory": 1e9}])  # a node loss left the CPU-less head
+    assert fits_a_node({"num_cpus": 0.99}, [{}, {"CPU": 1}])
+    assert not fits_a_node(gpu, [])
 
 
 def test_placement_error_names_the_resource_and_the_fix():
