@@ -7,7 +7,8 @@ run survives the loss of a node.
 - ``ray.cluster_utils.Cluster`` (a head without CPUs + 2 one-CPU worker nodes, one actor each): a
   node removed while its actor is in the middle of a unit. The unit runs again on the other
   actor, every unit reaches the driver once, and the output equals an uninterrupted run's (the
-  real tokens and generate stages on the micro models, byte for byte).
+  real tokens and generate stages on the micro models, byte for byte). With every worker node
+  gone, the placement timeout ends the run with one error.
 
 Each cluster lives under its own short RAY_TMPDIR, so it never becomes the "local head" that
 other Ray users on this machine would join, nor joins theirs.
@@ -184,6 +185,24 @@ def test_a_unit_whose_node_is_removed_runs_again_elsewhere(cluster, tmp_path):
     assert {u: [r[0] for r in rs] for u, rs in results.items()} == {u: [u * u] for u in range(6)}
     assert results[2][0][1] != removed[0]  # finished on the node that is left
     assert len(list(tmp_path.glob("2-*"))) == 2
+
+
+def test_losing_every_node_that_fits_is_one_placement_error(cluster, tmp_path):
+    """Both worker nodes gone, the CPU-less head left: the restarting actors cannot be placed,
+    and after the placement timeout the run stops with the one error naming what is missing."""
+    from augment.errors import AugmentError
+
+    _two_workers(cluster)
+
+    def on_result(unit: int, result: tuple[int, str]) -> None:
+        for node in list(cluster.worker_nodes):
+            cluster.remove_node(node)
+
+    with pytest.raises(AugmentError, match=r"no Ray node offers CPU: 0.99 for the 2 augment workers after \d+ s; "
+                                           "add worker nodes"):
+        run_units(partial(_Where, str(tmp_path), hold=-1), range(6), PoolSpec(workers=2, placement_timeout=3),
+                  on_result, lambda u, e: pytest.fail(f"unit {u} must wait for a node, not fail: {e!r}"))
+    assert not cluster.worker_nodes
 
 
 # --------------------------------------------------------------------------- the real stages
