@@ -163,6 +163,8 @@ class Config:
     dtype: str = "auto"
     workers: int = 2
     address: str | None = None
+    gpus_per_worker: float = 1.0  # GPUs each Ray actor asks for when the device wants CUDA (0.5: two per GPU)
+    placement_timeout: float = 300.0  # seconds to wait for a Ray node that can take an actor, then one error
     classes: str | None = None  # "3,8" or "0-9"; None = all
     resolution: int | None = None  # None: the backbone's native size
     scheduler: str = "ddim"
@@ -300,6 +302,13 @@ def validate(cfg: Config) -> None:
         raise AugmentError(f"image format {cfg.generate.image_format!r} is not one of jpg, png, webp")
     if cfg.dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise AugmentError(f"--dtype {cfg.dtype!r} is not one of auto, float32, float16, bfloat16")
+    g = cfg.gpus_per_worker
+    # Ray places fractions of one GPU or whole GPUs, nothing in between
+    if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < g <= 1 or (g > 1 and g == int(g))):
+        raise AugmentError(f"gpus_per_worker must be a fraction of one GPU (0 < x <= 1) or a whole number, got {g!r}")
+    t = cfg.placement_timeout
+    if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
+        raise AugmentError(f"placement_timeout must be a positive number of seconds, got {t!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from tqdm.auto import tqdm
 
 from augment.config import Config
-from augment.distributed import PoolSpec, WorkerFactory, run_units
+from augment.distributed import PoolSpec, WorkerFactory, check_pool, run_units
 from augment.errors import AugmentError
 from augment.io.rundir import (
     ArmDir,
@@ -178,10 +178,17 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
                         "then re-run the same command to resume")
 
 
+def _pool(cfg: Config) -> PoolSpec:
+    """The worker pool the config asks for (``--workers``, ``--address``, ``--gpus-per-worker``, ...)."""
+    return PoolSpec(cfg.workers, cfg.address, device=cfg.device, gpus_per_worker=cfg.gpus_per_worker,
+                    placement_timeout=cfg.placement_timeout)
+
+
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
-    """Steps 1-2: preflight, then the run folder's checks and ``run.json``."""
+    """Steps 1-2: preflight (the stage's, then the pool's), then the run folder's checks and ``run.json``."""
     check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
     stage.preflight()
+    check_pool(_pool(stage.cfg))
     arm, extra = stage.arm, stage.run_json_extra()
     if stage_ran(arm, stage.name):
         check_compatible(arm, stage.cfg_dict, stage.compat_keys, force, extra=extra)
@@ -228,8 +235,7 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     cfg = stage.cfg
     try:
         try:
-            run_units(stage.worker_factory(), plan.todo, PoolSpec(cfg.workers, cfg.address, device=cfg.device),
-                      on_result, on_error)
+            run_units(stage.worker_factory(), plan.todo, _pool(cfg), on_result, on_error)
             stage.finish()
             write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
         except OSError as e:

@@ -255,7 +255,8 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
                + (f"{cfg.workers} Ray workers" if cfg.workers > 0 else "inline"))
     result = run_benchmark(out, dataset, settings, ks, seed_list, arms or DEFAULT_ARMS, prob,
                            cfg.train.synthetic_weight, cfg.train.min_confidence, test_split, resume=not fresh,
-                           log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address)
+                           log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address,
+                           gpus_per_worker=cfg.gpus_per_worker, placement_timeout=cfg.placement_timeout)
     click.echo("")
     click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
     click.echo(render_text(result))

@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: the common options that are config keys (``--config`` is the file itself)
 COMMON = ("dataset", "data_root", "model", "classifier", "out", "seed", "device", "dtype", "classes",
-          "workers", "address")
+          "workers", "address", "gpus_per_worker", "placement_timeout")
 
 
 class UserError(click.ClickException):
@@ -93,8 +93,10 @@ common_options = add_options([
     click.option("--device", help="auto, cpu, cuda or cuda:N."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute dtype (CPU always uses float32)."),
     click.option("--classes", help="Class selection, e.g. 3,8 or 0-9 (default: all)."),
-    click.option("--workers", type=int, help="Ray workers (one per GPU on GPU machines; CPU actors otherwise); 0 runs inline."),
-    click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."),
+    click.option("--workers", type=int, help="Ray actors to run (each asks for --gpus-per-worker GPUs when the device wants CUDA); 0 runs inline."),
+    click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a Ray head running here, else a private local Ray)."),
+    click.option("--gpus-per-worker", type=float, help="GPUs each Ray actor asks for on --device cuda (or auto on a GPU cluster); 0.5 puts two on a GPU."),
+    click.option("--placement-timeout", type=float, help="Seconds to wait for Ray nodes that can take the actors before giving up (default 300)."),
 ])
 
 

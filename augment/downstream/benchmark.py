@@ -217,14 +217,17 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     workers: int = 0,
     address: str | None = None,
+    gpus_per_worker: float = 1.0,
+    placement_timeout: float = 300.0,
 ) -> BenchmarkResult:
     """Run the grid (see the module docstring) on the arms of run folder ``out``; writes the report
     files into ``out/report/`` and returns the result as written to benchmark.json.
 
-    ``workers`` > 0 trains cells on that many Ray actors (one per GPU on GPU machines); each cell
-    carries its own seed and images and cells train single-threaded, so the figures do not depend
-    on it. Actors receive nothing large at construction (only settings and class names): an
-    object-store constructor argument breaks actor restarts (ray-project/ray#53727)."""
+    ``workers`` > 0 trains cells on that many Ray actors (each asking for ``gpus_per_worker`` GPUs
+    on CUDA; ``placement_timeout``: see :class:`augment.distributed.PoolSpec`); each cell carries its
+    own seed and images and cells train single-threaded, so the figures do not depend on it. Actors
+    receive nothing large at construction (only settings and class names): an object-store
+    constructor argument breaks actor restarts (ray-project/ray#53727)."""
     start = time.perf_counter()
     out = Path(out)
     run = RunDir(out)
@@ -292,7 +295,8 @@ def run_benchmark(
 
         worker = CellWorker(settings, dataset.class_names)
         factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names)
-        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device),
+        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
+                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout),
                   on_result, on_error)
     bar.close()
     if failures:
