@@ -119,9 +119,9 @@ def _checkpoint_files(path: Path) -> dict[str, bytes]:
     return files
 
 
-def read_classifier_source(spec: str) -> ClassifierSource:
+def read_classifier_source(spec: str | None) -> ClassifierSource:
     """What a worker needs to build the classifier of ``spec`` without the driver's disk."""
-    _check_spec(spec)
+    spec = _check_spec(spec)
     if spec.startswith("timm:"):
         _, _, ckpt = spec[5:].partition("@")
         if ckpt:
@@ -286,7 +286,8 @@ def _load_hf_files(files: dict[str, bytes], spec: str) -> Classifier:
         return _load_hf(tmp, spec)
 
 
-def _check_spec(spec: str) -> None:
+def _check_spec(spec: str | None) -> str:
+    """``spec`` if it names a classifier kind, else the one-line error (None: none configured)."""
     if not spec:
         raise AugmentError(
             "no classifier given: pass --classifier timm:<arch>@<checkpoint>, hf:<folder> or embedded:<name> "
@@ -296,14 +297,14 @@ def _check_spec(spec: str) -> None:
         raise AugmentError(
             f"cannot read classifier spec {spec!r}: use embedded:<name>, timm:<arch>[@checkpoint], or hf:<repo-or-folder>"
         )
+    return spec
 
 
-def load_classifier(spec: str | ClassifierSource, device: str | torch.device = "cpu") -> Classifier:
+def load_classifier(spec: str | ClassifierSource | None, device: str | torch.device = "cpu") -> Classifier:
     """The classifier for ``spec`` (read from this machine's disk) or for a :class:`ClassifierSource`
     (from the bytes it carries), frozen (no grads on its weights), in float32 on ``device``."""
     source = spec if isinstance(spec, ClassifierSource) else None
-    text = source.spec if source is not None else str(spec)
-    _check_spec(text)
+    text = _check_spec(source.spec if source is not None else spec)  # None: no classifier configured
     if text.startswith("embedded:"):
         name = text.split(":", 1)[1]
         ckpt = embedded_dir() / f"{name}.safetensors"

@@ -272,9 +272,12 @@ def test_sources_of_specs_every_node_resolves_carry_no_files():
     assert read_classifier_source("timm:resnet18").files == {}
     assert read_classifier_source("hf:someone/some-vit").files == {}
     assert load_classifier(ClassifierSource("embedded:digits-guide")).num_classes == 10
-    for bad in ("", "resnet18"):
-        with pytest.raises(AugmentError, match="classifier"):
-            read_classifier_source(bad)
+    for bad in ("", None):
+        for read in (read_classifier_source, load_classifier):
+            with pytest.raises(AugmentError, match="no classifier given"):
+                read(bad)
+    with pytest.raises(AugmentError, match="cannot read classifier spec 'resnet18'"):
+        read_classifier_source("resnet18")
 
 
 def test_backbone_missing_on_a_worker_node_names_the_node(monkeypatch, tmp_path):
