@@ -68,6 +68,12 @@ class NoSharedDisk:
     runs: Path  # the driver writes run folders here; the worker node sees an empty folder
     ckpt: Path  # the classifier checkpoint (and a model folder); the worker node sees an empty folder
     classifier: str
+    nodes: list[subprocess.Popen]
+
+    def check_alive(self) -> None:
+        """Fail at once (not after a long timeout) when a node died, e.g. killed under memory pressure."""
+        dead = [p.args for p in self.nodes if p.poll() is not None]
+        assert not dead, f"a Ray node of this test exited: {dead}"
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +105,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoSharedDisk]:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         address = f"127.0.0.1:{port}"
         _wait_for_worker_cpus(address, procs)
-        yield NoSharedDisk(address, runs, ckpt, f"timm:test_resnet@{clf}")
+        yield NoSharedDisk(address, runs, ckpt, f"timm:test_resnet@{clf}", procs)
     finally:
         for p in procs:  # each node is its own process group: every Ray process it started goes with it
             try:
@@ -139,6 +145,7 @@ def _augment(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_build_and_benchmark_on_a_node_without_the_drivers_disk(cluster: NoSharedDisk, tmp_path: Path):
+    cluster.check_alive()
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     out = cluster.runs / "run"
@@ -165,6 +172,7 @@ def test_build_and_benchmark_on_a_node_without_the_drivers_disk(cluster: NoShare
 def test_a_model_folder_missing_on_the_worker_node_is_one_line(cluster: NoSharedDisk, tmp_path: Path):
     from augment.models.backbone import resolve_backbone_path
 
+    cluster.check_alive()
     model = cluster.ckpt / "tiny-digits"  # the driver has it; the worker node's view of ckpt/ is empty
     if not model.exists():
         shutil.copytree(resolve_backbone_path("embedded:tiny-digits"), model)
