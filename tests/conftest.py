@@ -1,8 +1,13 @@
 """Shared fixtures: micro models (tests/fixtures/models.py) and fake datasets (tests/fixtures/datasets.py)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# augment joins a Ray head running on this machine when it finds one; the suite gets a Ray temp
+# folder of its own so that it never joins (or is joined by) a developer's cluster. Short path:
+# Ray's socket names must stay under the unix-socket length limit.
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aug-ray-", dir="/tmp"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
