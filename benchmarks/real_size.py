@@ -75,6 +75,11 @@ PROMPTS = ["A high-resolution realistic image of a {token} {name}", "A photo of 
 INIT_TOKEN = "bird"
 WORDS = ["a", "bird", "photo", "of", "high", "resolution", "realistic", "image", "type"]
 NUM_CLASSES = 200
+#: glibc settings for the children under ``--malloc mmap``: every allocation of 64 KiB or more is its
+#: own mapping, returned to the system when freed, so RSS follows the live tensors. With glibc's
+#: defaults the mmap threshold grows to 32 MiB, activations then come from the heap, and memory a
+#: gradient step freed stays resident (measured: ~0.6 GB more RSS per gradient step at 512 px).
+MALLOC_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 GB = 1e9  # decimal gigabytes, everywhere (10 GB target = 10e9 bytes, the stricter reading)
 TARGET_GS1_GB = 10.0
 TARGET_ALL_GB = 24.0
@@ -492,18 +497,23 @@ def expected_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
     return rows + [{"kind": "generate", "batch": b, "steps": job["gen_steps"]} for b in job["gen_batches"]]
 
 
-def run_child(jobs: list[dict[str, Any]], workdir: Path, max_rss: float, timeout: float | None) -> list[dict[str, Any]]:
+def run_child(jobs: list[dict[str, Any]], workdir: Path, max_rss: float, timeout: float | None,
+              min_available: float = 0.0, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Run ``jobs`` in one fresh interpreter, watching its RSS; one result per job (partial if it died).
 
-    The watchdog kills the child when its RSS passes ``max_rss`` (so a configuration too big for
-    the machine fails alone, not the machine) or when it runs past ``timeout`` seconds.
+    The watchdog kills the child when its RSS passes ``max_rss``, when the machine's available
+    memory falls below ``min_available`` (on a machine shared with other jobs a child well under
+    ``max_rss`` can still exhaust it, and the kernel's OOM killer then picks its victim among
+    everyone's processes), or when it runs past ``timeout`` seconds. The row is then reported as
+    killed, with the reason, and the next child starts.
     """
     import psutil
 
     name = f"child-{len(list(workdir.glob('child-*.jobs.json'))):03d}"
     job_path, out_path = workdir / f"{name}.jobs.json", workdir / f"{name}.out.json"
     job_path.write_text(json.dumps(jobs))
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(job_path), str(out_path)])
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(job_path), str(out_path)],
+                            env={**os.environ, **(env or {})})
     reason, peak, start = None, 0, time.monotonic()
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -512,8 +522,12 @@ def run_child(jobs: list[dict[str, Any]], workdir: Path, max_rss: float, timeout
         except psutil.Error:
             rss = 0
         peak = max(peak, rss)
+        available = psutil.virtual_memory().available
         if rss > max_rss:
             reason = f"killed: RSS {rss / GB:.1f} GB over --max-rss-gb {max_rss / GB:g}"
+        elif available < min_available:
+            reason = (f"killed: machine's available memory {available / GB:.1f} GB under --min-available-gb "
+                      f"{min_available / GB:g} (child RSS {rss / GB:.1f} GB)")
         elif timeout and time.monotonic() - start > timeout:
             reason = f"killed: over --row-timeout {timeout:.0f} s"
         if reason:
@@ -610,6 +624,40 @@ def targets(model_fit: dict[str, Any] | None, rows: list[dict[str, Any]], device
                          gpu_bf16_predicted_pass=pred[label]["gpu_bf16_peak_mb_high"] / 1e3 <= limit)
         out.append(entry)
     return out
+
+
+def refit(result: dict[str, Any]) -> None:
+    """(Re)compute every model's memory/time model and target checks from the rows present."""
+    for key, entry in result["models"].items():
+        mine = [r for r in result["rows"] if f"{r['model']}/{r['dtype_spec']}" == key]
+        entry["fit"] = memory_time_model(mine, entry["info"], result["config"]["steps"])
+        entry["targets"] = targets(entry["fit"], mine, result["config"]["device_type"])
+
+
+def merge_results(paths: list[str]) -> dict[str, Any]:
+    """Several saved runs (e.g. one per model, on the same machine) as one result, model fits redone.
+
+    The first file's config and environment head the result; each file's own config, environment
+    and load averages are kept under ``runs``. Runs must share the target steps, device type and
+    allocator setting (``--malloc``).
+    """
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    head = loaded[0]
+    for p, r in zip(paths, loaded, strict=True):
+        for key in ("steps", "device_type", "malloc"):
+            mine, theirs = r["config"].get(key, "default"), head["config"].get(key, "default")
+            if mine != theirs:
+                raise ValueError(f"{p}: {key} {mine!r} differs from {paths[0]}'s {theirs!r}")
+    result = {"config": head["config"], "environment": dict(head["environment"]), "models": {}, "rows": [],
+              "runs": [{"file": p, "config": r["config"], "environment": r["environment"]} for p, r in zip(paths, loaded, strict=True)]}
+    result["environment"]["load_start"] = min(r["environment"]["load_start"] for r in loaded)
+    result["environment"]["load_end"] = max(r["environment"].get("load_end", float("nan")) for r in loaded)
+    for r in loaded:
+        result["rows"].extend(r["rows"])
+        for key, entry in r["models"].items():
+            result["models"].setdefault(key, {"info": entry["info"]})
+    refit(result)
+    return result
 
 
 def _f(x: Any, spec: str = ".1f") -> str:
@@ -713,11 +761,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(faster; a row's peak may then reuse memory an earlier row freed)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the child processes (default: "
                     "torch's, one per core; --quick: 1, which stalls less on a machine shared with other jobs)")
+    ap.add_argument("--malloc", choices=("mmap", "default"), default="mmap",
+                    help="glibc allocator settings of the children: mmap (default) makes RSS follow the live tensors; "
+                    "default keeps glibc's, whose freed heap memory stays resident and grows with grad_steps")
     ap.add_argument("--max-rss-gb", type=float, default=20.0, help="kill a child whose RSS passes this")
+    ap.add_argument("--min-available-gb", type=float, default=1.5,
+                    help="kill a child when the machine's available memory falls below this")
     ap.add_argument("--row-timeout", type=float, default=None, help="kill a child after this many seconds")
     ap.add_argument("--out", default=None, help="write the results as JSON here (rewritten after every child)")
     ap.add_argument("--quick", action="store_true", help="smoke run on shrunken architectures: 64 px, 3/2 steps, "
                     "batches 1,2, test_vit classifier, one child process; the figures mean nothing")
+    ap.add_argument("--show", nargs="+", metavar="JSON", help="print the tables of saved results (several files are "
+                    "merged, fits redone; with --out, the merged result is written there) and exit")
     ap.add_argument("--child", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     quick = dict(resolution=64, steps=3, all_steps=2, gen_batches="1,2", gen_steps=2, classifier="test_vit", isolate="run", threads=1)
@@ -745,6 +800,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(*args.child)
+    if args.show:
+        from augment.io.atomic import atomic_write_json
+        from augment.io.jsonsafe import json_safe
+
+        try:
+            merged = merge_results(args.show)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: cannot merge {args.show}: {e}", file=sys.stderr)
+            return 2
+        print_tables(merged)
+        if args.out:
+            atomic_write_json(args.out, json_safe(merged))
+        return 0
     from augment.io.atomic import atomic_write_json
     from augment.io.jsonsafe import json_safe
 
@@ -787,14 +855,13 @@ def main(argv: list[str] | None = None) -> int:
     units = [jobs] if args.isolate == "run" else [[job] for job in jobs]
     with tempfile.TemporaryDirectory(prefix="real-size-jobs-") as tmp:
         for unit in units:
-            for job, out in zip(unit, run_child(unit, Path(tmp), args.max_rss_gb * GB, args.row_timeout), strict=True):
+            for job, out in zip(unit, run_child(unit, Path(tmp), args.max_rss_gb * GB, args.row_timeout,
+                                                     args.min_available_gb * GB,
+                                                     MALLOC_MMAP_ENV if args.malloc == "mmap" else None), strict=True):
                 entry = result["models"].setdefault(f"{job['model']}/{job['dtype']}", {"info": {}})
                 entry["info"] = entry["info"] or out["info"]
                 result["rows"].extend(out["rows"])
-            for key, entry in result["models"].items():
-                mine = [r for r in result["rows"] if f"{r['model']}/{r['dtype_spec']}" == key]
-                entry["fit"] = memory_time_model(mine, entry["info"], args.steps)
-                entry["targets"] = targets(entry["fit"], mine, config["device_type"])
+            refit(result)
             result["environment"]["load_end"] = _load()
             if args.out:
                 atomic_write_json(args.out, json_safe(result))

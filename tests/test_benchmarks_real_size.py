@@ -109,3 +109,21 @@ def test_quick_run_reports_every_row_with_finite_figures(tmp_path):
         assert {t["grad_steps"] for t in entry["targets"]} == {"1", "all"}
         assert all(math.isfinite(p["peak_mb"]) for p in entry["fit"]["predicted"].values())
     assert "sd15" in proc.stdout and "status" in proc.stdout  # the printed table
+    shown = subprocess.run([sys.executable, str(SCRIPT), "--show", str(out)], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "unet+vae-gc" in shown.stdout and "target grad_steps all" in shown.stdout
+
+
+def test_merge_keeps_every_run_and_refuses_runs_measured_differently(tmp_path):
+    """--show merges per-model runs into one table, but never mixes allocator settings or targets."""
+    rs = _script()
+    run = {"config": {"steps": 30, "device_type": "cpu", "malloc": "mmap"}, "environment": {"load_start": 1.5, "load_end": 2.0},
+           "models": {}, "rows": []}
+    a, b, old = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "old.json"
+    a.write_text(json.dumps(run))
+    b.write_text(json.dumps({**run, "environment": {"load_start": 0.5, "load_end": 4.0}}))
+    old.write_text(json.dumps({**run, "config": {"steps": 30, "device_type": "cpu"}}))  # before --malloc: glibc defaults
+    merged = rs.merge_results([str(a), str(b)])
+    assert [r["file"] for r in merged["runs"]] == [str(a), str(b)]
+    assert (merged["environment"]["load_start"], merged["environment"]["load_end"]) == (0.5, 4.0)
+    with pytest.raises(ValueError, match="malloc"):
+        rs.merge_results([str(a), str(old)])
