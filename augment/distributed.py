@@ -314,23 +314,32 @@ def _actor_class():
     @ray.remote(max_restarts=2, max_task_retries=0)
     class UnitActor:
         """One worker on one actor. Building it never kills the actor: a start-up error is kept
-        and handed to the driver by :meth:`ping`, so it is reported once, by its own name."""
+        and handed to the driver by :meth:`ping`, so it is reported once, by its own name.
 
-        def __init__(self, factory: WorkerFactory, threads: int) -> None:
+        The factory comes with every call, not to the constructor: its payloads are object-store
+        references, and Ray warns (ray-project/ray#53727) about constructor arguments in the object
+        store of a restartable actor. A (re)started actor builds its worker on the first call."""
+
+        def __init__(self, threads: int) -> None:
             _set_threads(threads)
             self.worker: Any = None
             self.error: BaseException | None = None
-            try:
-                self.worker = factory()
-            except Exception as e:  # noqa: BLE001 - reported by ping
-                self.error = _portable(e)
+
+        def _build(self, factory: WorkerFactory) -> None:
+            if self.worker is None and self.error is None:
+                try:
+                    self.worker = factory()
+                except Exception as e:  # noqa: BLE001 - reported by ping
+                    self.error = _portable(e)
 
         @ray.method(max_task_retries=-1)
-        def ping(self) -> BaseException | None:
+        def ping(self, factory: WorkerFactory) -> BaseException | None:
             """None once the worker is built (Ray retries this call through restarts), else why not."""
+            self._build(factory)
             return self.error
 
-        def run(self, unit: Any) -> Any:
+        def run(self, factory: WorkerFactory, unit: Any) -> Any:
+            self._build(factory)
             if self.worker is None:
                 raise self.error or RuntimeError("the worker was not built")
             return self.worker.run(unit)
@@ -363,9 +372,9 @@ class _Pool:
             self._add()
 
     def _add(self) -> None:
-        member = _Member(self.actor_cls.options(**self.options).remote(self.factory, self.threads))
+        member = _Member(self.actor_cls.options(**self.options).remote(self.threads))
         self.members.append(member)
-        self.refs[member.actor.ping.remote()] = (member, None)
+        self.refs[member.actor.ping.remote(self.factory)] = (member, None)
 
     def _lost(self, member: _Member, exc: BaseException, pinging: bool = False) -> None:
         """The actor is gone: wait for Ray's restart (ping), or replace a permanently dead one.
@@ -382,7 +391,7 @@ class _Pool:
                 self._add()
             return
         member.state = "starting"
-        self.refs[member.actor.ping.remote()] = (member, None)
+        self.refs[member.actor.ping.remote(self.factory)] = (member, None)
 
     def _check_stall(self) -> None:
         """Raise once no actor has been usable, and no alive node could hold one, for
@@ -416,7 +425,7 @@ class _Pool:
                 if m.state == "idle" and queue:
                     idx = queue.popleft()
                     m.state = "busy"
-                    self.refs[m.actor.run.remote(units[idx])] = (m, idx)
+                    self.refs[m.actor.run.remote(self.factory, units[idx])] = (m, idx)
 
         def settle_error(idx: int, exc: BaseException) -> None:
             if idx not in settled:
