@@ -14,19 +14,22 @@ Two samplers live here, on purpose:
   DisCo's "gradient skipping", ``"all"`` is full back-propagation through the sampler; each step
   with gradient is activation-checkpointed, so deep settings cost compute rather than memory.
 
-Initial noise always comes from :func:`augment.seeds.initial_latents` (one CPU generator per
-seed), so a sample does not depend on its batch or device.
+Both samplers take their noise from the samples' seeds: the starting noise from
+:func:`augment.seeds.initial_latents`, the noise stochastic schedulers (DDPM) add at each step from
+:func:`augment.seeds.step_generators` (one CPU generator per seed each), so a sample depends on
+neither its batch, the device nor the global RNG.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from augment.models.device import autocast
-from augment.seeds import initial_latents
+from augment.seeds import initial_latents, step_generators
 
 __all__ = ["Diffusion"]
 
@@ -120,6 +123,15 @@ class Diffusion:
             return a * latents_t - s * model_out
         return model_out  # "sample"
 
+    def _step_kwargs(self, seeds: list[int]) -> dict[str, Any]:
+        """``scheduler.step``'s ``generator=`` (per-sample, :func:`augment.seeds.step_generators`)
+        where the scheduler takes one, as diffusers' pipeline passes it (it inspects the same
+        signature): DDPM and ancestral/SDE samplers add noise at each step, and without a generator
+        they draw it from the global RNG, so the seeds would not fix the images."""
+        if "generator" not in inspect.signature(self.scheduler.step).parameters:
+            return {}
+        return {"generator": step_generators(seeds)}
+
     def sample_latents(
         self,
         latents: torch.Tensor,
@@ -130,34 +142,42 @@ class Diffusion:
         grad_steps: int | str = 0,
         checkpointing: bool = True,
         start: int = 0,
+        *,
+        seeds: list[int],
     ) -> torch.Tensor:
-        """Denoise ``latents`` (already scaled by the scheduler's init sigma) under text embeddings.
+        """Denoise from ``latents`` under text embeddings; ``seeds`` (one per row) seed the step noise.
+
+        With ``start`` = 0, ``latents`` is the unscaled starting noise (:meth:`initial_latents`): it
+        is scaled by the scheduler's ``init_noise_sigma`` here, after ``set_timesteps``, because that
+        is when the value is right (Euler's depends on the schedule; read before, it is the
+        1000-step one), as diffusers' pipeline does. With ``start`` > 0 it is a latent already noised
+        to ``scheduler.timesteps[start]`` (:meth:`noise_latents`; editing a real image), used as is.
 
         ``grad_steps`` = 0 runs without gradient; otherwise the last ``grad_steps`` steps keep the
-        autograd graph (``cond`` must require grad for anything to flow). ``start`` skips the first
-        steps of the schedule (editing a real image noised to ``scheduler.timesteps[start]``).
+        autograd graph (``cond`` must require grad for anything to flow). Only the UNet call is
+        checkpointed, and it reads no scheduler state: ``scale_model_input`` and ``step`` read and
+        advance the scheduler's step index (Euler, DPM-Solver), so running them again when backward
+        recomputes the step would use the index of the *last* step, not this one.
         """
         scheduler = self.scheduler
         scheduler.set_timesteps(steps, device=latents.device)
+        if start == 0:
+            latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps[start:]
         n = len(timesteps)
         k = n if grad_steps == "all" else min(int(grad_steps), n)
-        device, dtype = latents.device, self.dtype
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-            with autocast(device, dtype):
-                model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
-            return self.guided_output(model_in, t, context, guidance_scale)
+        step_kwargs = self._step_kwargs(seeds)
 
         for i, t in enumerate(timesteps):
             with_grad = i >= n - k
             with torch.set_grad_enabled(with_grad):
                 context = torch.cat([uncond, cond if with_grad else cond.detach()])
-                if with_grad and checkpointing and torch.is_grad_enabled():
-                    eps = checkpoint(denoise, latents, t, context, use_reentrant=False)
+                model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+                if with_grad and checkpointing:
+                    eps = checkpoint(self.guided_output, model_in, t, context, guidance_scale, use_reentrant=False)
                 else:
-                    eps = denoise(latents, t, context)
-                latents = scheduler.step(eps, t, latents).prev_sample
+                    eps = self.guided_output(model_in, t, context, guidance_scale)
+                latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         return latents
 
     # ------------------------------------------------------------------ whole jobs
@@ -167,13 +187,15 @@ class Diffusion:
                  negative_prompt: str | None, resolution: int) -> torch.Tensor:
         """Images in [0, 1] ``(N, 3, H, W)`` from diffusers' own pipeline call, noise from per-sample seeds.
 
-        Synthetic data is what ``pipe(...)`` makes for these latents, byte for byte; an empty
+        Synthetic data is what ``pipe(...)`` makes for these latents, byte for byte; the pipeline
+        scales them by ``init_noise_sigma`` after ``set_timesteps`` and hands the per-sample step
+        generators to ``scheduler.step`` itself, as :meth:`sample_latents` does. An empty
         ``negative_prompt`` means none.
         """
         latents = self.initial_latents(seeds, resolution)
         out = self.pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-                        latents=latents, num_inference_steps=steps, guidance_scale=guidance_scale,
-                        height=resolution, width=resolution, output_type="pt")
+                        latents=latents, generator=step_generators(seeds), num_inference_steps=steps,
+                        guidance_scale=guidance_scale, height=resolution, width=resolution, output_type="pt")
         return out.images.float().clamp(0, 1)
 
     @torch.no_grad()
@@ -192,5 +214,5 @@ class Diffusion:
         zt = self.noise_latents(z0, seeds, scheduler.timesteps[start].repeat(len(seeds)))
         cond = self.encode_prompts([prompt] * len(seeds))
         uncond = self.encode_prompts([""] * len(seeds))
-        latents = self.sample_latents(zt, cond, uncond, steps, guidance_scale, start=start)
+        latents = self.sample_latents(zt, cond, uncond, steps, guidance_scale, start=start, seeds=seeds)
         return self.decode(latents)

@@ -77,14 +77,13 @@ class DiscoTrainer:
         """Classifier logits of the images the prompts make from these seeds (float32 noise, as trained)."""
         diffusion = self.diffusion
         latents = diffusion.initial_latents(seeds, self.resolution, torch.float32)
-        latents = latents * diffusion.scheduler.init_noise_sigma
         with torch.no_grad():
             uncond = diffusion.encode_prompts([""] * len(prompts))
         with torch.set_grad_enabled(grad):
             cond = diffusion.encode_prompts(prompts)
         latents = diffusion.sample_latents(latents, cond, uncond, self.cfg.steps, self.cfg.guidance_scale,
                                            grad_steps=self.cfg.grad_steps if grad else 0,
-                                           checkpointing=self.cfg.checkpointing)
+                                           checkpointing=self.cfg.checkpointing, seeds=seeds)
         with torch.set_grad_enabled(grad):
             return self.classifier(diffusion.decode(latents))
 

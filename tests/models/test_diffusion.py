@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from augment.models.diffusion import Diffusion
-from augment.seeds import initial_latents
+from augment.seeds import initial_latents, step_generators
 
 RES = 32  # the micro pipeline's native resolution (8x8 latents)
 
@@ -25,8 +25,8 @@ def _embeddings(diffusion: Diffusion, prompts: list[str]) -> tuple[torch.Tensor,
 
 
 def _start(diffusion: Diffusion, seeds: list[int]) -> torch.Tensor:
-    latents = diffusion.initial_latents(seeds, RES, torch.float32)
-    return latents * diffusion.scheduler.init_noise_sigma
+    """The unscaled starting noise (sample_latents scales it once the schedule is set)."""
+    return diffusion.initial_latents(seeds, RES, torch.float32)
 
 
 def test_exposes_the_pipeline(micro_pipe):
@@ -52,8 +52,8 @@ def test_generate_is_diffusers_own_call(micro_pipe, negative_prompt):
     latents = initial_latents(seeds, d.latent_shape(RES), d.device, d.dtype)
     with torch.no_grad():
         want = micro_pipe(prompt=prompts, negative_prompt=[negative_prompt] * 2 if negative_prompt else None,
-                          latents=latents, num_inference_steps=3, guidance_scale=4.0, height=RES, width=RES,
-                          output_type="pt").images.float().clamp(0, 1)
+                          latents=latents, generator=step_generators(seeds), num_inference_steps=3,
+                          guidance_scale=4.0, height=RES, width=RES, output_type="pt").images.float().clamp(0, 1)
     assert got.shape == (2, 3, RES, RES)
     assert torch.equal(got, want)
     again = d.generate(prompts, seeds, steps=3, guidance_scale=4.0, negative_prompt=negative_prompt, resolution=RES)
@@ -67,11 +67,11 @@ def test_grad_steps_0_has_no_gradient_and_1_has_one(micro_pipe):
     start = _start(d, [1, 2])
 
     cond0 = cond.clone().requires_grad_(True)
-    out0 = d.sample_latents(start, cond0, uncond, steps=3, guidance_scale=3.0, grad_steps=0)
+    out0 = d.sample_latents(start, cond0, uncond, steps=3, guidance_scale=3.0, grad_steps=0, seeds=[1, 2])
     assert not out0.requires_grad and out0.grad_fn is None
 
     cond1 = cond.clone().requires_grad_(True)
-    out1 = d.sample_latents(start, cond1, uncond, steps=3, guidance_scale=3.0, grad_steps=1)
+    out1 = d.sample_latents(start, cond1, uncond, steps=3, guidance_scale=3.0, grad_steps=1, seeds=[1, 2])
     assert out1.requires_grad
     out1.square().mean().backward()
     assert cond1.grad is not None and float(cond1.grad.norm()) > 0
@@ -83,12 +83,12 @@ def test_gradient_depth_does_not_change_the_samples(micro_pipe):
     d.pipe.unet.requires_grad_(False)
     cond, uncond = _embeddings(d, ["a photo of a dog"] * 2)
     start = _start(d, [5, 6])
-    ref = d.sample_latents(start, cond, uncond, steps=3, guidance_scale=3.0)
+    ref = d.sample_latents(start, cond, uncond, steps=3, guidance_scale=3.0, seeds=[5, 6])
     grads = {}
     for grad_steps, ckpt in ((1, True), ("all", True), ("all", False)):
         c = cond.clone().requires_grad_(True)
         out = d.sample_latents(start, c, uncond, steps=3, guidance_scale=3.0, grad_steps=grad_steps,
-                               checkpointing=ckpt)
+                               checkpointing=ckpt, seeds=[5, 6])
         assert torch.equal(out, ref)
         out.square().mean().backward()
         grads[grad_steps, ckpt] = c.grad

@@ -143,3 +143,26 @@ def test_nan_loss_marks_failed(micro_pipe, micro_classifier, monkeypatch):
     monkeypatch.setattr(trainer.classifier, "forward", lambda x: torch.full((x.shape[0], 3), float("nan")))
     res = trainer.train(0, "cat")
     assert res.status == "failed" and "nan" in res.error.lower()
+
+
+def test_training_hands_the_sampler_unscaled_seeded_noise(micro_pipe, micro_classifier, monkeypatch):
+    """The sampler scales the starting noise once the schedule is set (Euler's init sigma depends on
+    it), so token training must pass the plain seeded noise and the seeds that made it (they also
+    seed a stochastic scheduler's step noise)."""
+    from augment.models.backbone import set_scheduler
+    from augment.models.diffusion import Diffusion
+
+    set_scheduler(micro_pipe, "euler")
+    calls = []
+    sample = Diffusion.sample_latents
+
+    def spy(self, latents, *args, **kwargs):
+        calls.append((latents.detach().clone(), list(kwargs["seeds"])))
+        return sample(self, latents, *args, **kwargs)
+
+    monkeypatch.setattr(Diffusion, "sample_latents", spy)
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=1), run_seed=0, resolution=32)
+    assert trainer.train(1, "dog").status == "ok"
+    assert calls
+    for latents, seeds in calls:
+        assert torch.equal(latents, trainer.diffusion.initial_latents(seeds, 32, torch.float32))
