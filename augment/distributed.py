@@ -1,10 +1,15 @@
 """Run work units on a pool of Ray actors, or inline with the same code.
 
 A *worker* is any object with ``run(unit) -> result``, built by a picklable factory; each actor
-builds one worker (loading the backbone and classifier once) and takes units one at a time. The
-driver receives results as they finish and writes them (so a cluster needs no shared disk), while
-the actor already works on its next unit. ``workers=0`` runs the same worker in this process,
-which is what tests and debugging use; results are identical because units carry their own seeds.
+builds one worker per stage and takes units one at a time. The driver receives results as they
+finish and writes them (so a cluster needs no shared disk), while the actor already works on its
+next unit. ``workers=0`` runs the same worker in this process, which is what tests and debugging
+use; results are identical because units carry their own seeds.
+
+A :class:`Pool` may serve several stages (``augment build``: tokens, generate, the baseline arm):
+its actors outlive a stage, and each actor's :class:`WorkerHost` keeps the models the workers
+loaded (:mod:`augment.models.cache`), so Ray start-up, actor start-up and model loading are paid
+once per build. :func:`run_units` is a pool for one stage.
 
 Connection (:func:`connect`), first match wins: ``--address`` (``PoolSpec.address``), then
 ``$RAY_ADDRESS``, then a Ray head running on this machine (the address ``ray start`` records, the
@@ -75,7 +80,8 @@ class PoolSpec:
 def _set_threads(n: int) -> None:
     import torch
 
-    torch.set_num_threads(max(1, n))
+    if torch.get_num_threads() != max(1, n):
+        torch.set_num_threads(max(1, n))
 
 
 # --------------------------------------------------------------------------- connection
@@ -385,6 +391,9 @@ def _actor_class():
 
         def run(self, stage: int, factory: WorkerFactory, threads: int, unit: Any) -> Any:
             _set_threads(threads)
+            error = self.host.prepare(stage, factory)
+            if error is not None:
+                raise _portable(error)
             return self.host.run(stage, factory, unit)
 
         def loads(self) -> int:

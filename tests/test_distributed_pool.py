@@ -145,8 +145,8 @@ def test_actors_partly_placed_warn_once_and_the_run_goes_on(ray_local, tmp_path,
 
 def _micro(out: Path, pipe: Path, clf: Path, workers: int) -> Config:
     return Config(dataset="cub", model=str(pipe), classifier=f"timm:test_resnet@{clf}", judge=None, out=str(out),
-                  workers=workers,
-                  tokens=TokenConfig(batch_size=2, steps=2, max_steps=2, grad_steps=1, lr=0.05, acc_threshold=1.1),
+                  workers=workers, classes="0,1",
+                  tokens=TokenConfig(batch_size=2, steps=2, max_steps=1, grad_steps=1, lr=0.05, acc_threshold=1.1),
                   generate=GenerateConfig(prompts=["a photo of a {token} {name}"], per_class=2, steps=2,
                                           guidance_scale=3.0, shard_size=2, batch_size=2, image_format="png"))
 
@@ -162,6 +162,7 @@ def _build(cfg: Config, pool: Pool | None) -> None:
     assert not run_generate(cfg, baseline=True, show_progress=False, pool=pool).failed
 
 
+@pytest.mark.slow  # six stages on the micro models
 def test_one_pool_writes_the_same_bytes_as_a_pool_per_stage(tmp_path, micro_pipeline_dir, micro_classifier_path):
     """The generate stages run on the pipeline that trained the tokens (their rows overwritten by
     the files' vectors) and the baseline arm on one that holds them (its prompts never name them):
@@ -180,6 +181,7 @@ def test_one_pool_writes_the_same_bytes_as_a_pool_per_stage(tmp_path, micro_pipe
     assert prompts and not any("<c" in p for p in prompts)  # the baseline never names a token
 
 
+@pytest.mark.slow  # six stages on the micro models
 def test_one_ray_pool_writes_the_same_bytes_as_inline(ray_local, tmp_path, micro_pipeline_dir,
                                                        micro_classifier_path):
     """Two actors for three stages: the same files as inline with one torch thread (each actor's
