@@ -197,3 +197,25 @@ def test_one_ray_pool_writes_the_same_bytes_as_inline(ray_local, tmp_path, micro
         _build(cfg(tmp_path / "ray", workers=2), pool)
         assert pool.loads() == [2, 2]
     assert _files(tmp_path / "ray") == _files(tmp_path / "inline")
+
+
+def test_build_with_cuda_workers_and_no_gpu_is_one_line_before_writing(monkeypatch, tmp_path):
+    """``augment build --device cuda --workers 2`` on a machine without a GPU (and no cluster that
+    could add one): exit 2 with one "no GPU" line before the shared pool starts anything."""
+    import ray
+    from click.testing import CliRunner
+
+    from augment import distributed as dist
+    from augment.cli import cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(dist, "_local_head", lambda: None)
+    monkeypatch.setattr(dist, "_local_gpus", lambda: 0.0)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("no Ray may start"))
+    r = CliRunner().invoke(cli, ["build", "--classes", "0", "--per-class", "1", "--workers", "2", "--device", "cuda",
+                                 "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "this machine has no GPU" in lines[0] and "ActorDied" not in r.output
+    assert list(tmp_path.iterdir()) == []
