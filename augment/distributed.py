@@ -25,6 +25,8 @@ between them (torch threads set to match). When no actor is usable and no node o
 could hold one for ``placement_timeout`` seconds (an autoscaler did not add one), the run stops
 with one error naming the missing resource; at once on a private local Ray, which no node will
 ever join. A cluster that could hold the actors but is busy, or slow to start them, is waited for.
+When some actors work and others have not started within ``placement_timeout``, one warning line
+says so and the run goes on with fewer (the others join when they start).
 
 Failures: an exception raised by the worker fails its unit only (``on_error``), the others carry
 on. A lost actor (process killed, node removed, its result lost with the node) costs the unit an
@@ -33,7 +35,10 @@ attempt and the unit goes back to the queue for the next usable actor: Ray resta
 replaced by a new one. A unit that loses its actor more than ``retries`` times is reported through
 ``on_error``. A worker that cannot be built raises an :class:`AugmentError` (a user mistake) on the
 driver; any other start-up error fails the units no actor is left to run. Every unit reaches
-``on_result`` or ``on_error`` exactly once.
+``on_result`` or ``on_error`` exactly once. An ``OSError`` out of Ray itself (``ConnectionError``:
+the cluster went away mid-stage) is one :class:`AugmentError` naming the cluster
+(:func:`lost_cluster_error`); an exception of ``on_result`` / ``on_error`` (the driver's writes)
+passes unchanged, for the stage to report.
 """
 
 from __future__ import annotations
