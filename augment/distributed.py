@@ -1,10 +1,15 @@
 """Run work units on a pool of Ray actors, or inline with the same code.
 
 A *worker* is any object with ``run(unit) -> result``, built by a picklable factory; each actor
-builds one worker (loading the backbone and classifier once) and takes units one at a time. The
-driver receives results as they finish and writes them (so a cluster needs no shared disk), while
-the actor already works on its next unit. ``workers=0`` runs the same worker in this process,
-which is what tests and debugging use; results are identical because units carry their own seeds.
+builds one worker per stage and takes units one at a time. The driver receives results as they
+finish and writes them (so a cluster needs no shared disk), while the actor already works on its
+next unit. ``workers=0`` runs the same worker in this process, which is what tests and debugging
+use; results are identical because units carry their own seeds.
+
+A :class:`Pool` may serve several stages (``augment build``: tokens, generate, the baseline arm):
+its actors outlive a stage, and each actor's :class:`WorkerHost` keeps the models the workers
+loaded (:mod:`augment.models.cache`), so Ray start-up, actor start-up and model loading are paid
+once per build. :func:`run_units` is a pool for one stage.
 
 Connection (:func:`connect`), first match wins: ``--address`` (``PoolSpec.address``), then
 ``$RAY_ADDRESS``, then a Ray head running on this machine (the address ``ray start`` records, the
@@ -20,6 +25,8 @@ between them (torch threads set to match). When no actor is usable and no node o
 could hold one for ``placement_timeout`` seconds (an autoscaler did not add one), the run stops
 with one error naming the missing resource; at once on a private local Ray, which no node will
 ever join. A cluster that could hold the actors but is busy, or slow to start them, is waited for.
+When some actors work and others have not started within ``placement_timeout``, one warning line
+says so and the run goes on with fewer (the others join when they start).
 
 Failures: an exception raised by the worker fails its unit only (``on_error``), the others carry
 on. A lost actor (process killed, node removed, its result lost with the node) costs the unit an
@@ -28,23 +35,29 @@ attempt and the unit goes back to the queue for the next usable actor: Ray resta
 replaced by a new one. A unit that loses its actor more than ``retries`` times is reported through
 ``on_error``. A worker that cannot be built raises an :class:`AugmentError` (a user mistake) on the
 driver; any other start-up error fails the units no actor is left to run. Every unit reaches
-``on_result`` or ``on_error`` exactly once.
+``on_result`` or ``on_error`` exactly once. An ``OSError`` out of Ray itself (``ConnectionError``:
+the cluster went away mid-stage) is one :class:`AugmentError` naming the cluster
+(:func:`lost_cluster_error`); an exception of ``on_result`` / ``on_error`` (the driver's writes)
+passes unchanged, for the stage to report.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from augment.errors import AugmentError
 
 WorkerFactory = Callable[[], Any]
+
+log = logging.getLogger(__name__)
 
 #: seconds between looks at the pool while nothing finishes (pending actors, the stall clock)
 POLL_S = 1.0
@@ -72,7 +85,8 @@ class PoolSpec:
 def _set_threads(n: int) -> None:
     import torch
 
-    torch.set_num_threads(max(1, n))
+    if torch.get_num_threads() != max(1, n):
+        torch.set_num_threads(max(1, n))
 
 
 # --------------------------------------------------------------------------- connection
@@ -295,6 +309,12 @@ def placement_error(options: dict[str, float], n_actors: int, waited: float | No
     return AugmentError(f"no Ray node offers {what} {why}; {fix}{tail}")
 
 
+def partial_placement_warning(options: dict[str, float], working: int, wanted: int, waited: float) -> str:
+    """The one line for a pool that got only some of its actors: how many, what the others wait for."""
+    return (f"only {working} of {wanted} augment workers started within {waited:.0f} s (the others wait for a "
+            f"Ray node with {_request(options)}); going on with {working}, the rest join when they start")
+
+
 # --------------------------------------------------------------------------- the actors
 
 
@@ -308,41 +328,82 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+class WorkerHost:
+    """Where stage workers live, in a Ray actor or (inline) in the driver: one worker per stage,
+    built from that stage's factory, and one :class:`~augment.models.cache.ModelCache` for all of
+    them, so the stages of one ``augment build`` load the backbone and the classifier once.
+
+    ``stage`` numbers the runs of a :class:`Pool`; a new number drops the previous stage's worker
+    (its models stay in the cache). A worker that cannot be built is remembered, not raised, so
+    an actor reports it once by its own name (:meth:`UnitActor.ping`) instead of dying."""
+
+    def __init__(self) -> None:
+        from augment.models.cache import ModelCache
+
+        self.cache = ModelCache()
+        self.stage: int | None = None
+        self.worker: Any = None
+        self.error: BaseException | None = None
+
+    def prepare(self, stage: int, factory: WorkerFactory) -> BaseException | None:
+        """Build the stage's worker unless it is built; the error that prevented it, else None."""
+        from augment.models.cache import use
+
+        if stage != self.stage:
+            self.stage, self.worker, self.error = stage, None, None
+        if self.worker is None and self.error is None:
+            try:
+                with use(self.cache):
+                    self.worker = factory()
+            except Exception as e:  # noqa: BLE001 - reported by the caller (ping, or raised inline)
+                self.error = e
+        return self.error
+
+    def run(self, stage: int, factory: WorkerFactory, unit: Any) -> Any:
+        from augment.models.cache import use
+
+        error = self.prepare(stage, factory)
+        if error is not None:
+            raise error
+        with use(self.cache):
+            return self.worker.run(unit)
+
+
 def _actor_class():
     import ray
 
     @ray.remote(max_restarts=2, max_task_retries=0)
     class UnitActor:
-        """One worker on one actor. Building it never kills the actor: a start-up error is kept
-        and handed to the driver by :meth:`ping`, so it is reported once, by its own name.
+        """A :class:`WorkerHost` on Ray. Building a worker never kills the actor: a start-up error
+        is kept and handed to the driver by :meth:`ping`, so it is reported once, by its own name.
 
         The factory comes with every call, not to the constructor: its payloads are object-store
         references, and Ray warns (ray-project/ray#53727) about constructor arguments in the object
-        store of a restartable actor. A (re)started actor builds its worker on the first call."""
+        store of a restartable actor. A (re)started actor builds its worker on the first call. So
+        does an actor that served the previous stage of the same pool: its models stay loaded.
+        The torch thread count comes with every call too, since each stage splits the cores
+        between the actors it uses."""
 
-        def __init__(self, threads: int) -> None:
-            _set_threads(threads)
-            self.worker: Any = None
-            self.error: BaseException | None = None
-
-        def _build(self, factory: WorkerFactory) -> None:
-            if self.worker is None and self.error is None:
-                try:
-                    self.worker = factory()
-                except Exception as e:  # noqa: BLE001 - reported by ping
-                    self.error = _portable(e)
+        def __init__(self) -> None:
+            self.host = WorkerHost()
 
         @ray.method(max_task_retries=-1)
-        def ping(self, factory: WorkerFactory) -> BaseException | None:
+        def ping(self, stage: int, factory: WorkerFactory, threads: int) -> BaseException | None:
             """None once the worker is built (Ray retries this call through restarts), else why not."""
-            self._build(factory)
-            return self.error
+            _set_threads(threads)
+            error = self.host.prepare(stage, factory)
+            return None if error is None else _portable(error)
 
-        def run(self, factory: WorkerFactory, unit: Any) -> Any:
-            self._build(factory)
-            if self.worker is None:
-                raise self.error or RuntimeError("the worker was not built")
-            return self.worker.run(unit)
+        def run(self, stage: int, factory: WorkerFactory, threads: int, unit: Any) -> Any:
+            _set_threads(threads)
+            error = self.host.prepare(stage, factory)
+            if error is not None:
+                raise _portable(error)
+            return self.host.run(stage, factory, unit)
+
+        def loads(self) -> int:
+            """How many models this actor loaded (tests and measurements: once per model, not per stage)."""
+            return self.host.cache.loads
 
     return UnitActor
 
@@ -353,28 +414,44 @@ class _Member:
 
     actor: Any
     state: str = "starting"  # starting | idle | busy | dead (starting covers restarts)
+    since: float = 0.0  # when it was created (the partial-placement warning)
 
 
-class _Pool:
-    """The driver's loop: hand units to usable actors, collect results, survive lost actors."""
+@dataclass
+class _StageRun:
+    """What one stage hands the actors: its number, its factory, the torch threads per actor."""
 
-    def __init__(self, factory: WorkerFactory, spec: PoolSpec, n_actors: int, options: dict[str, float],
-                 threads: int) -> None:
-        self.factory, self.spec, self.options, self.threads = factory, spec, options, threads
-        self.n_actors = n_actors
-        self.replacements = n_actors * max(1, spec.retries)  # new actors for permanently dead ones
+    stage: int
+    factory: WorkerFactory
+    threads: int
+    n_actors: int  # the actors this stage wants (never more than its units)
+
+
+class _Actors:
+    """The driver's loop over the actors of a :class:`Pool`: hand units to usable actors, collect
+    results, survive lost actors. The actors outlive a stage; each stage re-pings them with its
+    own factory (an actor that is still starting answers when it is up)."""
+
+    def __init__(self, spec: PoolSpec, options: dict[str, float]) -> None:
+        self.spec, self.options = spec, options
         self.members: list[_Member] = []
         self.refs: dict[Any, tuple[_Member, int | None]] = {}  # ref -> (actor, unit index; None: a ping)
         self.start_error: BaseException | None = None
         self.stall_since: float | None = None
+        self.replacements = 0
+        self.warned = False
+        self.current: _StageRun | None = None
         self.actor_cls = _actor_class()
-        for _ in range(n_actors):
-            self._add()
+
+    def _ping(self, member: _Member) -> None:
+        run = self.current
+        assert run is not None
+        self.refs[member.actor.ping.remote(run.stage, run.factory, run.threads)] = (member, None)
 
     def _add(self) -> None:
-        member = _Member(self.actor_cls.options(**self.options).remote(self.threads))
+        member = _Member(self.actor_cls.options(**self.options).remote(), since=time.monotonic())
         self.members.append(member)
-        self.refs[member.actor.ping.remote(self.factory)] = (member, None)
+        self._ping(member)
 
     def _lost(self, member: _Member, exc: BaseException, pinging: bool = False) -> None:
         """The actor is gone: wait for Ray's restart (ping), or replace a permanently dead one.
@@ -390,31 +467,55 @@ class _Pool:
                 self.replacements -= 1
                 self._add()
             return
-        member.state = "starting"
-        self.refs[member.actor.ping.remote(self.factory)] = (member, None)
+        member.state, member.since = "starting", time.monotonic()
+        self._ping(member)
 
     def _check_stall(self) -> None:
         """Raise once no actor has been usable, and no alive node could hold one, for
         ``placement_timeout`` seconds (see :func:`fits_a_node`; a busy or slowly starting
-        cluster is waited for)."""
+        cluster is waited for). Warn once when some actors work and others have not started
+        within that time: the run goes on with fewer."""
         import ray
 
-        waiting = any(m.state == "starting" for m in self.members)
-        working = any(m.state in ("idle", "busy") for m in self.members)
+        run = self.current
+        assert run is not None
+        waiting = [m for m in self.members if m.state == "starting"]
+        working = [m for m in self.members if m.state in ("idle", "busy")]
+        now = time.monotonic()
+        if waiting and working and not self.warned:
+            late = [m for m in waiting if now - m.since >= self.spec.placement_timeout]
+            if late:
+                self.warned = True
+                log.warning(partial_placement_warning(self.options, len(working), len(working) + len(waiting),
+                                                      self.spec.placement_timeout))
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")] if waiting and not working else []
         if not waiting or working or fits_a_node(self.options, nodes):
             self.stall_since = None
             return
-        now = time.monotonic()
         self.stall_since = self.stall_since or now
         if now - self.stall_since >= self.spec.placement_timeout:
-            raise placement_error(self.options, self.n_actors, now - self.stall_since)
+            raise placement_error(self.options, run.n_actors, now - self.stall_since)
 
-    def run(self, units: list[Any], on_result: Callable[[Any, Any], None],
+    def _start(self, run: _StageRun) -> None:
+        """Enough actors for ``run``, each (re)pinged with its factory; nothing of an earlier stage pending."""
+        self.current = run
+        self.refs = {}  # answers to an earlier stage's calls are no longer awaited
+        self.start_error, self.stall_since = None, None
+        self.replacements = run.n_actors * max(1, self.spec.retries)  # new actors for permanently dead ones
+        alive = [m for m in self.members if m.state != "dead"]
+        for m in alive:
+            if m.state != "starting":  # one still waiting for a node keeps its clock
+                m.state, m.since = "starting", time.monotonic()
+            self._ping(m)
+        for _ in range(run.n_actors - len(alive)):
+            self._add()
+
+    def run(self, run: _StageRun, units: list[Any], on_result: Callable[[Any, Any], None],
             on_error: Callable[[Any, BaseException], None]) -> None:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
+        self._start(run)
         queue: deque[int] = deque(range(len(units)))
         attempts: dict[int, int] = {}
         settled: set[int] = set()  # units that reached on_result or on_error
@@ -425,7 +526,7 @@ class _Pool:
                 if m.state == "idle" and queue:
                     idx = queue.popleft()
                     m.state = "busy"
-                    self.refs[m.actor.run.remote(self.factory, units[idx])] = (m, idx)
+                    self.refs[m.actor.run.remote(run.stage, run.factory, run.threads, units[idx])] = (m, idx)
 
         def settle_error(idx: int, exc: BaseException) -> None:
             if idx not in settled:
@@ -482,6 +583,12 @@ class _Pool:
                 settled.add(idx)
                 on_result(units[idx], result)
 
+    def loads(self) -> list[int]:
+        """Models loaded by each live actor (see :meth:`UnitActor.loads`)."""
+        import ray
+
+        return ray.get([m.actor.loads.remote() for m in self.members if m.state in ("idle", "busy")])
+
     def close(self) -> None:
         import ray
 
@@ -490,9 +597,136 @@ class _Pool:
                 ray.kill(m.actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        self.members, self.refs = [], {}
 
 
 # --------------------------------------------------------------------------- entry points
+
+
+class Pool:
+    """Workers for one or more stages: ``spec.workers`` Ray actors, or (0) a host in this process.
+
+    ``augment build`` opens one pool for all its stages (tokens, generate, the baseline arm), so
+    Ray is joined, the actors are started and the models are loaded once (each actor's
+    :class:`WorkerHost` caches them); a stage run on its own opens its own. Ray is joined and the
+    actors planned on the first :meth:`run` that needs them: ``spec.workers`` actors' worth of
+    resources each, started as stages need them (never more than a stage's units). Use it as a
+    context manager: :meth:`close` ends the actors.
+    """
+
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        self.stage = 0
+        self.host: WorkerHost | None = None  # inline
+        self.actors: _Actors | None = None
+        self.total_cpus = 1  # the cluster's CPUs when the actors were planned (threads per actor)
+        self.where: str | None = None  # the Ray session joined (error lines)
+        self.max_resources: dict[str, float] | None = None
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, factory: WorkerFactory, units: Iterable[Any], on_result: Callable[[Any, Any], None],
+            on_error: Callable[[Any, BaseException], None]) -> None:
+        """Run every unit; ``on_result(unit, result)`` / ``on_error(unit, exc)`` are called on the
+        driver, exactly once per unit. An AugmentError (from a callback, or a worker that cannot
+        be built) stops the run."""
+        units = list(units)
+        if not units:
+            return
+        self.stage += 1
+        if self.spec.workers <= 0:
+            self._run_inline(factory, units, on_result, on_error)
+            return
+        try:
+            actors = self._actors()
+            n_actors, _, threads = plan_actors({"CPU": self.total_cpus}, self.spec.workers, len(units),
+                                               self.spec.device, self.total_cpus)
+            actors.run(_StageRun(self.stage, factory, threads, n_actors), units, _passed(on_result),
+                       _passed(on_error))
+        except _FromCallback as e:  # the driver's own error (a write, a user mistake): as it was raised
+            raise e.error from None
+        except OSError as e:  # ConnectionError and the like from Ray itself: the cluster, not a disk
+            raise lost_cluster_error(self.where or _target(self.spec.address)[0] or "a private local Ray", e) from None
+
+    def _run_inline(self, factory: WorkerFactory, units: list[Any], on_result: Callable[[Any, Any], None],
+                    on_error: Callable[[Any, BaseException], None]) -> None:
+        host = self.host = self.host or WorkerHost()
+        error = host.prepare(self.stage, factory)
+        if error is not None:
+            raise error
+        for unit in units:
+            try:
+                result = host.run(self.stage, factory, unit)
+            except Exception as e:  # noqa: BLE001 - one unit failing must not stop the others
+                on_error(unit, e)
+                continue
+            on_result(unit, result)
+
+    def _actors(self) -> _Actors:
+        """Join Ray and plan the actors (once per pool): what each asks for, checked placeable."""
+        if self.actors is not None:
+            return self.actors
+        import ray
+
+        cpus = os.cpu_count() or 1
+        private = connect(self.spec.address, cpus)
+        self.where = "a private local Ray" if private else ray.get_runtime_context().gcs_address
+        resources = ray.cluster_resources()
+        max_resources = None if private else _autoscaler_max_resources()
+        n_actors, options, _ = plan_actors(resources, self.spec.workers, self.spec.workers, self.spec.device, cpus,
+                                           self.spec.gpus_per_worker, max_resources)
+        if unplaceable(options, resources, max_resources, private):
+            raise placement_error(options, n_actors, private=private)
+        self.total_cpus = int(resources.get("CPU", cpus)) or 1
+        self.actors = _Actors(self.spec, options)
+        return self.actors
+
+    def loads(self) -> list[int]:
+        """Models loaded by each worker host (one entry inline): what a stage-spanning pool saves."""
+        if self.host is not None:
+            return [self.host.cache.loads]
+        return self.actors.loads() if self.actors is not None else []
+
+    def close(self) -> None:
+        """End the actors (their models go with them); the Ray session stays for this process."""
+        if self.actors is not None:
+            self.actors.close()
+            self.actors = None
+        self.host = None
+
+
+class _FromCallback(Exception):  # noqa: N818 - a carrier, never shown
+    """Carries an exception raised by ``on_result`` / ``on_error`` past the pool's Ray error mapping."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _passed(callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """``callback``, its exceptions wrapped in :class:`_FromCallback` (an OSError of the driver's
+    writes is the stage's to report, not a lost cluster)."""
+
+    def call(unit: Any, value: Any) -> None:
+        try:
+            callback(unit, value)
+        except Exception as e:  # noqa: BLE001 - re-raised as is by Pool.run
+            raise _FromCallback(e) from e
+
+    return call
+
+
+def lost_cluster_error(where: str, exc: BaseException) -> AugmentError:
+    """The one line for a Ray session that fails under a running stage (``ConnectionError`` and
+    other ``OSError`` from Ray): which cluster, what Ray said, and how to resume."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    where = where if where.startswith("a private") else f"the Ray cluster at {where}"
+    return AugmentError(f"lost {where} during the stage ({type(exc).__name__}: {text}); the finished units "
+                        "are kept: check the cluster (`ray status`) and re-run the same command to resume")
 
 
 def run_units(
@@ -502,42 +736,12 @@ def run_units(
     on_result: Callable[[Any, Any], None],
     on_error: Callable[[Any, BaseException], None],
 ) -> None:
-    """Run every unit; ``on_result(unit, result)`` / ``on_error(unit, exc)`` are called on the
-    driver, exactly once per unit. An AugmentError (from a callback, or a worker that cannot be
-    built) stops the run."""
+    """Run every unit on a pool of its own (see :meth:`Pool.run`), sized for these units only."""
     units = list(units)
     if not units:
         return
-    if spec.workers <= 0:
-        worker = factory()
-        for unit in units:
-            try:
-                result = worker.run(unit)
-            except Exception as e:  # noqa: BLE001 - one unit failing must not stop the others
-                on_error(unit, e)
-                continue
-            on_result(unit, result)
-        return
-    _run_ray(factory, units, spec, on_result, on_error)
-
-
-def _run_ray(factory: WorkerFactory, units: list[Any], spec: PoolSpec, on_result: Callable[[Any, Any], None],
-             on_error: Callable[[Any, BaseException], None]) -> None:
-    import ray
-
-    cpus = os.cpu_count() or 1
-    private = connect(spec.address, cpus)
-    resources = ray.cluster_resources()
-    max_resources = None if private else _autoscaler_max_resources()
-    n_actors, options, threads = plan_actors(resources, spec.workers, len(units), spec.device, cpus,
-                                             spec.gpus_per_worker, max_resources)
-    if unplaceable(options, resources, max_resources, private):
-        raise placement_error(options, n_actors, private=private)
-    pool = _Pool(factory, spec, n_actors, options, threads)
-    try:
-        pool.run(units, on_result, on_error)
-    finally:
-        pool.close()
+    with Pool(replace(spec, workers=min(spec.workers, len(units)))) as pool:
+        pool.run(factory, units, on_result, on_error)
 
 
 def shutdown() -> None:

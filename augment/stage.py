@@ -16,9 +16,11 @@ always in this order:
    :class:`StageSummary` whose ``exit_code`` the CLI returns.
 
 Failures follow one policy for every stage: an :class:`AugmentError` stops the run (the user must
-fix something); an ``OSError`` while writing (disk full, permissions) stops it with one line that
-says how to resume; any other exception fails only its unit, reported as
-``"<unit label>: <Type>: <first line>"``, and the other units carry on.
+fix something); an ``OSError`` while the driver writes (disk full, permissions) stops it with one
+line that says how to resume; any other exception, a worker's ``OSError`` included (it happened on
+the worker's node, not in the run folder), fails only its unit, reported as
+``"<unit label>: <Type>: <first line>"``, and the other units carry on. A Ray cluster lost during
+the stage is the pool's one line (:class:`augment.distributed.Pool`), never a disk problem.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from tqdm.auto import tqdm
 
 from augment.config import Config
-from augment.distributed import PoolSpec, WorkerFactory, check_pool, run_units
+from augment.distributed import Pool, PoolSpec, WorkerFactory, check_pool, run_units
 from augment.errors import AugmentError
 from augment.io.rundir import (
     ArmDir,
@@ -45,7 +47,7 @@ from augment.io.rundir import (
     write_run_json,
 )
 
-__all__ = ["Plan", "Stage", "StageSummary", "failure_line", "run_stage"]
+__all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "run_stage"]
 
 U = TypeVar("U")  # one work unit (a class index, a shard plan, ...)
 R = TypeVar("R")  # what a worker returns for one unit
@@ -184,6 +186,12 @@ def _pool(cfg: Config) -> PoolSpec:
                     placement_timeout=cfg.placement_timeout)
 
 
+def open_pool(cfg: Config) -> Pool:
+    """A pool for several stages of one run (``augment build``): Ray joined, actors started and
+    models loaded once. Close it (``with open_pool(cfg) as pool:``) when the last stage is done."""
+    return Pool(_pool(cfg))
+
+
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Steps 1-2: preflight (the stage's, then the pool's), then the run folder's checks and ``run.json``."""
     check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
@@ -198,8 +206,9 @@ def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
 
 
-def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = True) -> S:
-    """Run ``stage`` (see the module doc for the order and the failure policy)."""
+def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = True, pool: Pool | None = None) -> S:
+    """Run ``stage`` (see the module doc for the order and the failure policy) on ``pool``, or
+    on a pool of its own that ends with the stage."""
     start = time.perf_counter()
     _prepare(stage, force)
     arm = stage.arm
@@ -225,17 +234,17 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     def on_error(unit: U, exc: BaseException) -> None:
         if isinstance(exc, AugmentError):
             raise exc
-        if isinstance(exc, OSError):
-            raise _write_error(stage.write_label(unit), arm, exc) from None
         error = failure_line(exc)
         failed.append(f"{stage.unit_label(unit)}: {error}")
         guarded(unit, lambda: stage.on_failed(unit, error))
         bar.update(stage.unit_size(unit))
 
-    cfg = stage.cfg
     try:
-        try:
-            run_units(stage.worker_factory(), plan.todo, _pool(cfg), on_result, on_error)
+        if pool is not None:
+            pool.run(stage.worker_factory(), plan.todo, on_result, on_error)
+        else:
+            run_units(stage.worker_factory(), plan.todo, _pool(stage.cfg), on_result, on_error)
+        try:  # only the driver's own writes: an OSError of Ray (ConnectionError) is not a disk problem
             stage.finish()
             write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
         except OSError as e:

@@ -187,6 +187,33 @@ def test_a_unit_whose_node_is_removed_runs_again_elsewhere(cluster, tmp_path):
     assert len(list(tmp_path.glob("2-*"))) == 2
 
 
+def test_a_shared_pool_goes_on_after_a_node_loss(cluster, tmp_path):
+    """One pool for two stages (``augment build``): a node lost in the first stage, whose actor
+    Ray restarts on the node that is left, leaves a pool whose second stage still runs every unit."""
+    from augment.distributed import Pool
+
+    _two_workers(cluster)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    results: dict[str, dict[int, list[int]]] = {"first": {}, "second": {}}
+
+    def on_result(stage: str, unit: int, result: tuple[int, str]) -> None:
+        results[stage].setdefault(unit, []).append(result[0])
+        held = list(first.glob("2-1.*"))
+        if stage == "first" and held and len(cluster.worker_nodes) == 2:
+            _remove_node_of(cluster, held[0].suffix[1:])
+
+    def fail(u: int, e: BaseException) -> None:
+        pytest.fail(f"unit {u} failed: {e!r}")
+
+    with Pool(PoolSpec(workers=2)) as pool:
+        pool.run(partial(_Where, str(first), hold=2), range(6), partial(on_result, "first"), fail)
+        assert len(cluster.worker_nodes) == 1
+        pool.run(partial(_Where, str(second), hold=-1), range(4), partial(on_result, "second"), fail)
+    assert results == {"first": {u: [u * u] for u in range(6)}, "second": {u: [u * u] for u in range(4)}}
+
+
 def test_losing_every_node_that_fits_is_one_placement_error(cluster, tmp_path):
     """Both worker nodes gone, the CPU-less head left: the restarting actors cannot be placed,
     and after the placement timeout the run stops with the one error naming what is missing."""

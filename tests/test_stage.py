@@ -119,10 +119,28 @@ def test_oserror_while_writing_is_one_line_that_says_how_to_resume(tmp_path):
     assert (tmp_path / "run" / "caso" / "unit-0").exists() and not (tmp_path / "run" / "caso" / "unit-2").exists()
 
 
-def test_oserror_from_a_worker_stops_the_run_too(tmp_path):
-    toy = ToyStage(_cfg(tmp_path), raises={0: PermissionError(errno.EACCES, "Permission denied")})
-    with pytest.raises(AugmentError, match=r"cannot write unit 0 in .*Permission denied; free space or fix"):
-        stage.run_stage(toy, show_progress=False)
+def test_oserror_from_a_worker_fails_its_unit_not_the_disk(tmp_path):
+    """A worker's OSError happened on its node (a Ray ConnectionError, a full cache there), not in the
+    run folder: it fails its unit with its own name, and the others are written."""
+    toy = ToyStage(_cfg(tmp_path), raises={0: PermissionError(errno.EACCES, "Permission denied"),
+                                           1: ConnectionError("GCS has gone away")})
+    s = stage.run_stage(toy, show_progress=False)
+    assert s.failed[:2] == ["unit 0: PermissionError: [Errno 13] Permission denied",
+                            "unit 1: ConnectionError: GCS has gone away"]
+    assert s.results == {2: 4, 3: 9, 4: 16} and s.exit_code == 1
+
+
+def test_a_ray_error_around_the_units_is_not_a_disk_problem(tmp_path, monkeypatch):
+    """Issue 11: a ConnectionError out of the pool (Ray lost its cluster) used to read "cannot write
+    into ...; free space or fix permissions"."""
+    from augment.distributed import Pool
+
+    def lost(self, factory, units, on_result, on_error):
+        raise ConnectionError("GCS has gone away")
+
+    monkeypatch.setattr(Pool, "run", lost)
+    with pytest.raises(ConnectionError, match="GCS has gone away"):
+        stage.run_stage(ToyStage(_cfg(tmp_path)), show_progress=False, pool=Pool(stage._pool(_cfg(tmp_path))))
 
 
 def test_augment_error_from_a_worker_is_raised_as_is(tmp_path):

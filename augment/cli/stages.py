@@ -111,28 +111,32 @@ def generate(baseline: bool, force: bool, **kwargs) -> None:
 def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwargs) -> None:
     """Run the whole job: tokens, then generate (and the baseline arm), then verify.
 
+    The stages share one pool of workers: Ray is joined and the models are loaded once.
+
     With no arguments it runs the embedded default end to end: digits, 10 classes x 100 images.
     """
     from augment.generate.runner import run_generate
     from augment.io.verify import verify_arms
+    from augment.stage import open_pool
     from augment.tokens.runner import run_tokens
 
     start = time.perf_counter()
     gs = grad_steps_option(grad_steps)
     cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs})
-    t = run_tokens(cfg, force=force)
-    print_tokens(t)
-    if t.exit_code:
-        click.echo("some tokens failed; fix and re-run (done classes are kept)", err=True)
-        sys.exit(t.exit_code)
-    s = run_generate(cfg, force=force)
-    print_generate(s)
     baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
-    failed = list(s.failed)
-    if baseline:
-        b = run_generate(cfg, baseline=True, force=force)
-        print_generate(b)
-        failed += b.failed
+    with open_pool(cfg) as pool:  # one set of workers, models loaded once, for every stage
+        t = run_tokens(cfg, force=force, pool=pool)
+        print_tokens(t)
+        if t.exit_code:
+            click.echo("some tokens failed; fix and re-run (done classes are kept)", err=True)
+            sys.exit(t.exit_code)
+        s = run_generate(cfg, force=force, pool=pool)
+        print_generate(s)
+        failed = list(s.failed)
+        if baseline:
+            b = run_generate(cfg, baseline=True, force=force, pool=pool)
+            print_generate(b)
+            failed += b.failed
     run = RunDir(cfg.out)
     checked = verify_arms(run.path)
     click.echo("")

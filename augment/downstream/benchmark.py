@@ -59,10 +59,11 @@ from augment.downstream.mixing import (
     load_synthetic,
     read_synthetic_images,
 )
-from augment.downstream.train import TrainSettings, train_classifier
+from augment.downstream.train import TrainSettings, read_checkpoint, train_classifier
 from augment.errors import AugmentError
 from augment.io.rundir import ArmDir, RunDir
 from augment.io.shards import shard_urls
+from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
 __all__ = [
@@ -154,9 +155,11 @@ class CellWorker:
     for ``workers=0``); the test split and each synthetic set are fetched once per worker (cached by
     their payload's key), a cell's reals every time."""
 
-    def __init__(self, settings: TrainSettings, class_names: Sequence[str]) -> None:
+    def __init__(self, settings: TrainSettings, class_names: Sequence[str],
+                 checkpoint: Payload[ClassifierSource | None] | None = None) -> None:
         self.settings = settings
         self.class_names = list(class_names)
+        self.checkpoint = checkpoint  # train.checkpoint's bytes, read by the driver
         self._shared: dict[str, Any] = {}
 
     def shared(self, payload: Payload[Any]) -> Any:
@@ -178,7 +181,8 @@ class CellWorker:
         # only the last epoch counts here, so skip the per-epoch test passes (~15% of a cell)
         s = dataclasses.replace(settings, seed=seed, eval_every=0)
         result = train_classifier(mixed, test_images, test_labels, s, out=None, progress=False,
-                                  desc=f"k={k} {arm.source} s{seed}")
+                                  desc=f"k={k} {arm.source} s{seed}",
+                                  checkpoint=self.shared(self.checkpoint) if self.checkpoint is not None else None)
         final = result.metrics["final"]
         return BenchmarkCell(key=cell.key, arm=arm.label, arm_spec=arm, k=k, seed=seed, top1=result.final_top1,
                              top5=final["top5"], mean_class_top1=final["mean_class_top1"], real=mixed.n_real,
@@ -293,8 +297,9 @@ def run_benchmark(
     if todo:
         from augment.distributed import PoolSpec, run_units
 
-        worker = CellWorker(settings, dataset.class_names)
-        factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names)
+        checkpoint = Payload(read_checkpoint(settings))  # actors need not see the driver's disk
+        worker = CellWorker(settings, dataset.class_names, checkpoint)
+        factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names, checkpoint)
         run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
                                           gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout),
                   on_result, on_error)

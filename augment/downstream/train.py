@@ -36,6 +36,7 @@ from augment.downstream.transforms import BatchAugment, normalize
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_json
 from augment.io.jsonsafe import json_safe
+from augment.models.classifier import ClassifierSource
 
 __all__ = ["MIN_SAMPLES_PER_EPOCH", "TrainResult", "TrainSettings", "create_classifier", "train_classifier"]
 
@@ -90,10 +91,34 @@ def _check_arch(arch: str) -> None:
                            + "; see timm.list_models()")
 
 
-def create_classifier(settings: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+def read_checkpoint(settings: TrainConfig) -> ClassifierSource | None:
+    """The bytes of ``settings.checkpoint``, read on the driver (None without one), so that a
+    benchmark actor on a node that does not see the driver's disk starts from the same weights
+    (:mod:`augment.shipping`, as the guidance classifier's checkpoint travels)."""
+    if not settings.checkpoint:
+        return None
+    path = Path(settings.checkpoint).expanduser()
+    if not path.is_file():
+        raise AugmentError(f"checkpoint {path} (train.checkpoint) does not exist; fix the path or drop --checkpoint")
+    return ClassifierSource(f"timm:{settings.arch}@{path}", {path.name: path.read_bytes()})
+
+
+def _checkpoint_state(checkpoint: str, shipped: ClassifierSource | None) -> dict[str, torch.Tensor]:
+    """``checkpoint``'s state dict: from the bytes the driver shipped when they are its file's, else from disk."""
+    from augment.models.classifier import _decode_state_dict, _load_state_dict
+
+    path = Path(checkpoint).expanduser()
+    if shipped is not None and path.name in shipped.files:
+        return _decode_state_dict(shipped.files[path.name], path.name, path)
+    return _load_state_dict(path)
+
+
+def create_classifier(settings: TrainConfig, num_classes: int,
+                      shipped: ClassifierSource | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A fresh timm model for ``num_classes``, initialised from ``settings.checkpoint`` when given
     (a state dict; head weights whose shape does not fit are left freshly initialised). Returns the
-    model and a note of what was loaded."""
+    model and a note of what was loaded. ``shipped``: that checkpoint's bytes as the driver read
+    them (:func:`read_checkpoint`); without them the file is read here."""
     import timm
 
     _check_arch(settings.arch)
@@ -103,9 +128,7 @@ def create_classifier(settings: TrainConfig, num_classes: int) -> tuple[torch.nn
         raise AugmentError(f"timm:{settings.arch} does not take these arch kwargs {settings.arch_kwargs}: {e}") from None
     note: dict[str, Any] = {"checkpoint": None}
     if settings.checkpoint:
-        from augment.models.classifier import _load_state_dict
-
-        sd = _load_state_dict(Path(settings.checkpoint).expanduser())
+        sd = _checkpoint_state(settings.checkpoint, shipped)
         own = model.state_dict()
         reset = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
         sd = {k: v for k, v in sd.items() if k not in reset}
@@ -155,16 +178,18 @@ def train_classifier(
     progress: bool = True,
     desc: str = "train",
     extra: dict[str, Any] | None = None,
+    checkpoint: ClassifierSource | None = None,
 ) -> TrainResult:
     """Train on ``mixed`` (uint8 images, transformed here), test on the real ``test_images`` after
     every epoch; with ``out``, write ``metrics.json`` and ``best.safetensors``/``best.json`` there.
-    ``extra`` is stored under ``config`` in metrics.json (e.g. the command line's options)."""
+    ``extra`` is stored under ``config`` in metrics.json (e.g. the command line's options);
+    ``checkpoint``: ``settings.checkpoint``'s bytes as the driver read them (:func:`read_checkpoint`)."""
     settings.validate()
     start = time.perf_counter()
     class_names = list(mixed.class_names)
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
-    model, note = create_classifier(settings, len(class_names))
+    model, note = create_classifier(settings, len(class_names), checkpoint)
     model.to(device)
     mixed.transform = None  # uint8 in, augmented per batch below
     augment = BatchAugment(settings.pad, settings.degrees, tuple(settings.scale), settings.hflip, settings.mean, settings.std)

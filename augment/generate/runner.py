@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from augment import stage
 from augment.config import Config
 from augment.datasets.selection import load_dataset, select_classes
-from augment.distributed import WorkerFactory
+from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
 from augment.generate.worker import GenSpec, make_worker
@@ -158,9 +158,11 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
                                shards=len({u.index for u in self.units}), mean_confidence=_mean_confidence(self.arm))
 
 
-def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_progress: bool = True) -> GenerateSummary:
-    """Generate the token arm (or, with ``baseline``, the plain-prompt arm) of ``cfg.out``."""
-    return stage.run_stage(GenerateStage(cfg, baseline), force, show_progress)
+def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_progress: bool = True,
+                 pool: Pool | None = None) -> GenerateSummary:
+    """Generate the token arm (or, with ``baseline``, the plain-prompt arm) of ``cfg.out`` (on
+    ``pool``, the one ``augment build`` shares between its stages, else on a pool of its own)."""
+    return stage.run_stage(GenerateStage(cfg, baseline), force, show_progress, pool)
 
 
 def _mean_confidence(arm: ArmDir) -> float | None:

@@ -1,6 +1,7 @@
 """Generate one shard's images: batched diffusers sampling, guidance-classifier scoring, encoding.
 
-The worker loads the pipeline, every class token and the guidance classifier once. Images are
+The worker loads the pipeline, every class token and the guidance classifier once (the pipeline
+and the classifier once per worker host, :mod:`augment.models.cache`, for all stages of a build). Images are
 encoded on a small thread pool while the next batch is sampled, so the sampler does not wait on
 PNG/JPEG encoding; the driver writes the shard to disk while the worker goes on.
 
@@ -54,17 +55,20 @@ class GenSpec:
 
 class GenerateWorker:
     def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str) -> None:
-        from augment.models.backbone import load_backbone, native_resolution
-        from augment.models.classifier import load_classifier
+        from augment.models import cache
+        from augment.models.backbone import native_resolution
         from augment.tokens.textual_inversion import add_embeddings
 
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.spec = spec
-        self.pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
+        # The host's cached pipeline may hold the tokens its token stage trained: add_embeddings
+        # overwrites their rows with the files' vectors. The baseline arm loads none, and its
+        # prompts hold no token string (token() is ""), so rows a cached pipeline holds are never read.
+        self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         if not spec.baseline:
             add_embeddings(self.pipe, [spec.tokens[c] for c in sorted(spec.tokens)])
         self.device = self.pipe.unet.device
-        self.classifier = load_classifier(classifier, self.device)
+        self.classifier = cache.classifier(classifier, self.device)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
         self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)

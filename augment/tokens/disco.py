@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from augment.config import TokenConfig
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
-from augment.tokens.textual_inversion import add_token, single_token_id, token_string
+from augment.tokens.textual_inversion import add_token, added_tokens, single_token_id, token_string
 from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
@@ -62,7 +62,6 @@ class DiscoTrainer:
         self.diffusion = Diffusion(pipe)
         self.classifier = freeze_for_training(pipe, classifier)
         self.device = self.diffusion.device
-        self._added: set[str] = set()
 
     def seeds_for(self, class_index: int, step: int) -> list[int]:
         b = self.cfg.batch_size
@@ -93,8 +92,7 @@ class DiscoTrainer:
         token = token_string(class_index)
         init = choose_init_token(pipe.tokenizer, class_name, cfg)
         init_id = single_token_id(pipe.tokenizer, init)
-        token_id = add_token(pipe, token, init_id, reuse=token in self._added)
-        self._added.add(token)
+        token_id = add_token(pipe, token, init_id, reuse=token in added_tokens(pipe))
         emb_layer = pipe.text_encoder.get_input_embeddings()
         vector = torch.nn.Parameter(emb_layer.weight[init_id].detach().float().clone())
         hook = EmbeddingOverride(emb_layer, token_id, vector)

@@ -17,7 +17,7 @@ from typing import Any
 from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
 from augment.datasets.selection import load_dataset, select_classes
-from augment.distributed import WorkerFactory
+from augment.distributed import Pool, WorkerFactory
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
@@ -32,20 +32,23 @@ COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names"
 
 
 class TokenWorker:
-    """Loads backbone + classifier once; ``run(class_index)`` trains that class's token.
+    """Loads backbone + classifier once (per worker host: :mod:`augment.models.cache`);
+    ``run(class_index)`` trains that class's token.
 
     The classifier is built from the driver's :class:`ClassifierSource` (a checkpoint's bytes), not
     from a path: the worker's node need not see the driver's disk."""
 
     def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classifier: ClassifierSource | str) -> None:
-        from augment.models.backbone import load_backbone, native_resolution
-        from augment.models.classifier import check_classes, load_classifier
+        from augment.models import cache
+        from augment.models.backbone import native_resolution
+        from augment.models.classifier import check_classes
         from augment.tokens.disco import DiscoTrainer
 
         cfg = config_from_dict(cfg_dict)
         self.class_names = class_names
-        pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
-        clf = load_classifier(classifier)
+        # loaded once per worker host: the generate stages of the same build reuse them
+        pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
+        clf = cache.classifier(classifier, pipe.unet.device)
         check_classes(clf, class_names)
         self.trainer = DiscoTrainer(pipe, clf, cfg.tokens, cfg.seed, cfg.resolution or native_resolution(pipe))
 
@@ -156,6 +159,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         return TokensSummary(**common, rows=[self.rows[k] for k in sorted(self.rows)])
 
 
-def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True) -> TokensSummary:
-    """Train the tokens of the selected classes into the run folder's ``tokens/``."""
-    return stage.run_stage(TokensStage(cfg), force, show_progress)
+def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True, pool: Pool | None = None) -> TokensSummary:
+    """Train the tokens of the selected classes into the run folder's ``tokens/`` (on ``pool``,
+    the one ``augment build`` shares between its stages, else on a pool of its own)."""
+    return stage.run_stage(TokensStage(cfg), force, show_progress, pool)

@@ -41,11 +41,27 @@ def single_token_id(tokenizer, word: str) -> int:
     return ids[0]
 
 
+def vector_tokens(token: str, n: int) -> list[str]:
+    """The token strings diffusers uses for a multi-vector embedding: token, token_1, token_2, ..."""
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
+def added_tokens(pipe) -> set[str]:
+    """The token strings augment added to this loaded pipeline (trained, or loaded from token files).
+
+    A pipeline cached for several stages (:mod:`augment.models.cache`) carries them from one stage
+    to the next; a token in the tokenizer but not here came with the model."""
+    if not hasattr(pipe, "augment_tokens"):
+        pipe.augment_tokens = set()
+    return pipe.augment_tokens
+
+
 def add_token(pipe, token: str, init_id: int, reuse: bool = False) -> int:
     """Add ``token`` to the tokenizer and a new embedding row initialised from row ``init_id``.
 
     Every existing row stays bit-identical (resize copies them). A token already present is an
-    error unless ``reuse`` (a retry of the same class in the same worker process).
+    error unless ``reuse`` (a retry of the same class in the same worker process, or a token
+    augment added to this cached pipeline before: :func:`added_tokens`).
     """
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     if token in tokenizer.get_vocab():
@@ -56,6 +72,7 @@ def add_token(pipe, token: str, init_id: int, reuse: bool = False) -> int:
             "must not be loaded while training) or pick another run folder"
         )
     tokenizer.add_tokens([token])
+    added_tokens(pipe).add(token)
     token_id = tokenizer.convert_tokens_to_ids(token)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     emb = text_encoder.get_input_embeddings().weight
@@ -126,12 +143,32 @@ def read_token_embedding(path: Path) -> TokenEmbedding:
 
 
 def add_embeddings(pipe, embeddings: Sequence[TokenEmbedding]) -> list[str]:
-    """Add token embeddings to ``pipe`` in memory with diffusers' own loader (given state dicts,
-    not files); tokens the pipeline already has are skipped. Returns the token strings in order."""
-    present = pipe.tokenizer.get_vocab()
-    todo = [e for e in embeddings if e.token not in present]
-    if todo:
-        pipe.load_textual_inversion([{e.token: e.vectors} for e in todo])
+    """Put token embeddings into ``pipe`` in memory; returns the token strings in order.
+
+    New tokens go through diffusers' own loader (given state dicts, not files). A token the
+    pipeline already holds (a cached pipeline that trained it, or loaded it for an earlier stage)
+    gets its rows overwritten with these vectors: loading twice never adds a token twice, and the
+    rows are always exactly the file's, whatever the pipeline held before."""
+    vocab = pipe.tokenizer.get_vocab()
+    new, present = [], []
+    for e in embeddings:
+        names = vector_tokens(e.token, e.vectors.reshape(-1, e.vectors.shape[-1]).shape[0])
+        added_tokens(pipe).update(names)
+        held = [n in vocab for n in names]
+        if not any(held):
+            new.append(e)
+        elif all(held) and f"{e.token}_{len(names)}" not in vocab:
+            present.append((e, names))
+        else:
+            raise AugmentError(f"the pipeline already holds {e.token!r} with another number of vectors than its "
+                               "token file; load a fresh pipeline or pick another run folder")
+    if new:
+        pipe.load_textual_inversion([{e.token: e.vectors} for e in new])
+    weight = pipe.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for e, names in present:
+            ids = pipe.tokenizer.convert_tokens_to_ids(names)
+            weight[ids] = e.vectors.reshape(len(names), -1).to(weight.device, weight.dtype)
     return [e.token for e in embeddings]
 
 

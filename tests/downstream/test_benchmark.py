@@ -171,6 +171,32 @@ def test_cell_worker_trains_from_the_images_a_cell_carries(tmp_path, run, digits
     torch.testing.assert_close(reals.get()[1], _kshot_reals(digits, 1, 0, TINY.input_size)[1])
 
 
+def test_cell_worker_starts_from_the_checkpoint_the_driver_read(tmp_path, run, digits):
+    """train.checkpoint travels with the factory (a Payload), like the classifier checkpoints:
+    the cell trains the same as from the file, after the file is gone."""
+    import dataclasses
+
+    from augment.downstream.benchmark import _kshot_reals
+    from augment.downstream.mixing import load_split
+    from augment.downstream.train import create_classifier, read_checkpoint, save_checkpoint, sidecar
+    from augment.shipping import Payload
+
+    model, _ = create_classifier(TINY, 10)
+    path = save_checkpoint(model, tmp_path / "init.safetensors", sidecar(TINY, digits.class_names))
+    settings = dataclasses.replace(TINY, checkpoint=str(path))
+    arm = Arm("real")
+    test = Payload(load_split(digits, "test", TINY.input_size))
+    reals = Payload(_kshot_reals(digits, 1, 0, TINY.input_size))
+    cell = CellUnit("key", 1, arm, 0, reals, test, None)
+    from_file = CellWorker(settings, digits.class_names).run(cell)
+    shipped = Payload(read_checkpoint(settings))
+    path.unlink()
+    with pytest.raises(AugmentError, match="does not exist"):  # read by path, as before
+        CellWorker(settings, digits.class_names).run(cell)
+    row = CellWorker(settings, digits.class_names, shipped).run(cell)
+    assert (row.top1, row.top5) == (from_file.top1, from_file.top5)
+
+
 # a line of benchmark-cells.jsonl as written before the cells were typed: caches must stay valid
 OLD_CACHE_LINE = (
     '{"arm": "real + baseline synthetic (p=0.5)", "arm_spec": {"min_confidence": 0.0, "prob": 0.5, '

@@ -77,6 +77,27 @@ def test_checkpoint_init_reinitialises_a_head_of_another_size(tmp_path):
         create_classifier(TrainSettings(arch="resnet10t", checkpoint=str(tmp_path / "c.safetensors")), 10)
 
 
+def test_checkpoint_read_by_the_driver_needs_no_file_on_the_worker(tmp_path):
+    """Issue 11: benchmark actors read train.checkpoint by path; now the driver ships its bytes."""
+    import pickle
+
+    from augment.downstream.train import read_checkpoint, save_checkpoint, sidecar
+
+    s3 = TrainSettings(arch="test_resnet")
+    model3, _ = create_classifier(s3, 3)
+    path = save_checkpoint(model3, tmp_path / "c.safetensors", sidecar(s3, ["a", "b", "c"]))
+    settings = TrainSettings(arch="test_resnet", checkpoint=str(path))
+    shipped = pickle.loads(pickle.dumps(read_checkpoint(settings)))  # as it crosses to an actor
+    path.unlink()  # the worker's node does not have it
+    model, note = create_classifier(settings, 3, shipped)
+    assert note["checkpoint"] == str(path)
+    for key, value in model3.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(AugmentError, match=r"c.safetensors \(train.checkpoint\) does not exist"):
+        read_checkpoint(settings)
+    assert read_checkpoint(TrainSettings(arch="test_resnet")) is None
+
+
 def test_bad_settings():
     with pytest.raises(AugmentError, match="unknown timm architecture"):
         create_classifier(TrainSettings(arch="resnet_does_not_exist"), 10)

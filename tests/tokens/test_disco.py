@@ -125,10 +125,46 @@ def test_token_embedding_loads_in_memory_like_its_file(micro_pipe, micro_pipelin
         p.unlink()
     in_memory = load_backbone(str(micro_pipeline_dir))
     assert add_embeddings(in_memory, embs) == ["<c0001>", "<c0002>"]
-    assert add_embeddings(in_memory, embs[:1]) == ["<c0001>"]  # already present: skipped, not an error
+    assert add_embeddings(in_memory, embs[:1]) == ["<c0001>"]  # already present: rewritten, not an error
     assert "<c0002>_1" in in_memory.tokenizer.get_vocab()  # a 2-vector (CASO) token adds token_1
     torch.testing.assert_close(in_memory.text_encoder.get_input_embeddings().weight,
                                from_files.text_encoder.get_input_embeddings().weight, rtol=0, atol=0)
+
+
+def test_loading_a_held_token_again_overwrites_its_rows(micro_pipe):
+    """A pipeline cached for several stages may hold a token already (trained there, or loaded for
+    an earlier stage): loading it again rewrites its rows with the new vectors and adds nothing."""
+    from augment.tokens.textual_inversion import TokenEmbedding, added_tokens
+
+    hidden = micro_pipe.text_encoder.config.hidden_size
+    first = [TokenEmbedding("<c0001>", torch.randn(1, hidden), "a"), TokenEmbedding("<c0002>", torch.randn(2, hidden), "b")]
+    add_embeddings(micro_pipe, first)
+    vocab = len(micro_pipe.tokenizer)
+    rows = micro_pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    again = [TokenEmbedding(e.token, torch.randn_like(e.vectors), e.sha256) for e in first]
+    assert add_embeddings(micro_pipe, again) == ["<c0001>", "<c0002>"]
+    assert len(micro_pipe.tokenizer) == vocab and micro_pipe.text_encoder.get_input_embeddings().weight.shape[0] == rows
+    weight = micro_pipe.text_encoder.get_input_embeddings().weight
+    for e in again:
+        ids = micro_pipe.tokenizer.convert_tokens_to_ids([e.token] + [f"{e.token}_{i}" for i in range(1, len(e.vectors))])
+        torch.testing.assert_close(weight[ids], e.vectors, rtol=0, atol=0)
+    assert {"<c0001>", "<c0002>", "<c0002>_1"} <= added_tokens(micro_pipe)
+    with pytest.raises(AugmentError, match="another number of vectors"):
+        add_embeddings(micro_pipe, [TokenEmbedding("<c0002>", torch.randn(1, hidden), "c")])
+
+
+def test_a_token_loaded_into_a_cached_pipeline_can_be_trained_again(micro_pipe, micro_classifier):
+    """A pipeline that loaded <c0001> for a generate stage (augment added it) trains it again in a
+    later token stage; a token that came with the model is still refused."""
+    from augment.tokens.textual_inversion import TokenEmbedding
+
+    hidden = micro_pipe.text_encoder.config.hidden_size
+    add_embeddings(micro_pipe, [TokenEmbedding("<c0001>", torch.randn(1, hidden), "a")])
+    res = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=1), run_seed=0, resolution=32).train(1, "dog")
+    assert res.status == "ok", res.error
+    micro_pipe.tokenizer.add_tokens(["<c0002>"])  # as if the model shipped with it
+    with pytest.raises(AugmentError, match="already contains"):
+        DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=1), run_seed=0, resolution=32).train(2, "cat")
 
 
 def test_corrupt_token_file_is_one_line(tmp_path):
