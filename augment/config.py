@@ -126,6 +126,8 @@ class TrainConfig:
             raise AugmentError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
         if self.eval_every < 0:
             raise AugmentError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}")
+        if not self.distill_temperature > 0:
+            raise AugmentError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise AugmentError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
 
