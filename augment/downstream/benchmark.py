@@ -148,7 +148,7 @@ def _cell_key(arm: Arm, k: int, seed: int, settings: TrainSettings, fp: str | No
     s = settings.to_dict()
     for volatile in ("seed", "device", "eval_every", "eval_batch_size"):
         s.pop(volatile, None)
-    blob = json.dumps({"arm": arm.key_fields(), "k": k, "seed": seed, "settings": s, "data": fp, "dataset": dataset},
+    blob = json.dumps({"arm": arm.to_json(), "k": k, "seed": seed, "settings": s, "data": fp, "dataset": dataset},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

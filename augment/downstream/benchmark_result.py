@@ -51,9 +51,9 @@ class Arm:
                    self.distill, (self.temperature if self.temperature is not None else temperature) if self.distill
                    else None)
 
-    def key_fields(self) -> dict[str, Any]:
-        """The fields a cell's cache key hashes: the distillation ones only when set, so that cells
-        cached before distillation existed keep their keys."""
+    def to_json(self) -> dict[str, Any]:
+        """The arm's fields, the distillation ones only when set: cache keys (which hash this) and
+        cache lines of arms without distillation stay what they were before it existed."""
         d = asdict(self)
         if not self.distill:
             d.pop("distill")
@@ -146,8 +146,8 @@ class BenchmarkCell:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        """The cache line's object (``arm_spec`` as ``asdict(Arm)``)."""
-        return json_safe(asdict(self))
+        """The cache line's object (``arm_spec`` as :meth:`Arm.to_json`)."""
+        return json_safe({**asdict(self), "arm_spec": self.arm_spec.to_json()})
 
     @classmethod
     def from_json(cls, data: Any) -> BenchmarkCell:
@@ -219,7 +219,9 @@ class BenchmarkResult:
     def to_json(self) -> dict[str, Any]:
         """The benchmark.json document (each arm carries its ``label`` beside its fields)."""
         doc = asdict(self)
-        doc["arms"] = [{"label": a.label, **asdict(a)} for a in self.arms]
+        doc["arms"] = [{"label": a.label, **a.to_json()} for a in self.arms]
+        doc["summary"] = [{**asdict(s), "arm_spec": s.arm_spec.to_json()} for s in self.summary]
+        doc["cells"] = [c.to_json() for c in self.cells]
         return json_safe(doc)
 
     @classmethod
