@@ -38,7 +38,8 @@ COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names"
 
 @dataclass
 class GenerateSummary(stage.StageSummary):
-    """``classes``/``samples``/``shards``: what the plan holds (done now or before); ``written``:
+    """``classes``/``samples``/``shards``: what the plan holds (done now or before; under
+    ``--min-confidence``, ``samples`` counts the images the done shards kept); ``written``:
     the shards written by this call; ``mean_confidence``: over every manifest row of the arm;
     ``acceptance``: under ``--min-confidence``, the draws per class over the plan's done shards
     (``class_names`` names them), as written to the arm's ``acceptance.json``."""
@@ -207,8 +208,10 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
     def summary(self, **common: Any) -> GenerateSummary:
         g = self.cfg.generate
         acceptance = arm_acceptance(self.arm, self.units) if g.min_confidence > 0 else None
-        samples = sum(len(u.entries) for u in self.units) if acceptance is None else sum(
-            a.accepted for a in acceptance.classes)
+        if g.min_confidence <= 0:
+            samples = sum(len(u.entries) for u in self.units)
+        else:  # what the done shards kept: the plan's slots are an upper bound
+            samples = sum(a.accepted for a in acceptance.classes) if acceptance is not None else 0
         return GenerateSummary(**common, classes=len(self.classes), samples=samples,
                                shards=len({u.index for u in self.units}), mean_confidence=_mean_confidence(self.arm),
                                acceptance=acceptance, class_names=self.names)
