@@ -59,8 +59,9 @@ class GenerateConfig:
     batch_size: int | None = None  # None: chosen per device
     shard_size: int = 1000
     image_format: str = "jpg"
-    min_confidence: float = 0.0
-    max_attempts: int = 5  # per sample, with --min-confidence
+    min_confidence: float = 0.0  # > 0: rejection sampling, only images the guide gives this confidence are kept
+    max_attempts: int = 5  # with --min-confidence: a class may draw max_attempts x its images (per shard), then stops
+    soft_labels: int = 5  # top-k of the guide's probabilities stored per sample (0: none; >= classes: the full vector)
 
 
 #: metadata of the TrainConfig fields that say how synthetic images are mixed in and which grid
@@ -102,6 +103,8 @@ class TrainConfig:
     synthetic_prob: float = field(default=0.5, metadata=_MIX_OR_GRID)
     synthetic_weight: float = field(default=1.0, metadata=_MIX_OR_GRID)
     min_confidence: float = field(default=0.0, metadata=_MIX_OR_GRID)
+    distill: bool = field(default=False, metadata=_MIX_OR_GRID)  # synthetic samples learn the guide's soft labels
+    distill_temperature: float = field(default=1.0, metadata=_MIX_OR_GRID)  # softens the stored targets (p ** 1/T)
     k_values: list[int] = field(default_factory=lambda: [0, 3, 9, 15], metadata=_MIX_OR_GRID)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_MIX_OR_GRID)
 
@@ -123,6 +126,8 @@ class TrainConfig:
             raise AugmentError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
         if self.eval_every < 0:
             raise AugmentError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}")
+        if not self.distill_temperature > 0:
+            raise AugmentError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise AugmentError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
 

@@ -47,12 +47,14 @@ train_options = add_options([
         click.option("--synthetic-prob", help="Probability that a drawn sample is synthetic, or 'natural' (default: train.synthetic_prob)."),
         click.option("--synthetic-weight", type=float, help="Loss weight of synthetic samples (default: train.synthetic_weight)."),
         click.option("--min-confidence", type=float, help="Drop synthetic images whose guide_confidence is lower (default: train.min_confidence)."),
+        click.option("--distill-temperature", type=float,
+                     help="Temperature of the soft labels synthetic images learn with distillation (default: train.distill_temperature)."),
         click.option("--threads", type=int, help="torch CPU threads (train: torch's default; benchmark: 1, faster for tiny CNNs on shared cores)."),
 ])
 
 
 TRAIN_KEYS = ("arch", "arch_kwargs", "epochs", "samples_per_epoch", "batch_size", "lr", "hflip", "input_size",
-              "synthetic_prob", "synthetic_weight", "min_confidence")
+              "synthetic_prob", "synthetic_weight", "min_confidence", "distill_temperature")
 
 
 def torch_threads_unset() -> bool:
@@ -83,7 +85,7 @@ def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None)
             raise AugmentError("--arch-kwargs must be a JSON object of keyword arguments")
     prob = _prob(vals.pop("synthetic_prob"))
     cfg_over = {f"train.{k}": vals[k] for k in ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "input_size",
-                                                "synthetic_weight", "min_confidence")}
+                                                "synthetic_weight", "min_confidence", "distill_temperature")}
     if prob != "unset" and prob is not None:
         cfg_over["train.synthetic_prob"] = prob
     only = {"samples_per_epoch": vals["samples_per_epoch"], "hflip": vals["hflip"],
@@ -117,10 +119,13 @@ def _dataset(cfg):
 @click.option("--synthetic", "synthetic", multiple=True, type=click.Path(file_okay=False),
               help="Synthetic run folder (token arm: OUT, baseline arm: OUT/baseline); repeatable.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Start from this state dict (.safetensors/.pth) instead of scratch.")
+@click.option("--distill/--no-distill", default=None,
+              help="Train the synthetic images on the guide's soft labels (their manifests' top-k) instead of their "
+                   "class; real images keep their labels (default: train.distill).")
 @click.option("--split", default="train", show_default=True, help="Real split the k-shot images come from.")
 @click.option("--test-split", default="test", show_default=True, help="Real split evaluated after every epoch.")
-def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None, split: str, test_split: str,
-          **kwargs) -> None:
+def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None, distill: bool | None, split: str,
+          test_split: str, **kwargs) -> None:
     """Train a timm classifier on k real images per class plus synthetic shards; test on the real test split.
 
     Writes OUT/metrics.json (top-1/top-5, per-class accuracy, confusion matrix, config) and the best
@@ -134,7 +139,7 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     cfg_over, only = _train_overrides(kwargs)
     run = str(RunDir.locate(synthetic[0])[0]) if synthetic else None
     kwargs["out"] = None
-    cfg = build_config(kwargs, cfg_over, run=run)
+    cfg = build_config(kwargs, cfg_over | {"train.distill": distill}, run=run)
     if checkpoint:
         cfg.train.checkpoint = checkpoint
     settings = _settings(cfg, only)
@@ -142,7 +147,8 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     dataset = _dataset(cfg)
     prob = None if only["natural"] else cfg.train.synthetic_prob
     mixed = make_mixed_dataset(dataset, k, cfg.seed, synthetic, prob, cfg.train.synthetic_weight,
-                               cfg.train.min_confidence, settings.input_size, split)
+                               cfg.train.min_confidence, settings.input_size, split,
+                               distill_temperature=cfg.train.distill_temperature if cfg.train.distill else None)
     test_images, test_labels = load_split(dataset, test_split, settings.input_size)
     if out_flag:
         out = Path(out_flag)
@@ -154,10 +160,12 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
         dropped = ", ".join(f"{n} {r}" for r, n in s.dropped.items())
         click.echo(f"synthetic {s.root}: {s.kept} of {s.total} images" + (f" (dropped {dropped})" if dropped else ""))
     click.echo(f"training {settings.arch} on {mixed.n_real} real ({k}/class from {split}) + {mixed.n_synthetic} synthetic "
-               f"images (synthetic share {mixed.effective_prob:.2f}, weight {mixed.synthetic_weight:g}) for "
+               f"images (synthetic share {mixed.effective_prob:.2f}, weight {mixed.synthetic_weight:g}"
+               + (f", soft labels at T={mixed.distill_temperature:g}" if mixed.distill_temperature else "") + ") for "
                f"{settings.epochs} epochs -> {out}")
     extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split, "test_split": test_split,
-             "synthetic": [str(s) for s in synthetic], "seed": cfg.seed}
+             "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
+             "distill_temperature": mixed.distill_temperature}
     result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
     final, best = result.metrics["final"], result.metrics["best"]
     click.echo(f"test top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}% after {settings.epochs} epochs; "
@@ -207,8 +215,9 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
 @click.option("--k", "k_values", help="Real images per class to try, comma-separated (default: train.k_values, 0,3,9,15).")
 @click.option("--seeds", help="Number of seeds N (0..N-1) or a comma-separated list (default: train.seeds).")
 @click.option("--arm", "arms", multiple=True,
-              help="An arm: real | baseline | token, with options, e.g. token:conf=0.9 or token:prob=0.2,weight=0.5; "
-                   "repeatable (default: real, baseline, token, baseline:conf=0.9, token:conf=0.9, token:weight=0.5).")
+              help="An arm: real | baseline | token, with options, e.g. token:conf=0.9, token:prob=0.2,weight=0.5 or "
+                   "token:distill (soft labels); repeatable (default: real, baseline, token, baseline:conf=0.9, "
+                   "token:conf=0.9, token:weight=0.5, token:distill).")
 @click.option("--test-split", default="test", show_default=True, help="Real split the classifiers are tested on.")
 @click.option("--fresh", is_flag=True, help="Retrain every cell (default: reuse cells cached in OUT/report/).")
 @click.option("--build/--no-build", "build_missing", default=True, show_default=True,
@@ -226,7 +235,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     from tqdm.auto import tqdm
 
     from augment.downstream.arms import build_missing_arms
-    from augment.downstream.benchmark import DEFAULT_ARMS, render_text, run_benchmark
+    from augment.downstream.benchmark import default_arms, render_text, run_benchmark
     # tiny CNNs at 32x32 gain nothing from a second intra-op thread and lose several-fold when
     # the cores are shared, so the grid runs single-threaded unless told otherwise
     cfg_over, only = _train_overrides(kwargs, default_threads=1)
@@ -236,9 +245,10 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     kwargs["out"] = None
     cfg = build_config(kwargs, cfg_over, run=out)
     if build_missing:
-        build_missing_arms(cfg, RunDir(out), arms or DEFAULT_ARMS, click.echo)
+        build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo)
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
+    arms = arms or default_arms(out, click.echo)
     ks = int_list(k_values, "--k") or list(cfg.train.k_values)
     seed_list = int_list(seeds, "--seeds")
     if seed_list is not None and len(seed_list) == 1 and seeds and "," not in seeds:
@@ -249,12 +259,13 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     settings = _settings(cfg, only, seed=0)
     prob = None if only["natural"] else cfg.train.synthetic_prob
     dataset = _dataset(cfg)
-    n_cells = len(ks) * len(arms or DEFAULT_ARMS) * len(seed_list)
-    click.echo(f"benchmark: k={ks}, {len(arms or DEFAULT_ARMS)} arms, seeds {seed_list} (up to {n_cells} cells), "
+    n_cells = len(ks) * len(arms) * len(seed_list)
+    click.echo(f"benchmark: k={ks}, {len(arms)} arms, seeds {seed_list} (up to {n_cells} cells), "
                f"{settings.arch} x {settings.epochs} epochs, run {out}, "
                + (f"{cfg.workers} Ray workers" if cfg.workers > 0 else "inline"))
-    result = run_benchmark(out, dataset, settings, ks, seed_list, arms or DEFAULT_ARMS, prob,
-                           cfg.train.synthetic_weight, cfg.train.min_confidence, test_split, resume=not fresh,
+    result = run_benchmark(out, dataset, settings, ks, seed_list, arms, prob,
+                           cfg.train.synthetic_weight, cfg.train.min_confidence, test_split,
+                           distill_temperature=cfg.train.distill_temperature, resume=not fresh,
                            log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address,
                            gpus_per_worker=cfg.gpus_per_worker, placement_timeout=cfg.placement_timeout)
     click.echo("")

@@ -26,8 +26,11 @@ generate_options = add_options([
     click.option("--batch-size", type=int, help="Images per sampler call (default: chosen per device)."),
     click.option("--steps", type=int, help="Denoising steps."),
     click.option("--guidance-scale", type=float, help="Classifier-free guidance scale."),
-    click.option("--min-confidence", type=float, help="Regenerate samples whose guide confidence is below this (0 = keep all)."),
-    click.option("--max-attempts", type=int, help="Seeds tried per sample under --min-confidence."),
+    click.option("--min-confidence", type=float,
+                 help="Rejection sampling: keep only images the guide gives at least this confidence; each class "
+                      "draws new seeds until it has --per-class images or its budget is spent (0 = keep all)."),
+    click.option("--max-attempts", type=int,
+                 help="Under --min-confidence: a class's budget, in draws per requested image (default 5)."),
 ])
 
 GENERATE_KEYS = ("per_class", "shard_size", "image_format", "batch_size", "steps", "guidance_scale", "min_confidence",
@@ -55,6 +58,15 @@ def print_generate(s) -> None:
     conf = f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""
     click.echo(f"generate: {s.samples} samples of {s.classes} classes in {s.shards} shards "
                f"({s.written} written, {s.skipped} already done) in {s.seconds:.0f}s{conf} -> {s.out}")
+    if s.acceptance is not None:
+        a = s.acceptance
+        names = s.class_names or []
+        click.echo(f"  acceptance at guide confidence >= {a.min_confidence:g} (kept/drawn, budget {a.max_attempts} "
+                   f"draws per image; {RunDir(s.out).acceptance_json.name}):")
+        click.echo("  " + ", ".join(
+            f"{names[c.class_index] if c.class_index < len(names) else c.class_index} {c.accepted}/{c.attempts}"
+            f" ({100 * (c.rate or 0):.0f}%)" + ("" if c.accepted == c.slots else f" short {c.slots - c.accepted}")
+            for c in a.classes))
     print_failed(s.failed)
 
 

@@ -9,6 +9,8 @@ added to the k reals and how it is mixed:
     token:conf=0.9                + token images whose guide_confidence >= 0.9
     token:weight=0.5              + token images with loss weight 0.5
     token:prob=0.2                + token images drawn with probability 0.2 per sample
+    token:distill                 + token images trained on the guide's soft labels (their manifests'
+                                  top-k; temperature train.distill_temperature, or token:distill=2)
 
 Options combine (``token:conf=0.5,prob=0.25,weight=0.5``); an arm's unset options take the
 benchmark's defaults (``--synthetic-prob`` etc.). Each cell trains a fresh classifier with the
@@ -34,11 +36,12 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 
 from augment.datasets.base import Dataset
@@ -61,7 +64,7 @@ from augment.downstream.mixing import (
 )
 from augment.downstream.train import TrainSettings, read_checkpoint, train_classifier
 from augment.errors import AugmentError
-from augment.io.rundir import ArmDir, RunDir
+from augment.io.rundir import ArmDir, RunDir, parse_shard_name
 from augment.io.shards import shard_urls
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
@@ -75,6 +78,7 @@ __all__ = [
     "CellUnit",
     "CellWorker",
     "arm_sources",
+    "default_arms",
     "parse_arm",
     "render_markdown",
     "render_text",
@@ -82,8 +86,10 @@ __all__ = [
 ]
 
 #: real only; each synthetic arm as is; both filtered by the guide's confidence (the same filter on
-#: the baseline separates "the token helps" from "the filter helps"); and loss weighting
-DEFAULT_ARMS = ("real", "baseline", "token", "baseline:conf=0.9", "token:conf=0.9", "token:weight=0.5")
+#: the baseline separates "the token helps" from "the filter helps"); loss weighting; and the token
+#: images distilled (trained on the guide's soft labels instead of their class)
+DEFAULT_ARMS = ("real", "baseline", "token", "baseline:conf=0.9", "token:conf=0.9", "token:weight=0.5",
+                "token:distill")
 
 #: uint8 images (N,3,H,W) and int64 labels (N,)
 Images = tuple[torch.Tensor, torch.Tensor]
@@ -113,6 +119,23 @@ def arm_sources(out: str | Path) -> dict[str, ArmDir]:
     return {source: run.arm_dir(source) for source in SOURCES if source != "real"}
 
 
+def default_arms(out: str | Path, log: Callable[[str], None]) -> tuple[str, ...]:
+    """:data:`DEFAULT_ARMS`, less the distilled arm when the token arm's manifests carry no soft
+    labels (a run generated before they existed, or with ``soft_labels: 0``): the default grid of
+    such a run still runs."""
+    token = RunDir(out).arm_dir("token")
+    urls = shard_urls(token)
+    if urls:
+        first = token.manifest_path(parse_shard_name(Path(urls[0]).name) or 0)
+        has = "soft_classes" in pq.read_schema(first).names and \
+            pq.read_table(first, columns=["soft_classes"]).column("soft_classes").null_count == 0
+        if not has:
+            log(f"benchmark: {token.manifests} has no soft labels (generated before them); skipping the "
+                "distilled arm (regenerate the token arm into a fresh --out to add it)")
+            return tuple(a for a in DEFAULT_ARMS if not parse_arm(a).distill)
+    return DEFAULT_ARMS
+
+
 def _fingerprint(arm: ArmDir) -> str:
     """Changes when the arm's shards change (names, sizes and mtimes of its manifests)."""
     h = hashlib.sha256()
@@ -126,7 +149,7 @@ def _cell_key(arm: Arm, k: int, seed: int, settings: TrainSettings, fp: str | No
     s = settings.to_dict()
     for volatile in ("seed", "device", "eval_every", "eval_batch_size"):
         s.pop(volatile, None)
-    blob = json.dumps({"arm": asdict(arm), "k": k, "seed": seed, "settings": s, "data": fp, "dataset": dataset},
+    blob = json.dumps({"arm": arm.to_json(), "k": k, "seed": seed, "settings": s, "data": fp, "dataset": dataset},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -177,7 +200,8 @@ class CellWorker:
             real_images = torch.zeros(0, *test_images.shape[1:], dtype=torch.uint8)
         sets = [self.shared(cell.synthetic)] if cell.synthetic is not None else []
         mixed = MixedDataset(real_images, real_labels, sets, self.class_names,
-                             arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0)
+                             arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0,
+                             distill_temperature=(arm.temperature or 1.0) if arm.distill else None)
         # only the last epoch counts here, so skip the per-epoch test passes (~15% of a cell)
         s = dataclasses.replace(settings, seed=seed, eval_every=0)
         result = train_classifier(mixed, test_images, test_labels, s, out=None, progress=False,
@@ -216,6 +240,7 @@ def run_benchmark(
     synthetic_weight: float = 1.0,
     min_confidence: float = 0.0,
     test_split: str = "test",
+    distill_temperature: float = 1.0,
     resume: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -237,7 +262,8 @@ def run_benchmark(
     run = RunDir(out)
     log = log or (lambda msg: None)
     arms = [a if isinstance(a, Arm) else parse_arm(a) for a in arms]
-    arms = list(dict.fromkeys(a.resolved(synthetic_prob, synthetic_weight, min_confidence) for a in arms))
+    arms = list(dict.fromkeys(a.resolved(synthetic_prob, synthetic_weight, min_confidence, distill_temperature)
+                              for a in arms))
     k_values = sorted(set(int(k) for k in k_values))
     if not k_values or min(k_values) < 0:
         raise AugmentError(f"--k needs values >= 0, got {k_values}")
@@ -260,6 +286,9 @@ def run_benchmark(
     test = Payload(load_split(dataset, test_split, size))
     synthetic = {(a.source, float(a.min_confidence or 0.0)): a for a in arms if a.synthetic}
     syn_sets = {key: Payload(_read_arm(sources, a, dataset, size, log)) for key, a in synthetic.items()}
+    for a in arms:  # a set without soft labels fails here, once, not in every distilled cell
+        if a.distill:
+            syn_sets[a.source, float(a.min_confidence or 0.0)].get()[0].soft_targets(len(dataset.class_names), 1.0)
     fps = {s: _fingerprint(p) for s, p in sources.items() if any(a.source == s for a in arms)}
     cache_path = run.benchmark_cells
     cache = _read_cache(cache_path) if resume else {}

@@ -22,7 +22,7 @@ __all__ = ["SOURCES", "Arm", "BenchmarkCell", "BenchmarkResult", "SummaryRow", "
 #: what an arm adds to the k reals: nothing, or the images of one run-folder arm (augment.io.rundir.ARMS)
 SOURCES = ("real", "baseline", "token")
 _KEYS = {"prob": "prob", "p": "prob", "weight": "weight", "w": "weight", "conf": "min_confidence",
-         "min_confidence": "min_confidence"}
+         "min_confidence": "min_confidence", "temperature": "temperature", "t": "temperature"}
 
 
 @dataclass(frozen=True)
@@ -34,17 +34,31 @@ class Arm:
     prob: float | None = None
     weight: float | None = None
     min_confidence: float | None = None
+    #: distillation: the synthetic images learn the guide's soft labels at temperature ``temperature``
+    distill: bool = False
+    temperature: float | None = None
 
     @property
     def synthetic(self) -> bool:
         return self.source != "real"
 
-    def resolved(self, prob: float | None, weight: float, min_confidence: float) -> Arm:
+    def resolved(self, prob: float | None, weight: float, min_confidence: float, temperature: float = 1.0) -> Arm:
         if not self.synthetic:
             return self
         return Arm(self.source, self.prob if self.prob is not None else prob,
                    self.weight if self.weight is not None else weight,
-                   self.min_confidence if self.min_confidence is not None else min_confidence)
+                   self.min_confidence if self.min_confidence is not None else min_confidence,
+                   self.distill, (self.temperature if self.temperature is not None else temperature) if self.distill
+                   else None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The arm's fields, the distillation ones only when set: cache keys (which hash this) and
+        cache lines of arms without distillation stay what they were before it existed."""
+        d = asdict(self)
+        if not self.distill:
+            d.pop("distill")
+            d.pop("temperature")
+        return d
 
     @property
     def label(self) -> str:
@@ -59,27 +73,39 @@ class Arm:
             extras.append("p=natural")
         if self.weight is not None and self.weight != 1.0:
             extras.append(f"w={self.weight:g}")
+        if self.distill:
+            extras.append("distilled" + (f" T={self.temperature:g}" if self.temperature is not None else ""))
         return f"real + {self.source} synthetic" + (f" ({', '.join(extras)})" if extras else "")
 
     @classmethod
     def from_json(cls, data: Any, where: str = "arm") -> Arm:
-        """An ``arm_spec`` object (``asdict(arm)``; a ``label`` key, as benchmark.json's arms carry, is ignored)."""
+        """An ``arm_spec`` object (``asdict(arm)``; a ``label`` key, as benchmark.json's arms carry, is ignored;
+        the distillation fields default when absent, as in files written before they existed)."""
+        if isinstance(data, dict):
+            data = {"distill": False, "temperature": None, **data}
         return cls(**require_fields(cls, data, where))
 
 
 def parse_arm(spec: str) -> Arm:
     """``SOURCE[:key=value,...]`` with SOURCE real / baseline / token and keys prob (p), weight (w),
-    conf (min_confidence); see :mod:`augment.downstream.benchmark`."""
+    conf (min_confidence), and ``distill`` (or ``distill=T``: soft labels at temperature T); see
+    :mod:`augment.downstream.benchmark`."""
     source, _, rest = spec.strip().partition(":")
     source = source.strip().lower()
     if source not in SOURCES:
         raise AugmentError(f"--arm {spec!r}: source {source!r} is not one of {', '.join(SOURCES)}")
-    values: dict[str, float | None] = {}
+    values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
+        if key.strip().lower() == "distill":
+            values["distill"] = True
+            if not eq:
+                continue
+            key = "temperature"
         field = _KEYS.get(key.strip().lower())
         if not eq or field is None:
-            raise AugmentError(f"--arm {spec!r}: cannot read {part!r}; use prob=0.5, weight=0.5 or conf=0.9")
+            raise AugmentError(f"--arm {spec!r}: cannot read {part!r}; use prob=0.5, weight=0.5, conf=0.9, distill "
+                               "or distill=2")
         try:
             values[field] = float(value)
         except ValueError:
@@ -93,6 +119,8 @@ def parse_arm(spec: str) -> Arm:
         raise AugmentError(f"--arm {spec!r}: conf must be in [0, 1]")
     if arm.weight is not None and arm.weight < 0:
         raise AugmentError(f"--arm {spec!r}: weight must be >= 0")
+    if arm.temperature is not None and not arm.temperature > 0:
+        raise AugmentError(f"--arm {spec!r}: the distillation temperature must be > 0")
     return arm
 
 
@@ -118,8 +146,8 @@ class BenchmarkCell:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        """The cache line's object (``arm_spec`` as ``asdict(Arm)``)."""
-        return json_safe(asdict(self))
+        """The cache line's object (``arm_spec`` as :meth:`Arm.to_json`)."""
+        return json_safe({**asdict(self), "arm_spec": self.arm_spec.to_json()})
 
     @classmethod
     def from_json(cls, data: Any) -> BenchmarkCell:
@@ -191,7 +219,9 @@ class BenchmarkResult:
     def to_json(self) -> dict[str, Any]:
         """The benchmark.json document (each arm carries its ``label`` beside its fields)."""
         doc = asdict(self)
-        doc["arms"] = [{"label": a.label, **asdict(a)} for a in self.arms]
+        doc["arms"] = [{"label": a.label, **a.to_json()} for a in self.arms]
+        doc["summary"] = [{**asdict(s), "arm_spec": s.arm_spec.to_json()} for s in self.summary]
+        doc["cells"] = [c.to_json() for c in self.cells]
         return json_safe(doc)
 
     @classmethod

@@ -84,7 +84,9 @@ class SyntheticSet:
     """One arm's shards after the confidence filter, with labels already in the dataset's indices.
 
     ``keys``/``labels``/``confidence`` are the kept rows in manifest order; ``dropped`` counts the
-    removed rows per reason (shown to the user, and written to metrics.json).
+    removed rows per reason (shown to the user, and written to metrics.json). ``soft`` holds each
+    kept row's soft label (the guide's top-k: dataset class indices and probabilities) or None
+    where the manifest has none (generated before soft labels, or with ``soft_labels: 0``).
     """
 
     root: Path
@@ -95,10 +97,27 @@ class SyntheticSet:
     total: int
     dropped: dict[str, int] = field(default_factory=dict)
     min_confidence: float = 0.0
+    soft: list[tuple[list[int], list[float]] | None] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
         return len(self.keys)
+
+    def soft_targets(self, num_classes: int, temperature: float) -> torch.Tensor:
+        """The distillation targets (kept rows x classes): each soft label's probabilities raised to
+        ``1 / temperature`` and renormalised over its top-k (the classes outside it get 0).
+        AugmentError when a row has no soft label."""
+        missing = sum(s is None for s in self.soft) + max(0, self.kept - len(self.soft))
+        if missing:
+            raise AugmentError(
+                f"synthetic set {self.root}: {missing} of {self.kept} images have no soft label (generated "
+                "before soft labels, or with generate.soft_labels: 0); regenerate it, or train without distillation"
+            )
+        out = torch.zeros(self.kept, num_classes)
+        for row, (classes, probs) in enumerate(self.soft):  # type: ignore[misc]
+            p = torch.tensor(probs, dtype=torch.float64).clamp_min(1e-12) ** (1.0 / temperature)
+            out[row, torch.tensor(classes, dtype=torch.int64)] = (p / p.sum()).float()
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -134,6 +153,28 @@ def _class_map(table: pa.Table, class_names: Sequence[str], where: Path) -> dict
             f"(dataset classes: {expected}); generate it with the same --dataset / class list"
         )
     return {idx: wanted[norm_name(name)] for idx, name in by_index.items()}
+
+
+def _soft_labels(table: pa.Table, root: Path, class_names: Sequence[str]) -> list[tuple[list[int], list[float]] | None]:
+    """Each row's soft label in the dataset's class indices. The manifest's ``soft_classes`` index
+    the guide's classes, which are the run's ``class_names`` (run.json); classes the dataset lacks
+    are left out. Rows without one (older manifests) give None."""
+    if "soft_classes" not in table.column_names:
+        return [None] * table.num_rows
+    from augment.io.rundir import ArmDir, read_run_json
+
+    wanted = {norm_name(n): i for i, n in enumerate(class_names)}
+    run_names = (read_run_json(ArmDir(root)) or {}).get("class_names") or list(class_names)
+    to_dataset = {i: wanted[norm_name(n)] for i, n in enumerate(run_names) if norm_name(n) in wanted}
+    out: list[tuple[list[int], list[float]] | None] = []
+    for classes, probs in zip(table.column("soft_classes").to_pylist(), table.column("soft_probs").to_pylist(),
+                              strict=True):
+        if classes is None or probs is None:
+            out.append(None)
+            continue
+        pairs = [(to_dataset[c], p) for c, p in zip(classes, probs, strict=True) if c in to_dataset]
+        out.append(([c for c, _ in pairs], [p for _, p in pairs]) if pairs else None)
+    return out
 
 
 def load_synthetic(
@@ -183,6 +224,7 @@ def load_synthetic(
     idx = np.flatnonzero(keep)
     keys = table.column("key").to_pylist()
     cls = table.column("class_index").to_pylist()
+    soft = _soft_labels(table, root, class_names)
     return SyntheticSet(
         root=root,
         urls=urls,
@@ -192,6 +234,7 @@ def load_synthetic(
         total=total,
         dropped=dropped,
         min_confidence=float(min_confidence),
+        soft=[soft[i] for i in idx],
     )
 
 
@@ -263,6 +306,10 @@ class MixedDataset(torch.utils.data.Dataset):
     when no transform is set), the label in the dataset's class indices, and the loss weight
     (1 for real, ``synthetic_weight`` for synthetic). Draw from it with :meth:`sampler` so the
     synthetic share follows ``synthetic_prob``.
+
+    With ``distill_temperature`` set (distillation), synthetic images learn the guide's soft labels
+    instead of their class: items gain a fourth element, the target distribution
+    (:meth:`SyntheticSet.soft_targets`; all zeros for a real image, which keeps its hard label).
     """
 
     def __init__(
@@ -274,7 +321,10 @@ class MixedDataset(torch.utils.data.Dataset):
         synthetic_prob: float | None = None,
         synthetic_weight: float = 1.0,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        distill_temperature: float | None = None,
     ) -> None:
+        if distill_temperature is not None and not distill_temperature > 0:
+            raise AugmentError(f"--distill-temperature must be > 0, got {distill_temperature}")
         if synthetic_prob is not None and not 0.0 <= synthetic_prob <= 1.0:
             raise AugmentError(f"--synthetic-prob must be in [0, 1], got {synthetic_prob}")
         if synthetic_weight < 0:
@@ -298,6 +348,12 @@ class MixedDataset(torch.utils.data.Dataset):
         self.weights = torch.ones(len(self.labels))
         self.weights[self.n_real:] = self.synthetic_weight
         self.transform = transform
+        self.distill_temperature = distill_temperature
+        self.soft: torch.Tensor | None = None
+        if distill_temperature is not None:
+            n = len(self.class_names)
+            self.soft = torch.cat([torch.zeros(self.n_real, n),
+                                   *(s.soft_targets(n, distill_temperature) for s in self.sets)])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -305,11 +361,12 @@ class MixedDataset(torch.utils.data.Dataset):
     def is_synthetic(self, index: int) -> bool:
         return index >= self.n_real
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         img = self.images[index]
         if self.transform is not None:
             img = self.transform(img)
-        return img, int(self.labels[index]), float(self.weights[index])
+        item = (img, int(self.labels[index]), float(self.weights[index]))
+        return item if self.soft is None else (*item, self.soft[index])
 
     @property
     def effective_prob(self) -> float:
@@ -334,6 +391,7 @@ class MixedDataset(torch.utils.data.Dataset):
             "synthetic_prob": self.synthetic_prob,
             "effective_synthetic_prob": self.effective_prob,
             "synthetic_weight": self.synthetic_weight,
+            "distill_temperature": self.distill_temperature,
             "per_class": per_class,
             "synthetic_sets": [s.summary() for s in self.sets],
         }
@@ -388,6 +446,7 @@ def make_mixed_dataset(
     split: str = "train",
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     synthetic_sets: Sequence[tuple[SyntheticSet, torch.Tensor]] | None = None,
+    distill_temperature: float | None = None,
 ) -> MixedDataset:
     """k real images per class from ``dataset``'s ``split`` (``Dataset.kshot(k, seed)``) plus the
     synthetic run folders ``synthetic`` (each an arm folder holding ``shards/`` and ``manifests/``),
@@ -400,6 +459,8 @@ def make_mixed_dataset(
     class names are not the dataset's, is an :class:`AugmentError`.
     ``synthetic_sets`` passes already-decoded sets (from :func:`load_synthetic` +
     :func:`read_synthetic_images`) instead of folders, to reuse them across many runs.
+    ``distill_temperature``: train the synthetic images on the guide's soft labels at this
+    temperature (see :class:`MixedDataset`); None: on their class.
     """
     if k < 0:
         raise AugmentError(f"--real-k must be >= 0, got {k}")
@@ -415,7 +476,8 @@ def make_mixed_dataset(
         sets.append((syn, read_synthetic_images(syn, input_size)))
     if len(real_labels) == 0 and sets:
         real_images = real_images[:0].new_zeros((0, *sets[0][1].shape[1:]))
-    return MixedDataset(real_images, real_labels, sets, dataset.class_names, synthetic_prob, synthetic_weight, transform)
+    return MixedDataset(real_images, real_labels, sets, dataset.class_names, synthetic_prob, synthetic_weight, transform,
+                        distill_temperature)
 
 
 def mixed_loader(

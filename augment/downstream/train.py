@@ -5,7 +5,9 @@ timm builds the model (``create_model``), the optimizer (``create_optimizer_v2``
 schedule (``create_scheduler_v2``, stepped per update); augmentation is a batched random
 shift/rotation/scale/flip (:class:`~augment.downstream.transforms.BatchAugment`). Synthetic samples carry a
 loss weight, so the loss is ``mean(cross_entropy * weight)`` over the batch (a weight of 0.5 halves
-a synthetic image's pull, whatever the batch holds).
+a synthetic image's pull, whatever the batch holds). With distillation (a mixed set built with a
+``distill_temperature``), synthetic images are trained on the guide's soft labels instead
+(:func:`distill_loss`), real ones on their labels.
 
 An "epoch" is ``samples_per_epoch`` draws (default: the mixed set's size, at least
 :data:`MIN_SAMPLES_PER_EPOCH`), so 30 real images (k=3) get as many updates as 1030 mixed ones
@@ -38,7 +40,8 @@ from augment.io.atomic import atomic_path, atomic_write_json
 from augment.io.jsonsafe import json_safe
 from augment.models.classifier import ClassifierSource
 
-__all__ = ["MIN_SAMPLES_PER_EPOCH", "TrainResult", "TrainSettings", "create_classifier", "train_classifier"]
+__all__ = ["MIN_SAMPLES_PER_EPOCH", "TrainResult", "TrainSettings", "create_classifier", "distill_loss",
+           "train_classifier"]
 
 MIN_SAMPLES_PER_EPOCH = 1000
 
@@ -169,6 +172,16 @@ def save_checkpoint(model: torch.nn.Module | dict[str, torch.Tensor], path: Path
     return path
 
 
+def distill_loss(logits: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample loss with distillation: where a row of ``soft`` holds a target distribution (a
+    synthetic image's soft label), the soft cross-entropy of the student at ``temperature`` times
+    ``temperature``² (Hinton et al.'s scaling, so gradients keep their size as T grows; equal to the
+    KL divergence up to the targets' constant entropy); elsewhere (real images, all-zero rows)
+    ``hard``, the usual cross-entropy on the label."""
+    soft_ce = -(soft * F.log_softmax(logits / temperature, dim=1)).sum(1) * temperature**2
+    return torch.where(soft.sum(1) > 0, soft_ce, hard)
+
+
 def train_classifier(
     mixed: MixedDataset,
     test_images: torch.Tensor,
@@ -223,10 +236,13 @@ def train_classifier(
         loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         total, count = 0.0, 0
-        for images, labels, weights in loader:
+        for images, labels, weights, *soft in loader:
             images = augment(images, aug_gen).to(device)
             labels, weights = labels.to(device), weights.to(device)
-            loss_each = F.cross_entropy(model(images), labels, reduction="none", label_smoothing=settings.label_smoothing)
+            logits = model(images)
+            loss_each = F.cross_entropy(logits, labels, reduction="none", label_smoothing=settings.label_smoothing)
+            if soft:
+                loss_each = distill_loss(logits, loss_each, soft[0].to(device), mixed.distill_temperature or 1.0)
             loss = (loss_each * weights).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

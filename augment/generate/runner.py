@@ -17,48 +17,84 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from augment import stage
-from augment.config import Config
+from augment.config import Config, GenerateConfig
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
-from augment.generate.worker import GenSpec, make_worker
+from augment.generate.rejection import RejectionStats, quotas
+from augment.generate.worker import GenSpec, ShardResult, make_worker
+from augment.io.atomic import atomic_write_json
 from augment.io.rundir import ArmDir
-from augment.io.shards import SynthSample, cleanup_partial, done_shards, sample_key, write_info, write_shard
+from augment.io.shards import cleanup_partial, done_shards, sample_key, write_info, write_shard
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
                "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",
                "generate.shard_size", "generate.image_format", "generate.min_confidence",
-               "generate.max_attempts", "generate.batch_size", "baseline"]
+               "generate.max_attempts", "generate.soft_labels", "generate.batch_size", "baseline"]
 
 
 @dataclass
 class GenerateSummary(stage.StageSummary):
-    """``classes``/``samples``/``shards``: what the plan holds (done now or before); ``written``:
-    the shards written by this call; ``mean_confidence``: over every manifest row of the arm."""
+    """``classes``/``samples``/``shards``: what the plan holds (done now or before; under
+    ``--min-confidence``, ``samples`` counts the images the done shards kept); ``written``:
+    the shards written by this call; ``mean_confidence``: over every manifest row of the arm;
+    ``acceptance``: under ``--min-confidence``, the draws per class over the plan's done shards
+    (``class_names`` names them), as written to the arm's ``acceptance.json``."""
 
     classes: int
     samples: int
     shards: int
     mean_confidence: float | None
+    acceptance: RejectionStats | None = None
+    class_names: list[str] | None = None
 
     @property
     def written(self) -> int:
         return self.done
 
 
-def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int]) -> bool:
-    """Done = its Parquet marker exists and holds exactly the keys this plan puts in the shard."""
+def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int], g: GenerateConfig) -> bool:
+    """Done = its Parquet marker exists and holds what this plan puts in the shard: exactly its
+    keys, or, under rejection sampling, a subset of them drawn for the same slots and settings."""
     if unit.index not in done:
         return False
-    keys = pq.read_table(arm.manifest_path(unit.index), columns=["key"]).column("key").to_pylist()
-    return keys == [sample_key(c, i) for c, i in unit.entries]
+    path = arm.manifest_path(unit.index)
+    keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    planned = [sample_key(c, i) for c, i in unit.entries]
+    if g.min_confidence <= 0:
+        return keys == planned
+    stats = RejectionStats.from_metadata(pq.read_schema(path).metadata)
+    wanted = RejectionStats.of(quotas(unit, g.max_attempts), g.min_confidence, g.max_attempts)
+    return (stats is not None and set(keys) <= set(planned) and stats.slots() == wanted.slots()
+            and (stats.min_confidence, stats.max_attempts) == (g.min_confidence, g.max_attempts))
 
 
-class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
-    """Units are planned shards; results are their encoded samples, in shard order."""
+def arm_acceptance(arm: ArmDir, units: list[ShardUnit]) -> RejectionStats | None:
+    """The draws per class summed over the done shards of ``units`` (None: none drawn with rejection)."""
+    total: RejectionStats | None = None
+    for i in sorted(done_shards(arm.path) & {u.index for u in units}):
+        stats = RejectionStats.from_metadata(pq.read_schema(arm.manifest_path(i)).metadata)
+        if stats is not None:
+            total = stats if total is None else total.merged(stats)
+    return total
+
+
+def write_acceptance(arm: ArmDir, stats: RejectionStats, class_names: list[str]) -> None:
+    """``acceptance.json``: per class its slots, kept images, draws and acceptance rate, and the totals."""
+    classes = [{**a.to_json(), "class_name": class_names[a.class_index]} for a in stats.classes]
+    slots, kept, drawn = (sum(getattr(a, f) for a in stats.classes) for f in ("slots", "accepted", "attempts"))
+    atomic_write_json(arm.acceptance_json, {
+        "min_confidence": stats.min_confidence, "max_attempts": stats.max_attempts, "classes": classes,
+        "total": {"slots": slots, "accepted": kept, "attempts": drawn, "rate": round(kept / drawn, 6) if drawn else None},
+    })
+
+
+class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
+    """Units are planned shards; results are their encoded samples, in shard order (and their draws
+    under rejection sampling)."""
 
     name = "generate"
     compat_keys = COMPAT_KEYS
@@ -99,6 +135,10 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
             raise AugmentError(f"--shard-size must be at least 1, got {g.shard_size}")
         if not 0.0 <= g.min_confidence < 1.0:
             raise AugmentError(f"--min-confidence must be in [0, 1), got {g.min_confidence}")
+        if g.max_attempts < 1:
+            raise AugmentError(f"--max-attempts must be at least 1 (draws per image a class may use), got {g.max_attempts}")
+        if g.soft_labels < 0:
+            raise AugmentError(f"generate.soft_labels must be >= 0 (top-k of the guide's probabilities), got {g.soft_labels}")
         self.names = names = load_dataset(cfg).class_names
         self.classes = select_classes(cfg.classes, len(names))
         resolve_backbone_path(cfg.model)
@@ -129,17 +169,28 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
         self.units = plan_shards(self.classes, self.cfg.generate.per_class, self.cfg.generate.shard_size)
         # Shards beyond the plan (a smaller --per-class than before) are left alone; redo changed ones.
         done = done_shards(self.arm.path)  # one directory listing, not one per shard
-        todo = [u for u in self.units if force or not _shard_is_done(self.arm, u, done)]
+        todo = [u for u in self.units if force or not _shard_is_done(self.arm, u, done, self.cfg.generate)]
         return stage.Plan(todo, skipped=len(self.units) - len(todo), total=len(self.units),
                           work=sum(len(u.entries) for u in todo), work_done=0)
 
     def worker_factory(self) -> WorkerFactory:
         return partial(make_worker, self.cfg_dict, self.spec, self.classifier)
 
-    def on_result(self, unit: ShardUnit, samples: list[SynthSample]) -> str | None:
-        write_shard(self.arm.path, unit.index, samples)
+    def on_result(self, unit: ShardUnit, result: ShardResult) -> str | None:
+        if not result.samples:  # every draw rejected: an empty tar is never written
+            return (f"no image of its {len({c for c, _ in unit.entries})} classes reached guide confidence "
+                    f"{self.cfg.generate.min_confidence:g} in {self.cfg.generate.max_attempts} draws per image; "
+                    "lower --min-confidence or raise --max-attempts")
+        write_shard(self.arm.path, unit.index, result.samples,
+                    result.rejection.metadata() if result.rejection is not None else None)
         write_info(self.arm.path, self.info_name)
+        self._write_acceptance()
         return None
+
+    def _write_acceptance(self) -> None:
+        stats = arm_acceptance(self.arm, self.units) if self.cfg.generate.min_confidence > 0 else None
+        if stats is not None:
+            write_acceptance(self.arm, stats, self.names)
 
     def unit_label(self, unit: ShardUnit) -> str:
         return f"shard {unit.index}"
@@ -147,15 +198,23 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
     def unit_size(self, unit: ShardUnit) -> int:
         return len(unit.entries)
 
-    def progress_postfix(self, unit: ShardUnit, samples: list[SynthSample]) -> dict[str, Any]:
+    def progress_postfix(self, unit: ShardUnit, result: ShardResult) -> dict[str, Any]:
         return {"shard": unit.index}
 
     def finish(self) -> None:
         write_info(self.arm.path, self.info_name)
+        self._write_acceptance()
 
     def summary(self, **common: Any) -> GenerateSummary:
-        return GenerateSummary(**common, classes=len(self.classes), samples=sum(len(u.entries) for u in self.units),
-                               shards=len({u.index for u in self.units}), mean_confidence=_mean_confidence(self.arm))
+        g = self.cfg.generate
+        acceptance = arm_acceptance(self.arm, self.units) if g.min_confidence > 0 else None
+        if g.min_confidence <= 0:
+            samples = sum(len(u.entries) for u in self.units)
+        else:  # what the done shards kept: the plan's slots are an upper bound
+            samples = sum(a.accepted for a in acceptance.classes) if acceptance is not None else 0
+        return GenerateSummary(**common, classes=len(self.classes), samples=samples,
+                               shards=len({u.index for u in self.units}), mean_confidence=_mean_confidence(self.arm),
+                               acceptance=acceptance, class_names=self.names)
 
 
 def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_progress: bool = True,

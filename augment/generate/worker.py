@@ -13,7 +13,7 @@ generates the same shards. Only the diffusion weights come from the node itself.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 
 from augment.config import config_from_dict
 from augment.generate.plan import ShardUnit, render_prompt, sample_seed
+from augment.generate.rejection import RejectionStats, quotas, stream_seed
 from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
 from augment.models.classifier import ClassifierSource
@@ -37,6 +38,40 @@ def default_batch_size(device: torch.device, resolution: int) -> int:
     if device.type == "cuda":
         return int(max(1, min(256, 8 * scale)))
     return int(max(1, min(64, 0.5 * scale)))
+
+
+def soft_label(probs: np.ndarray, k: int) -> tuple[list[int], list[float]] | None:
+    """The top-``k`` (all when ``k`` >= the number of classes) of one softmax vector: class indices,
+    most probable first, ties by index, and their probabilities rounded to 6 decimals, so the stored
+    values do not move with float noise below that; None for ``k`` = 0."""
+    if k <= 0:
+        return None
+    rounded = np.round(probs.astype(np.float64), 6)
+    order = np.lexsort((np.arange(len(rounded)), -rounded))[:k]
+    return [int(c) for c in order], [float(rounded[c]) for c in order]
+
+
+@dataclass
+class Drawn:
+    """One sampled and scored image: class, prompt index, seed, the guide's verdict and soft label,
+    and its encoding (None for a rejected draw, which is not encoded)."""
+
+    c: int
+    i: int
+    seed: int
+    confidence: float
+    pred: int
+    soft: tuple[list[int], list[float]] | None
+    future: Future[bytes] | None
+
+
+@dataclass
+class ShardResult:
+    """What a worker returns for one shard: its samples in shard order and, under
+    ``min_confidence``, the draws per class (stored in the manifest's metadata)."""
+
+    samples: list[SynthSample]
+    rejection: RejectionStats | None = None
 
 
 @dataclass
@@ -93,44 +128,75 @@ class GenerateWorker:
         return self.diffusion.generate(prompts, seeds, g.steps, g.guidance_scale, g.negative_prompt, self.resolution)
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The guide's probability of each image's class, its prediction, and its whole softmax (N, C)."""
         probs = self.classifier(images.to(self.device)).softmax(-1).float().cpu()
         target = torch.tensor(classes)
-        return probs[torch.arange(len(classes)), target].numpy(), probs.argmax(-1).numpy()
+        return probs[torch.arange(len(classes)), target].numpy(), probs.argmax(-1).numpy(), probs.numpy()
 
-    def run(self, unit: ShardUnit) -> list[SynthSample]:
-        g, seed = self.cfg.generate, self.cfg.seed
-        # queue of (position in shard, class, sample index, attempt)
-        queue = [(pos, c, i, 0) for pos, (c, i) in enumerate(unit.entries)]
-        best: dict[int, tuple[float, Any]] = {}  # pos -> (confidence, record)
-        while queue:
-            batch, queue = queue[: self.batch_size], queue[self.batch_size :]
-            seeds = [sample_seed(seed, c, i, a) for _, c, i, a in batch]
-            images = self.sample([self.prompt(c, i) for _, c, i, _ in batch], seeds)
-            conf, pred = self.score(images, [c for _, c, _, _ in batch])
+    def draw(self, draws: list[tuple[int, int, int]]) -> list[Drawn]:
+        """Sample, score and (in the background) encode ``(class, prompt index, seed)`` draws, in
+        batches; encoding is started only for the images ``keep`` accepts."""
+        g = self.cfg.generate
+        out: list[Drawn] = []
+        for a in range(0, len(draws), self.batch_size):
+            batch = draws[a : a + self.batch_size]
+            images = self.sample([self.prompt(c, i) for c, i, _ in batch], [s for _, _, s in batch])
+            conf, pred, probs = self.score(images, [c for c, _, _ in batch])
             arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-            for j, (pos, c, i, a) in enumerate(batch):
+            for j, (c, i, s) in enumerate(batch):
                 ok = conf[j] >= g.min_confidence
-                retry = not ok and a + 1 < g.max_attempts
-                if pos not in best or conf[j] > best[pos][0]:
-                    fut = self.encoder.submit(encode_image, arrays[j], g.image_format)
-                    best[pos] = (float(conf[j]), (c, i, a, seeds[j], int(pred[j]), fut))
-                if retry:
-                    queue.append((pos, c, i, a + 1))
-        samples = []
-        for pos in range(len(unit.entries)):
-            confidence, (c, i, a, s, p, fut) = best[pos]
-            meta = {
-                "class_name": self.spec.class_names[c], "prompt": self.prompt(c, i),
-                "negative_prompt": g.negative_prompt or None, "seed": s, "token": self.token(c) or None,
-                "token_sha256": self.spec.token_sha(c),
-                "mode": "txt2img", "model_id": self.cfg.model, "scheduler": self.cfg.scheduler, "steps": g.steps,
-                "guidance_scale": g.guidance_scale, "guide_confidence": confidence, "guide_pred": p,
-                "attempts": a + 1 if confidence >= g.min_confidence else g.max_attempts,
-                "status": "ok" if confidence >= g.min_confidence else "low_confidence", "sample_index": i,
-            }
-            samples.append(SynthSample(sample_key(c, i), c, fut.result(), g.image_format, meta))
-        return samples
+                fut = self.encoder.submit(encode_image, arrays[j], g.image_format) if ok else None
+                out.append(Drawn(c, i, s, float(conf[j]), int(pred[j]), soft_label(probs[j], g.soft_labels), fut))
+        return out
+
+    def meta(self, d: Drawn, sample_index: int, attempts: int) -> dict[str, Any]:
+        """The manifest columns the worker knows for one kept draw (write_shard adds the file facts)."""
+        g = self.cfg.generate
+        soft_classes, soft_probs = d.soft if d.soft is not None else (None, None)
+        return {
+            "class_name": self.spec.class_names[d.c], "prompt": self.prompt(d.c, d.i),
+            "negative_prompt": g.negative_prompt or None, "seed": d.seed, "token": self.token(d.c) or None,
+            "token_sha256": self.spec.token_sha(d.c),
+            "mode": "txt2img", "model_id": self.cfg.model, "scheduler": self.cfg.scheduler, "steps": g.steps,
+            "guidance_scale": g.guidance_scale, "guide_confidence": d.confidence, "guide_pred": d.pred,
+            "soft_classes": soft_classes, "soft_probs": soft_probs,
+            "attempts": attempts, "status": "ok", "sample_index": sample_index,
+        }
+
+    def run(self, unit: ShardUnit) -> ShardResult:
+        """One shard: every planned sample from its own seed, or, under ``min_confidence``, the
+        slots filled from the classes' attempt streams (:mod:`augment.generate.rejection`)."""
+        g, seed = self.cfg.generate, self.cfg.seed
+        if g.min_confidence <= 0:
+            drawn = self.draw([(c, i, sample_seed(seed, c, i)) for c, i in unit.entries])
+            return ShardResult([self.sample_of(d, d.i, 1) for d in drawn])
+        streams = quotas(unit, g.max_attempts)
+        got: dict[tuple[int, int], Drawn] = {}  # (class, draw) -> an accepted draw
+        while True:
+            todo = [(s, d) for s in streams for d in s.schedule(g.max_attempts)]
+            if not todo:
+                break
+            # the prompt template follows the draw (a slot is known only once a draw is accepted)
+            results = self.draw([(s.class_index, d, stream_seed(seed, s.class_index, unit.index, d)) for s, d in todo])
+            for (s, d), r in zip(todo, results, strict=True):
+                s.record(d, r.future is not None)
+                if r.future is not None:
+                    got[s.class_index, d] = r
+        filled: dict[tuple[int, int], Drawn] = {}
+        attempts: dict[tuple[int, int], int] = {}
+        for s in streams:
+            previous = -1
+            for slot, d in zip(s.slots, s.used, strict=False):
+                filled[s.class_index, slot], attempts[s.class_index, slot] = got[s.class_index, d], d - previous
+                previous = d
+        samples = [self.sample_of(filled[e], e[1], attempts[e]) for e in unit.entries if e in filled]
+        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts))
+
+    def sample_of(self, d: Drawn, sample_index: int, attempts: int) -> SynthSample:
+        assert d.future is not None
+        return SynthSample(sample_key(d.c, sample_index), d.c, d.future.result(), self.cfg.generate.image_format,
+                           self.meta(d, sample_index, attempts))
 
 
 def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec],

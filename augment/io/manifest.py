@@ -25,6 +25,7 @@ from augment.io.rundir import ArmDir
 from augment.resources import manifests_dir
 
 __all__ = [
+    "ADDED_COLUMNS",
     "MANIFEST_SCHEMA",
     "SCHEMA_DOCS",
     "TOKENS_SCHEMA",
@@ -98,15 +99,28 @@ MANIFEST_SCHEMA: pa.Schema = pa.schema(
         ),
         _field("guide_pred", pa.int32(), "the guidance classifier's predicted class index"),
         _field(
+            "soft_classes",
+            pa.list_(pa.int32()),
+            "soft label: the guidance classifier's top-k class indices (generate.soft_labels = k; all "
+            "classes when k >= their number), most probable first, ties by index; null when k = 0",
+        ),
+        _field(
+            "soft_probs",
+            pa.list_(pa.float32()),
+            "soft label: the guide's softmax probability of each soft_classes entry, rounded to 6 "
+            "decimals (not renormalised: the rest of the mass is on the other classes)",
+        ),
+        _field(
             "attempts",
             pa.int16(),
-            "how many seeds were tried for this sample under --min-confidence (1 when no retry was needed)",
+            "draws of the class's attempt stream this sample took under --min-confidence (the rejected "
+            "ones since the class's previous kept sample, plus itself); 1 without rejection",
         ),
         _field(
             "status",
             pa.string(),
             "ok, or a word the generate stage sets for kept-but-flagged samples "
-            "(e.g. low_confidence: no attempt reached --min-confidence)",
+            "(low_confidence: written by versions that kept a sample whose attempts all missed --min-confidence)",
             nullable=False,
         ),
         _field(
@@ -148,6 +162,10 @@ TOKENS_SCHEMA: pa.Schema = pa.schema(
     metadata={"description": "one row per class token; tokens/tokens.parquet"},
 )
 
+#: manifest columns added after the first release: manifests written before lack them, and readers
+#: (read_manifests, verify, the mixing loader) treat them as null there
+ADDED_COLUMNS = frozenset({"soft_classes", "soft_probs"})
+
 SCHEMA_DOCS: dict[str, pa.Schema] = {"manifest": MANIFEST_SCHEMA, "tokens": TOKENS_SCHEMA}
 
 
@@ -176,15 +194,19 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema, where: str = "r
         raise ValueError(f"{where}: a value does not fit the schema: {e}") from e
 
 
-def write_parquet(path: str | os.PathLike[str], rows: list[dict[str, Any]], schema: pa.Schema) -> Path:
+def write_parquet(path: str | os.PathLike[str], rows: list[dict[str, Any]], schema: pa.Schema,
+                  metadata: dict[str, str] | None = None) -> Path:
     """Write ``rows`` (dicts keyed by column name; missing nullable columns become null) to
-    ``path`` atomically, with ``schema``'s column order and types.
+    ``path`` atomically, with ``schema``'s column order and types. ``metadata`` adds file-level
+    key-value entries (facts about the whole file, e.g. a shard's rejection-sampling draws).
 
     Raises ValueError for unknown columns, empty required columns or values of the wrong type.
     The output is byte-identical for identical rows (no wall-clock data is added).
     """
     path = Path(path)
     table = rows_to_table(rows, schema, str(path))
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return path

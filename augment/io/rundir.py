@@ -51,6 +51,7 @@ TOKENS_PARQUET = "tokens.parquet"
 SHARDS_DIR = "shards"
 MANIFESTS_DIR = "manifests"
 INFO_NAME = "_info.json"
+ACCEPTANCE_JSON = "acceptance.json"
 REPORT_DIR = "report"
 TRAIN_DIR = "train"
 SHARD_PREFIX = "synth-"
@@ -153,6 +154,12 @@ class ArmDir:
     @property
     def manifests(self) -> Path:
         return self.path / MANIFESTS_DIR
+
+    @property
+    def acceptance_json(self) -> Path:
+        """Per-class acceptance of rejection sampling (``generate --min-confidence``), rebuilt from
+        the shards' manifests after every shard; absent when the arm was generated without it."""
+        return self.path / ACCEPTANCE_JSON
 
     def shard_path(self, index: int) -> Path:
         return self.shards / f"{shard_name(index)}.tar"

@@ -165,9 +165,11 @@ def _rows(shard: str, samples: list[SynthSample], now: _dt.datetime) -> list[dic
 
 
 def write_shard(
-    out_dir: str | os.PathLike[str], shard_index: int, samples: list[SynthSample]
+    out_dir: str | os.PathLike[str], shard_index: int, samples: list[SynthSample],
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``shards/synth-NNNNNN.tar`` then ``manifests/synth-NNNNNN.parquet`` (the done marker).
+    ``metadata``: file-level key-value entries of the Parquet (facts about the whole shard).
 
     Both are written to temp names and renamed; an existing Parquet for this index is removed
     first, so a crash mid-rewrite never leaves a "done" marker next to a different tar. Refuses
@@ -207,7 +209,7 @@ def write_shard(
                 )
         f.flush()
         os.fsync(f.fileno())
-    write_parquet(pq_path, rows, MANIFEST_SCHEMA)
+    write_parquet(pq_path, rows, MANIFEST_SCHEMA, metadata)
 
     per_class: dict[int, int] = {}
     for s in samples:

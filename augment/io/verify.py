@@ -45,7 +45,7 @@ from PIL import Image
 
 from augment.errors import AugmentError
 from augment.io.atomic import is_temp_name
-from augment.io.manifest import MANIFEST_SCHEMA, TOKENS_SCHEMA
+from augment.io.manifest import ADDED_COLUMNS, MANIFEST_SCHEMA, TOKENS_SCHEMA
 from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json, shard_name
 from augment.io.shards import manifest_path, shard_path
 from augment.stage import StageSummary
@@ -124,7 +124,8 @@ def _sha256_file(path: Path) -> str:
 
 def _schema_problems(schema: pa.Schema, expected: pa.Schema, where: str) -> list[str]:
     out = []
-    missing = [n for n in expected.names if n not in schema.names]
+    # columns added later are absent from older manifests: that is not a problem
+    missing = [n for n in expected.names if n not in schema.names and n not in ADDED_COLUMNS]
     if missing:
         out.append(f"{where}: missing columns {', '.join(missing)}")
     for f in expected:

@@ -32,10 +32,12 @@ def make_digit_run(
     index_of: Callable[[int], int] = lambda c: c,
     confidence: Callable[[int, int], float | None] = lambda c, i: 0.9,
     shard_size: int = 16,
+    soft: Callable[[int, int], tuple[list[int], list[float]] | None] | None = None,
 ) -> Path:
     """Write ``per_class`` images of each digit in ``classes`` into ``out`` (shards + manifests +
     _info.json), classes interleaved. Digit ``c`` is stored with manifest class index
-    ``index_of(c)`` and class name ``names[c]``, guide confidence ``confidence(c, i)``."""
+    ``index_of(c)`` and class name ``names[c]``, guide confidence ``confidence(c, i)`` and, with
+    ``soft``, soft label ``soft(c, i)`` (class indices, probabilities)."""
     samples = []
     for i in range(per_class):
         for c in classes:
@@ -44,7 +46,8 @@ def make_digit_run(
                 key=sample_key(ci, i), class_index=ci, image=digit_png(c, i), image_format="png",
                 meta={"sample_index": i, "class_name": names[c], "seed": 1000 * c + i, "mode": "txt2img",
                       "prompt": f"a photo of the digit {names[c]}", "guide_confidence": confidence(c, i),
-                      "guide_pred": ci, "status": "ok"},
+                      "guide_pred": ci, "status": "ok",
+                      **({"soft_classes": soft(c, i)[0], "soft_probs": soft(c, i)[1]} if soft and soft(c, i) else {})},
             ))
     for n, start in enumerate(range(0, len(samples), shard_size)):
         write_shard(out, n, samples[start : start + shard_size])

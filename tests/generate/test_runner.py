@@ -88,13 +88,100 @@ def test_baseline_arm_same_seeds_no_token(trained):
         assert tok[r["key"]]["prompt"].replace(tok[r["key"]]["token"] + " ", "") == r["prompt"]
 
 
-def test_min_confidence_records_attempts(trained):
-    trained.generate.min_confidence = 0.99  # random micro classifier: never reached
-    trained.generate.max_attempts = 2
-    trained.generate.per_class = 1
+def test_soft_labels_in_manifest_and_sidecar(trained):
+    """Every sample carries the guide's top-k (here k=2 of 3 classes) in its manifest row and its
+    <key>.json, most probable first, probabilities rounded to 6 decimals; k >= classes gives all."""
+    import json
+
+    import webdataset as wds
+
+    trained.generate.soft_labels = 2
     s = run_generate(trained, show_progress=False)
     rows = pq.read_table(Path(s.out) / "manifests").to_pylist()
-    assert all(r["attempts"] == 2 and r["status"] == "low_confidence" for r in rows)
+    for r in rows:
+        assert len(r["soft_classes"]) == len(r["soft_probs"]) == 2
+        assert r["soft_classes"][0] == r["guide_pred"]
+        assert r["soft_probs"] == sorted(r["soft_probs"], reverse=True)
+        top_target = dict(zip(r["soft_classes"], r["soft_probs"], strict=True)).get(r["class_index"])
+        if top_target is not None:
+            assert abs(top_target - r["guide_confidence"]) < 1e-6
+    side = {x["__key__"]: json.loads(x["json"]) for x in wds.WebDataset(
+        sorted(str(p) for p in (Path(s.out) / "shards").glob("*.tar")), shardshuffle=False, empty_check=False)}
+    for r in rows:
+        doc = side[r["key"]]
+        assert doc["soft_classes"] == r["soft_classes"]
+        assert all(round(p, 6) == p for p in doc["soft_probs"])
+        assert [abs(a - b) < 1e-6 for a, b in zip(doc["soft_probs"], r["soft_probs"], strict=True)] == [True, True]
+    full = dataclasses.replace(trained, out=str(Path(trained.out).parent / "full"),
+                               generate=dataclasses.replace(trained.generate, soft_labels=10, per_class=1))
+    shutil.copytree(Path(trained.out) / "tokens", Path(full.out) / "tokens")
+    rows = pq.read_table(Path(run_generate(full, show_progress=False).out) / "manifests").to_pylist()
+    assert all(sorted(r["soft_classes"]) == [0, 1, 2] and abs(sum(r["soft_probs"]) - 1) < 1e-5 for r in rows)
+
+
+def _confidences(cfg) -> dict[int, float]:
+    """The guide's confidence of every draw of shard 0's attempt streams, computed directly."""
+    from augment.generate.plan import plan_shards
+    from augment.generate.rejection import stream_seed
+    from augment.generate.runner import GenerateStage
+
+    stage = GenerateStage(cfg, baseline=False)
+    stage.preflight()
+    worker = stage.worker_factory()()
+    unit = plan_shards(stage.classes, cfg.generate.per_class, cfg.generate.shard_size)[0]
+    draws = [(c, d, stream_seed(cfg.seed, c, unit.index, d)) for c in stage.classes for d in range(8)]
+    return {(c, d): r.confidence for (c, d, _), r in zip(draws, worker.draw(draws), strict=True)}
+
+
+def test_rejection_sampling_fills_slots_from_class_streams(trained, tmp_path):
+    """Under --min-confidence each class draws from its own seed stream until its slots are full or
+    its budget (max_attempts x slots) is spent; the kept images are the first accepted draws, the
+    acceptance per class is in the summary and in acceptance.json, and the shard bytes do not
+    depend on the batch size or on a resume."""
+    import json
+
+    trained.generate.per_class = 2
+    trained.generate.shard_size = 6  # one shard: 2 slots per class
+    trained.generate.max_attempts = 4
+    conf = _confidences(trained)
+    threshold = sorted(conf.values())[len(conf) // 2]  # about half the draws pass
+    trained.generate.min_confidence = threshold
+    s = run_generate(trained, show_progress=False)
+    out = Path(s.out)
+    rows = pq.read_table(out / "manifests").to_pylist()
+    by_class: dict[int, list[dict]] = {}
+    for r in rows:
+        by_class.setdefault(r["class_index"], []).append(r)
+    for c in (0, 1, 2):
+        accepted = [d for d in range(8) if conf[c, d] >= threshold]
+        kept = by_class.get(c, [])
+        expect = [d for d in accepted if d < 8][:2]
+        assert [r["sample_index"] for r in kept] == [0, 1][: len(expect)]
+        assert all(r["guide_confidence"] >= threshold - 1e-6 for r in kept)
+        attempts = expect[-1] + 1 if len(expect) == 2 else 8
+        assert sum(r["attempts"] for r in kept) == (expect[-1] + 1 if expect else 0)
+        stats = next(a for a in s.acceptance.classes if a.class_index == c)
+        assert (stats.slots, stats.accepted, stats.attempts) == (2, len(expect), attempts)
+    doc = json.loads((out / "acceptance.json").read_text())
+    assert doc["min_confidence"] == threshold and [c["class_name"] for c in doc["classes"]] == s.class_names
+    assert doc["total"]["accepted"] == len(rows) == s.samples
+    assert verify_run(out).ok
+    first = _hashes(out / "shards")
+    # the shard redone from scratch (a resume after its marker was lost): the same draws, the same bytes
+    (out / "manifests" / "synth-000000.parquet").unlink()
+    assert run_generate(trained, show_progress=False).written == 1
+    assert _hashes(out / "shards") == first
+    assert run_generate(trained, show_progress=False).written == 0  # done: resumed, not redrawn
+
+
+def test_rejection_with_nothing_accepted_fails_the_shard_without_writing(trained):
+    trained.generate.min_confidence = 0.999  # the random micro classifier never gets there
+    trained.generate.max_attempts = 1
+    trained.generate.per_class = 1
+    s = run_generate(trained, show_progress=False)
+    assert s.exit_code == 1 and "lower --min-confidence or raise --max-attempts" in s.failed[0]
+    assert not list((Path(s.out) / "shards").glob("*.tar"))
+    assert s.acceptance is None and s.samples == 0  # no shard done: nothing drawn is on record
 
 
 def test_missing_token_named(tmp_path, micro_pipeline_dir, micro_classifier_path):
@@ -120,11 +207,11 @@ def test_disk_full_mid_shard_leaves_no_half_shard_and_resumes(trained, monkeypat
     real = shards.write_parquet
     calls = {"n": 0}
 
-    def full_disk(path, rows, schema):
+    def full_disk(path, rows, schema, metadata=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, rows, schema)
+        return real(path, rows, schema, metadata)
 
     monkeypatch.setattr(shards, "write_parquet", full_disk)
     with pytest.raises(AugmentError, match="No space left on device.*re-run"):
@@ -159,7 +246,7 @@ def test_the_worker_needs_neither_the_run_folder_nor_the_checkpoint(trained, mic
     shas = {p.name[:4]: hashlib.sha256(p.read_bytes()).hexdigest() for p in (Path(cfg.out) / "tokens").glob("*.safetensors")}
     hidden = shutil.move(cfg.out, tmp_path / "hidden")
     shutil.rmtree(tmp_path / "clf")
-    samples = pickle.loads(factory)().run(unit)
+    samples = pickle.loads(factory)().run(unit).samples
     write_shard(tmp_path / "remote", unit.index, samples)
     shutil.move(hidden, cfg.out)
     assert {s.meta["token_sha256"] for s in samples} == {shas[f"{s.class_index:04d}"] for s in samples}

@@ -15,7 +15,7 @@ OWNER = Path(rundir.__file__).resolve()
 
 #: every name rundir.py gives a file or folder of a run (arms included)
 LAYOUT = {rundir.RUN_JSON, rundir.TOKENS_DIR, rundir.TOKENS_PARQUET, rundir.SHARDS_DIR, rundir.MANIFESTS_DIR,
-          rundir.INFO_NAME, rundir.REPORT_DIR, rundir.TRAIN_DIR} | {a.folder for a in rundir.ARMS.values() if a.folder}
+          rundir.INFO_NAME, rundir.ACCEPTANCE_JSON, rundir.REPORT_DIR, rundir.TRAIN_DIR} | {a.folder for a in rundir.ARMS.values() if a.folder}
 
 
 def _layout_name(value: object) -> bool:
