@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
-from augment.config import Config
+from augment.config import Config, validate
 from augment.distributed import PoolSpec, WorkerFactory, check_pool, run_units
 from augment.errors import AugmentError
 from augment.io.rundir import (
@@ -44,6 +44,7 @@ from augment.io.rundir import (
     stage_ran,
     write_run_json,
 )
+from augment.models.device import check_device
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "run_stage"]
 
@@ -186,7 +187,9 @@ def _pool(cfg: Config) -> PoolSpec:
 
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Steps 1-2: preflight (the stage's, then the pool's), then the run folder's checks and ``run.json``."""
+    validate(stage.cfg)  # a Config built in code gets the checks a resolved one had
     check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
+    check_device(stage.cfg.device, inline=stage.cfg.workers == 0)
     stage.preflight()
     check_pool(_pool(stage.cfg))
     arm, extra = stage.arm, stage.run_json_extra()

@@ -43,12 +43,29 @@ def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -
         sys.exit(130)
 
 
+def _parse_mapped(make: Callable[[], click.Context]) -> click.Context:
+    """Click's own usage errors (a bad flag value, an unknown option or command) as the same one
+    line as an AugmentError, naming the fix, instead of click's usage block on four lines."""
+    try:
+        return make()
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as e:
+        where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        raise UserError(e.format_message().rstrip(".") + where) from None
+
+
 class AugmentCommand(click.Command):
-    """A click command that maps AugmentError (raised anywhere in a stage) to one line + exit 2 and
-    Ctrl-C to a resume hint, also when the command is invoked on its own (tests, other groups)."""
+    """A click command that maps AugmentError (raised anywhere in a stage) and bad flags to one
+    line + exit 2 and Ctrl-C to a resume hint, also when the command is invoked on its own (tests,
+    other groups)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         return _invoke_mapped(super().invoke, ctx)
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return _parse_mapped(lambda: super(AugmentCommand, self).make_context(info_name, args, parent, **extra))
 
 
 class AugmentGroup(click.Group):
@@ -58,7 +75,11 @@ class AugmentGroup(click.Group):
     group_class = type
 
     def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_mapped(super().invoke, ctx)
+        return _parse_mapped(lambda: _invoke_mapped(super(AugmentGroup, self).invoke, ctx))
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return _parse_mapped(lambda: super(AugmentGroup, self).make_context(info_name, args, parent, **extra))
 
 
 def command(name: str | None = None, **attrs: Any) -> Callable[[Callable], click.Command]:

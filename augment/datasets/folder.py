@@ -58,10 +58,15 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursive, symlinks followed), in a fixed sorted order."""
+def list_images(folder: Path, root: Path | None = None) -> list[Path]:
+    """Image files below ``folder`` (recursive, symlinks followed), in a fixed sorted order.
+
+    With ``root`` (the data root), a file or folder whose link leads outside it is refused, naming
+    the link: ``--data-root`` is the whole of what a run reads, so a stray or hostile link cannot
+    pull other files of the machine into a training set."""
     found: list[Path] = []
     seen: set[str] = set()  # real paths walked, so a symlink loop cannot recurse forever
+    inside = os.path.realpath(root) if root is not None else None
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -70,7 +75,14 @@ def list_images(folder: Path) -> list[Path]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if d not in _JUNK_DIRS)
         base = Path(dirpath)
-        found.extend(base / f for f in sorted(filenames) if is_image_file(f))
+        files = [base / f for f in sorted(filenames) if is_image_file(f)]
+        if inside is not None:
+            for path in [base] + files:
+                if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+                    raise AugmentError(
+                        f"{path} is a link to {os.path.realpath(path)}, outside the data root {root}; "
+                        "copy the files into the data root or remove the link")
+        found.extend(files)
     return found
 
 
@@ -159,7 +171,7 @@ class FolderDataset(ImageFileDataset):
             split_roots = {"train": self.root}
         files: dict[str, dict[str, list[Path]]] = {}
         for split, sroot in split_roots.items():
-            files[split] = {c: list_images(sroot / c) for c in self._dirs(sroot)}
+            files[split] = {c: list_images(sroot / c, self.root) for c in self._dirs(sroot)}
         all_dirs = sorted({c for per in files.values() for c in per})
         self.folder_names = [c for c in all_dirs if any(per.get(c) for per in files.values())]
         self.empty_dirs = [c for c in all_dirs if c not in self.folder_names]
