@@ -192,14 +192,15 @@ def _merge(obj: Any, data: dict[str, Any], where: str, prefix: str = "") -> None
         key = str(key).replace("-", "_")
         dotted = prefix + key
         if key not in known:
-            raise AugmentError(f"unknown config key {key!r} in {where}{_misplaced_hint(key, prefix)}; "
+            section = f" [{prefix[:-1]}]" if prefix else ""
+            raise AugmentError(f"unknown config key {key!r} in {where}{section}{_misplaced_hint(key, prefix)}; "
                                f"known keys: {', '.join(sorted(known))}")
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
                 raise AugmentError(f"config key {key!r} in {where} must be a mapping of {key} settings "
                                    f"(indented under '{key}:'), not {value!r}")
-            _merge(current, value, f"{where} [{key}]", f"{dotted}.")
+            _merge(current, value, where, f"{dotted}.")
         else:
             setattr(obj, key, _typed(value, hints[key], dotted, where))
 
@@ -327,7 +328,7 @@ def resolve_config(
     cfg = Config()
     _merge(cfg, _parse_yaml(read_preset(ds), f"preset {ds}.yaml"), f"preset {ds}.yaml")
     if file_data:
-        _merge(cfg, file_data, str(config_file))
+        _merge(cfg, file_data, f"config file {config_file}")
     if recorded:
         _merge(cfg, recorded, str(recorded_at))
     _merge(cfg, flags, "command-line options")

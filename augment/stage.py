@@ -198,7 +198,10 @@ def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     check_writable(stage.run.path)
     if arm.path != stage.run.path:
         check_writable(arm.path)
-    write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
+    try:
+        write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
+    except OSError as e:  # a full disk shows here first: the same one line as any write
+        raise _write_error("run.json", arm, e) from None
 
 
 def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = True) -> S:
