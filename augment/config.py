@@ -250,7 +250,8 @@ def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
     """``value`` if it is of type ``hint``, else the one-line error naming key, value and type."""
     if not _fits(value, hint):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise AugmentError(f"config key {key} = {shown} in {where} must be {_type_name(hint)}; fix the value")
+        quote = f" (quote it: '{value}')" if _fits(str(value), hint) and isinstance(value, int | float) else ""
+        raise AugmentError(f"config key {key} = {shown} in {where} must be {_type_name(hint)}{quote}; fix the value")
     return value
 
 

@@ -66,7 +66,6 @@ def list_images(folder: Path, root: Path | None = None) -> list[Path]:
     pull other files of the machine into a training set."""
     found: list[Path] = []
     seen: set[str] = set()  # real paths walked, so a symlink loop cannot recurse forever
-    inside = os.path.realpath(root) if root is not None else None
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -76,14 +75,19 @@ def list_images(folder: Path, root: Path | None = None) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if d not in _JUNK_DIRS)
         base = Path(dirpath)
         files = [base / f for f in sorted(filenames) if is_image_file(f)]
-        if inside is not None:
+        if root is not None:
             for path in [base] + files:
-                if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
-                    raise AugmentError(
-                        f"{path} is a link to {os.path.realpath(path)}, outside the data root {root}; "
-                        "copy the files into the data root or remove the link")
+                check_inside(root, path)
         found.extend(files)
     return found
+
+
+def check_inside(root: Path, path: str | os.PathLike) -> None:
+    """Refuse ``path`` when it resolves outside ``root`` (a link, or ``..`` in a metadata file)."""
+    inside, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([inside, real]) != inside:
+        raise AugmentError(f"{path} leads to {real}, outside the data root {root}; "
+                           "copy the file into the data root or remove the link or entry")
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:
@@ -129,6 +133,9 @@ class ImageFileDataset(Dataset):
         )
 
     def load_image(self, sample: Sample) -> Image.Image:
+        root = getattr(self, "root", None)
+        if root is not None:  # every file dataset: a metadata line (cub's images.txt) may point anywhere
+            check_inside(root, sample.ref)
         try:
             return open_rgb(sample.ref)
         except AugmentError:

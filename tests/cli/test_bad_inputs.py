@@ -31,7 +31,7 @@ import torch
 from click.testing import CliRunner
 
 from augment.cli import cli
-from tests.fixtures.datasets import save_image
+from tests.fixtures.datasets import make_fake_cub, save_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,10 +62,26 @@ def _symlink_out_of_root(w: Path) -> None:
     os.symlink(w / "elsewhere" / "secret.png", w / "data" / "cat" / "link.png")
 
 
+def _cub_line_escapes(w: Path) -> None:
+    """A CUB tree whose images.txt sends image 1 outside the data root."""
+    root = make_fake_cub(w)
+    lines = (root / "images.txt").read_text().splitlines()
+    lines[0] = "1 ../../elsewhere/x.jpg"
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    save_image(w / "elsewhere" / "x.jpg", 3)
+
+
 def _corrupt_reals(w: Path) -> None:
     for c in ("cat", "dog"):
         (w / "data" / c).mkdir(parents=True)
         (w / "data" / c / "0.jpg").write_bytes(b"not a jpeg at all")
+
+
+def _corrupt_test_split(w: Path) -> None:
+    for c in ("cat", "dog"):
+        save_image(w / "data" / "train" / c / "0.png", 1)
+        save_image(w / "data" / "test" / c / "0.png", 2)
+    (w / "data" / "test" / "dog" / "1.jpg").write_bytes(b"\xff\xd8 truncated")
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -210,7 +226,9 @@ CASES = [
     case("data-root-empty", "tokens", "--dataset", "folder", "--data-root", "{w}/data", *FAST, setup=_empty_data,
          fragment="has no class folders with images"),
     case("data-root-symlink-leaves", "caso", "--dataset", "folder", "--data-root", "{w}/data", *FAST,
-         setup=_symlink_out_of_root, fragment="outside the data root"),
+         setup=_symlink_out_of_root, fragment="outside the data root {w}/data"),
+    case("cub-images-txt-leaves-root", "caso", "--dataset", "cub", "--data-root", "{w}/CUB_200_2011", "--k", "4",
+         *FAST, setup=_cub_line_escapes, fragment="outside the data root {w}/CUB_200_2011"),
     case("reals-corrupt", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1", *FAST,
          setup=_corrupt_reals, fragment="cannot read image {w}/data/cat/0.jpg"),
     case("reals-decompression-bomb", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1", *FAST,
@@ -241,6 +259,8 @@ CASES = [
     case("verify-missing-folder", "verify", "{w}/nope", fragment="Directory '{w}/nope' does not exist"),
     case("show-a-file", "show", "{w}/file.txt", setup=_a_file, fragment="is a file"),
     case("eval-missing-run", "eval", "{w}/nope", fragment="run folder {w}/nope does not exist"),
+    case("train-corrupt-test-image", "train", "--dataset", "folder", "--data-root", "{w}/data", "--real-k", "1",
+         "--epochs", "1", setup=_corrupt_test_split, fragment="cannot read image {w}/data/test/dog/1.jpg"),
     case("train-epochs-zero", "train", "--epochs", "0", fragment="--epochs must be at least 1"),
     case("train-arch-kwargs-list", "train", "--arch-kwargs", "[1]", fragment="--arch-kwargs must be a JSON object"),
     case("train-synthetic-prob-2", "train", "--synthetic-prob", "2", fragment="--synthetic-prob must be in [0, 1]"),
