@@ -258,6 +258,8 @@ CASES = [
     # --- commands that read a run ---------------------------------------------------------------------
     case("verify-missing-folder", "verify", "{w}/nope", fragment="Directory '{w}/nope' does not exist"),
     case("show-a-file", "show", "{w}/file.txt", setup=_a_file, fragment="is a file"),
+    case("show-per-class-zero", "show", "{w}", "--per-class", "0", fragment="Invalid value for '--per-class': 0 is not"),
+    case("datasets-show-limit-negative", "datasets", "show", "digits", "--limit", "-1", fragment="'--limit'"),
     case("eval-missing-run", "eval", "{w}/nope", fragment="run folder {w}/nope does not exist"),
     case("train-corrupt-test-image", "train", "--dataset", "folder", "--data-root", "{w}/data", "--real-k", "1",
          "--epochs", "1", setup=_corrupt_test_split, fragment="cannot read image {w}/data/test/dog/1.jpg"),
