@@ -12,10 +12,13 @@ prints the resolved object.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import string
+import types
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -23,8 +26,6 @@ from augment.errors import AugmentError
 from augment.resources import list_presets, read_preset
 
 __all__ = ["Config", "config_from_dict", "list_presets", "resolve_config", "run_settings", "validate"]
-
-
 
 @dataclass
 class TokenConfig:
@@ -182,30 +183,91 @@ class Config:
         return asdict(self)
 
 
-def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
-    """Set the fields of dataclass ``obj`` from ``data``, recursing into sections; refuse unknown keys."""
+#: the sections of a Config, by key
+_SECTIONS: dict[str, type] = {"tokens": TokenConfig, "generate": GenerateConfig, "train": TrainConfig, "caso": CasoConfig}
+
+
+def _merge(obj: Any, data: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Set the fields of dataclass ``obj`` from ``data``, recursing into sections; refuse unknown
+    keys and values of the wrong type, naming the dotted key, the value and ``where`` it came from
+    (a typo or a quoted number must stop the run here, not as a TypeError deep in a stage)."""
     known = {f.name: f for f in fields(obj)}
+    hints = get_type_hints(type(obj))
     for key, value in data.items():
-        key = key.replace("-", "_")
+        key = str(key).replace("-", "_")
+        dotted = prefix + key
         if key not in known:
-            raise AugmentError(
-                f"unknown config key {key!r} in {where}; known keys: {', '.join(sorted(known))}"
-            )
+            section = f" [{prefix[:-1]}]" if prefix else ""
+            raise AugmentError(f"unknown config key {key!r} in {where}{section}{_misplaced_hint(key, prefix)}; "
+                               f"known keys: {', '.join(sorted(known))}")
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
-                raise AugmentError(f"config key {key!r} in {where} must be a mapping of {key} settings")
-            _merge(current, value, f"{where} [{key}]")
+                raise AugmentError(f"config key {key!r} in {where} must be a mapping of {key} settings "
+                                   f"(indented under '{key}:'), not {value!r}")
+            _merge(current, value, where, f"{dotted}.")
         else:
-            setattr(obj, key, value)
+            setattr(obj, key, _typed(value, hints[key], dotted, where))
+
+
+def _misplaced_hint(key: str, prefix: str) -> str:
+    """``" (did you mean generate.per_class?)"`` when a section's key is given at the wrong level."""
+    if prefix:
+        return ""
+    homes = [name for name, section in _SECTIONS.items() if key in {f.name for f in fields(section)}]
+    return f" (did you mean {homes[0]}.{key}, indented under '{homes[0]}:'?)" if homes else ""
+
+
+def _type_name(hint: Any) -> str:
+    """How an error names a type: ``an integer``, ``a list of strings``, ``an integer or null``."""
+    args = get_args(hint)
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if get_origin(hint) is list:
+        return f"a list of {_type_name(args[0]).split(' ', 1)[1]}s"
+    if get_origin(hint) is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(hint, str(hint))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as YAML or a flag gives it) is of the field type ``hint``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is float:  # an integer is a number; true/false is not
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
+    """``value`` if it is of type ``hint``, else the one-line error naming key, value and type."""
+    if not _fits(value, hint):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        quote = f" (quote it: '{value}')" if _fits(str(value), hint) and isinstance(value, int | float) else ""
+        raise AugmentError(f"config key {key} = {shown} in {where} must be {_type_name(hint)}{quote}; fix the value")
+    return value
 
 
 def _parse_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AugmentError(f"cannot read {where}: {first}; fix the YAML syntax") from None
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise AugmentError(f"cannot read {where}: {problem}{at}; fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise AugmentError(f"{where} must hold a YAML mapping of settings, not {type(data).__name__}")
     return data
@@ -213,12 +275,14 @@ def _parse_yaml(text: str, where: str) -> dict[str, Any]:
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AugmentError(f"{what} {path} does not exist; check the path") from None
+    except UnicodeDecodeError as e:
+        raise AugmentError(f"{what} {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                           "save it as UTF-8 YAML") from None
     except OSError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AugmentError(f"cannot read {what} {path}: {first}; fix the YAML syntax") from None
+        raise AugmentError(f"cannot read {what} {path} ({e.strerror or type(e).__name__}); check the path") from None
     return _parse_yaml(text, f"{what} {path}")
 
 
@@ -270,7 +334,7 @@ def resolve_config(
     cfg = Config()
     _merge(cfg, _parse_yaml(read_preset(ds), f"preset {ds}.yaml"), f"preset {ds}.yaml")
     if file_data:
-        _merge(cfg, file_data, str(config_file))
+        _merge(cfg, file_data, f"config file {config_file}")
     if recorded:
         _merge(cfg, recorded, str(recorded_at))
     _merge(cfg, flags, "command-line options")
@@ -301,12 +365,116 @@ def parse_grad_steps(value: int | str, name: str = "tokens.grad_steps") -> int |
     raise AugmentError(f"{name} must be a positive integer or 'all', got {value!r}")
 
 
+#: the most samples one arm of a run may plan (its plan is held in memory, one entry per sample):
+#: ten million is ten times ImageNet-1k's training set; a larger set is several runs (--classes)
+MAX_SAMPLES = 10_000_000
+
+
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Any, str]:
+    """A range test and how an error says it (``from 1 to 10000``); NaN never passes."""
+    def test(v: float) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    def num(x: float) -> str:
+        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+    if hi == math.inf:
+        return test, f"{'greater than' if lo_open else 'at least'} {num(lo)}"
+    return test, f"{'above' if lo_open else 'from'} {num(lo)} {'and below' if hi_open else 'to'} {num(hi)}"
+
+
+_INF = math.inf
+#: value ranges of numeric settings (types are checked on merge): dotted key -> (test, description).
+#: Upper bounds are what no run can mean (a typo, a unit mix-up), and keep plans bounded in memory.
+_RANGES: dict[str, tuple[Any, str]] = {
+    "seed": _between(0, 2**63 - 1),
+    "workers": _between(0, 100_000),
+    "resolution": _between(8, 16384),
+    "tokens.lr": _between(0, _INF, lo_open=True),
+    "tokens.weight_decay": _between(0, _INF),
+    "tokens.batch_size": _between(1, 4096),
+    "tokens.max_steps": _between(0, 1_000_000),
+    "tokens.patience": _between(1, 1_000_000),
+    "tokens.acc_threshold": _between(0, _INF),  # above 1: never stop early (tests use 1.1)
+    "tokens.grad_clip": _between(0, _INF),
+    "tokens.steps": _between(1, 10_000),
+    "generate.per_class": _between(1, MAX_SAMPLES),
+    "generate.steps": _between(1, 10_000),
+    "generate.batch_size": _between(1, 4096),
+    "generate.shard_size": _between(1, 1_000_000),
+    "generate.min_confidence": _between(0, 1, hi_open=True),
+    "generate.max_attempts": _between(1, 1000),
+    "generate.soft_labels": _between(0, 100_000),
+    "caso.k": _between(1, 100_000),
+    "caso.n_vectors": _between(1, 64),
+    "caso.t0": _between(0, 1, lo_open=True, hi_open=True),
+    "caso.lr": _between(0, _INF, lo_open=True),
+    "caso.max_steps": _between(0, 1_000_000),
+    "caso.batch_size": _between(1, 4096),
+    "caso.recon_weight": _between(0, _INF),
+    "caso.strength": _between(0, 1, lo_open=True),
+    "caso.edit_steps": _between(1, 10_000),
+    "caso.edits_per_image": _between(1, 10_000),
+}
+#: the flag that sets a key, where it differs from ``--<leaf with dashes>`` or has none
+_FLAGS = {"generate.soft_labels": None, "tokens.batch_size": None, "tokens.patience": None, "tokens.acc_threshold": None, "tokens.grad_clip": None,
+          "tokens.steps": None, "tokens.weight_decay": None, "resolution": None, "caso.n_vectors": None,
+          "caso.t0": None, "caso.lr": None, "caso.batch_size": None, "caso.recon_weight": None, "caso.edit_steps": None}
+_CHOICES = {"generate.image_format": ("jpg", "png", "webp"), "caso.image_format": ("jpg", "png", "webp"),
+            "dtype": ("auto", "float32", "float16", "bfloat16")}
+#: the placeholders a prompt template may use, and the ones each list's templates must contain
+_PLACEHOLDERS = ("token", "name")
+_TEMPLATES = {"tokens.prompts": ("token",), "generate.prompts": ("token", "name")}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _key_name(key: str) -> str:
+    """``generate.per_class (--per-class)``: the key, and the flag that sets it where there is one."""
+    flag = _FLAGS.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
+    return f"{key} ({flag})" if flag else key
+
+
+def check_templates(templates: Any, key: str, required: tuple[str, ...]) -> None:
+    """Refuse a prompt list no stage can fill: empty, not strings, a placeholder other than
+    ``{token}``/``{name}``, bad braces, or one of ``required`` missing (checked with the config,
+    so before any model loads)."""
+    if not isinstance(templates, list) or not templates:
+        raise AugmentError(f"{key} must list at least one prompt template, e.g. ['A photo of a {{token}} {{name}}']")
+    for t in templates:
+        try:
+            named = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+            t.format(token="t", name="n")
+        except (ValueError, KeyError, IndexError, AttributeError) as e:
+            unknown = sorted(named - set(_PLACEHOLDERS)) if "named" in locals() else []
+            why = f"placeholder {{{unknown[0]}}}" if unknown else f"{type(e).__name__}: {e}"
+            raise AugmentError(f"{key} template {t!r} cannot be filled ({why}); use only {{token}} and {{name}}, "
+                               "and double literal braces ({{{{ }}}})") from None
+        missing = [f for f in required if f not in named]
+        if missing:
+            raise AugmentError(f"{key} template {t!r} has no {{{missing[0]}}} placeholder; each template needs "
+                               + " and ".join(f"{{{f}}}" for f in required))
+
+
 def validate(cfg: Config) -> None:
+    """Refuse values no stage can use, naming the key (and its flag), the value and the valid range.
+
+    Types were checked as the layers merged (:func:`_merge`); this checks ranges, choices and prompt
+    templates of the resolved config, before any model loads or any folder is made."""
     cfg.tokens.grad_steps = parse_grad_steps(cfg.tokens.grad_steps)
-    if cfg.generate.image_format not in ("jpg", "png", "webp"):
-        raise AugmentError(f"image format {cfg.generate.image_format!r} is not one of jpg, png, webp")
-    if cfg.dtype not in ("auto", "float32", "float16", "bfloat16"):
-        raise AugmentError(f"--dtype {cfg.dtype!r} is not one of auto, float32, float16, bfloat16")
+    for key, (test, desc) in _RANGES.items():
+        value = _get(cfg, key)
+        if value is not None and not test(value):
+            raise AugmentError(f"{_key_name(key)} must be {desc}, got {value!r}")
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise AugmentError(f"{_key_name(key)} {value!r} is not one of {', '.join(choices)}")
+    for key, required in _TEMPLATES.items():
+        check_templates(_get(cfg, key), key, required)
     g = cfg.gpus_per_worker
     # Ray places fractions of one GPU or whole GPUs, nothing in between
     if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < g <= 1 or (g > 1 and g == int(g))):

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
-from augment.config import Config
+from augment.config import Config, validate
 from augment.distributed import Pool, PoolSpec, WorkerFactory, check_pool, run_units
 from augment.errors import AugmentError
 from augment.io.rundir import (
@@ -46,6 +46,7 @@ from augment.io.rundir import (
     stage_ran,
     write_run_json,
 )
+from augment.models.device import check_device
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "run_stage"]
 
@@ -194,7 +195,9 @@ def open_pool(cfg: Config) -> Pool:
 
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Steps 1-2: preflight (the stage's, then the pool's), then the run folder's checks and ``run.json``."""
+    validate(stage.cfg)  # a Config built in code gets the checks a resolved one had
     check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
+    check_device(stage.cfg.device, inline=stage.cfg.workers == 0)
     stage.preflight()
     check_pool(_pool(stage.cfg))
     arm, extra = stage.arm, stage.run_json_extra()
@@ -203,7 +206,10 @@ def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     check_writable(stage.run.path)
     if arm.path != stage.run.path:
         check_writable(arm.path)
-    write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
+    try:
+        write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
+    except OSError as e:  # a full disk shows here first: the same one line as any write
+        raise _write_error("run.json", arm, e) from None
 
 
 def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = True, pool: Pool | None = None) -> S:

@@ -28,6 +28,14 @@ def test_pyproject_lists_every_package():
     assert {"augment.pipelines", "augment.manifests"} <= listed
 
 
+def test_license_file_matches_the_metadata():
+    """pyproject declares Apache-2.0 (an SPDX expression) and ships LICENSE, whose text is that licence."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    head = " ".join((ROOT / "LICENSE").read_text().split()[:5])
+    assert head == "Apache License Version 2.0, January", head
+
+
 def test_resources_found_from_the_install():
     assert {"digits", "cub", "inat", "imagenet", "folder"} <= set(list_presets())
     assert (manifests_dir() / "schema" / "manifest.json").is_file()
@@ -52,7 +60,7 @@ def wheel_python(tmp_path_factory) -> str:
     src = tmp / "src"  # setuptools writes build/ and *.egg-info next to the sources: build from a copy
     for name in ("augment", "pipelines", "manifests"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=600,

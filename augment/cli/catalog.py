@@ -34,7 +34,7 @@ def datasets_list() -> None:
 @click.argument("name")
 @click.option("--data-root", type=click.Path(), help="Folder holding the dataset's images.")
 @click.option("--class-list", type=click.Path(dir_okay=False), help="inat: file of class names or ids to keep.")
-@click.option("--limit", type=int, default=20, show_default=True, help="How many class names to print.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="How many class names to print.")
 def datasets_show(name: str, data_root: str | None, class_list: str | None, limit: int) -> None:
     """Print a dataset's classes and split sizes."""
     from augment.datasets import get_dataset

@@ -244,11 +244,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
         out = build_config(dict(kwargs)).out
     kwargs["out"] = None
     cfg = build_config(kwargs, cfg_over, run=out)
-    if build_missing:
-        build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo)
-    if not Path(out).is_dir():
-        raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
-    arms = arms or default_arms(out, click.echo)
+    # every flag is checked before missing arms are built: a typo must not cost a build
     ks = int_list(k_values, "--k") or list(cfg.train.k_values)
     seed_list = int_list(seeds, "--seeds")
     if seed_list is not None and len(seed_list) == 1 and seeds and "," not in seeds:
@@ -257,6 +253,11 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
         seed_list = list(range(seed_list[0]))
     seed_list = seed_list or list(cfg.train.seeds)
     settings = _settings(cfg, only, seed=0)
+    if build_missing:
+        build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo)
+    if not Path(out).is_dir():
+        raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
+    arms = arms or default_arms(out, click.echo)
     prob = None if only["natural"] else cfg.train.synthetic_prob
     dataset = _dataset(cfg)
     n_cells = len(ks) * len(arms) * len(seed_list)

@@ -36,8 +36,8 @@ def verify(out: str, no_decode: bool, as_json: bool) -> None:
 
 @command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
-@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class on the sheet.")
-@click.option("--max-classes", type=int, default=None, help="At most this many classes (default: all).")
+@click.option("--per-class", type=click.IntRange(min=1), default=8, show_default=True, help="Images per class on the sheet.")
+@click.option("--max-classes", type=click.IntRange(min=1), default=None, help="At most this many classes (default: all).")
 def show(out: str, per_class: int, max_classes: int | None) -> None:
     """Write contact sheets (token vs baseline images of the same seeds) and eval figures to OUT/report/."""
     from augment.report.contact import write_contact_sheets, write_eval_figures

@@ -37,3 +37,7 @@ for module in (stages, inspect, downstream, catalog):
 
 def main() -> None:
     cli(prog_name="augment")
+
+
+if __name__ == "__main__":  # python -m augment.cli.main
+    main()

@@ -43,12 +43,32 @@ def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -
         sys.exit(130)
 
 
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _parse_mapped(make: Callable[[], click.Context]) -> click.Context:
+    """Click's own usage errors (a bad flag value, an unknown option or command) as the same one
+    line as an AugmentError, naming the fix, instead of click's usage block on four lines."""
+    try:
+        return make()
+    except _NO_ARGS_HELP:  # a bare group prints its help (click >= 8.2 raises it as a usage error)
+        raise
+    except click.UsageError as e:
+        where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        raise UserError(e.format_message().rstrip(".") + where) from None
+
+
 class AugmentCommand(click.Command):
-    """A click command that maps AugmentError (raised anywhere in a stage) to one line + exit 2 and
-    Ctrl-C to a resume hint, also when the command is invoked on its own (tests, other groups)."""
+    """A click command that maps AugmentError (raised anywhere in a stage) and bad flags to one
+    line + exit 2 and Ctrl-C to a resume hint, also when the command is invoked on its own (tests,
+    other groups)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         return _invoke_mapped(super().invoke, ctx)
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return _parse_mapped(lambda: super(AugmentCommand, self).make_context(info_name, args, parent, **extra))
 
 
 class AugmentGroup(click.Group):
@@ -58,7 +78,11 @@ class AugmentGroup(click.Group):
     group_class = type
 
     def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_mapped(super().invoke, ctx)
+        return _parse_mapped(lambda: _invoke_mapped(super(AugmentGroup, self).invoke, ctx))
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return _parse_mapped(lambda: super(AugmentGroup, self).make_context(info_name, args, parent, **extra))
 
 
 def command(name: str | None = None, **attrs: Any) -> Callable[[Callable], click.Command]:
@@ -92,7 +116,7 @@ common_options = add_options([
     click.option("--seed", type=int, help="Run seed; every sample's seed derives from it."),
     click.option("--device", help="auto, cpu, cuda or cuda:N."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute dtype (CPU always uses float32)."),
-    click.option("--classes", help="Class selection, e.g. 3,8 or 0-9 (default: all)."),
+    click.option("--classes", help="Class selection: indices 3,8, ranges 0-9 or class names (default: all)."),
     click.option("--workers", type=int, help="Ray actors to run (each asks for --gpus-per-worker GPUs when the device wants CUDA); 0 runs inline."),
     click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a Ray head running here, else a private local Ray)."),
     click.option("--gpus-per-worker", type=float, help="GPUs each Ray actor asks for on --device cuda (or auto on a GPU cluster); 0.5 puts two on a GPU."),

@@ -58,8 +58,12 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursive, symlinks followed), in a fixed sorted order."""
+def list_images(folder: Path, root: Path | None = None) -> list[Path]:
+    """Image files below ``folder`` (recursive, symlinks followed), in a fixed sorted order.
+
+    With ``root`` (the data root), a file or folder whose link leads outside it is refused, naming
+    the link: ``--data-root`` is the whole of what a run reads, so a stray or hostile link cannot
+    pull other files of the machine into a training set."""
     found: list[Path] = []
     seen: set[str] = set()  # real paths walked, so a symlink loop cannot recurse forever
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -70,8 +74,20 @@ def list_images(folder: Path) -> list[Path]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if d not in _JUNK_DIRS)
         base = Path(dirpath)
-        found.extend(base / f for f in sorted(filenames) if is_image_file(f))
+        files = [base / f for f in sorted(filenames) if is_image_file(f)]
+        if root is not None:
+            for path in [base] + files:
+                check_inside(root, path)
+        found.extend(files)
     return found
+
+
+def check_inside(root: Path, path: str | os.PathLike) -> None:
+    """Refuse ``path`` when it resolves outside ``root`` (a link, or ``..`` in a metadata file)."""
+    inside, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([inside, real]) != inside:
+        raise AugmentError(f"{path} leads to {real}, outside the data root {root}; "
+                           "copy the file into the data root or remove the link or entry")
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:
@@ -117,6 +133,9 @@ class ImageFileDataset(Dataset):
         )
 
     def load_image(self, sample: Sample) -> Image.Image:
+        root = getattr(self, "root", None)
+        if root is not None:  # every file dataset: a metadata line (cub's images.txt) may point anywhere
+            check_inside(root, sample.ref)
         try:
             return open_rgb(sample.ref)
         except AugmentError:
@@ -159,7 +178,7 @@ class FolderDataset(ImageFileDataset):
             split_roots = {"train": self.root}
         files: dict[str, dict[str, list[Path]]] = {}
         for split, sroot in split_roots.items():
-            files[split] = {c: list_images(sroot / c) for c in self._dirs(sroot)}
+            files[split] = {c: list_images(sroot / c, self.root) for c in self._dirs(sroot)}
         all_dirs = sorted({c for per in files.values() for c in per})
         self.folder_names = [c for c in all_dirs if any(per.get(c) for per in files.values())]
         self.empty_dirs = [c for c in all_dirs if c not in self.folder_names]

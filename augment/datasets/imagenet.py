@@ -95,7 +95,7 @@ class ImageNetDataset(ImageFileDataset):
             dirs = [d for d in _wnid_dirs(sroot) if d in index]
             if dirs:
                 self._samples[split] = [
-                    Sample(str(p), index[d]) for d in dirs for p in list_images(sroot / d)
+                    Sample(str(p), index[d]) for d in dirs for p in list_images(sroot / d, self.root)
                 ]
         if not self._samples:
             flat = self.root / "val" if (self.root / "val").is_dir() else self.root

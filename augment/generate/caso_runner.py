@@ -168,13 +168,16 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         cfg, cc = self.cfg, self.cfg.caso
         self.dataset = dataset = load_dataset(cfg)
         self.names = names = dataset.class_names
-        self.classes = select_classes(cfg.classes, len(names))
+        self.classes = select_classes(cfg.classes, len(names), names)
         if cc.split not in dataset.splits():
             raise AugmentError(f"caso learns from real images but {cfg.dataset} has no split {cc.split!r} "
                                f"(available: {dataset.splits() or 'none'}); pass --data-root")
         if cc.target is not None and not 0 <= int(cc.target) < len(names):
             raise AugmentError(f"caso.target {cc.target} is out of range; this dataset has classes 0-{len(names) - 1}")
-        dataset.kshot(cc.k, cfg.seed, cc.split)  # k too large -> one clear error before any model loads
+        # k too large, or a k-shot image that cannot be decoded (corrupt, a decompression bomb):
+        # one error naming it before any model loads or the run folder is made
+        for sample in dataset.kshot(cc.k, cfg.seed, cc.split):
+            dataset.load_image(sample)
         resolve_backbone_path(cfg.model)
         source = read_classifier_source(cfg.classifier)  # read once here: workers may not see this disk
         check_classes(load_classifier(source), names)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from augment import stage
-from augment.config import Config, GenerateConfig
+from augment.config import MAX_SAMPLES, Config, GenerateConfig
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
@@ -129,18 +129,13 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         from augment.tokens.textual_inversion import read_token_embedding
 
         cfg, g = self.cfg, self.cfg.generate
-        if g.per_class < 1:
-            raise AugmentError(f"--per-class must be at least 1, got {g.per_class}")
-        if g.shard_size < 1:
-            raise AugmentError(f"--shard-size must be at least 1, got {g.shard_size}")
-        if not 0.0 <= g.min_confidence < 1.0:
-            raise AugmentError(f"--min-confidence must be in [0, 1), got {g.min_confidence}")
-        if g.max_attempts < 1:
-            raise AugmentError(f"--max-attempts must be at least 1 (draws per image a class may use), got {g.max_attempts}")
-        if g.soft_labels < 0:
-            raise AugmentError(f"generate.soft_labels must be >= 0 (top-k of the guide's probabilities), got {g.soft_labels}")
         self.names = names = load_dataset(cfg).class_names
-        self.classes = select_classes(cfg.classes, len(names))
+        self.classes = select_classes(cfg.classes, len(names), names)
+        if g.per_class * len(self.classes) > MAX_SAMPLES:  # the plan holds one entry per sample
+            raise AugmentError(
+                f"--per-class {g.per_class} x {len(self.classes)} classes is {g.per_class * len(self.classes):,} "
+                f"samples, more than one run plans ({MAX_SAMPLES:,}); lower --per-class or split --classes "
+                "over several runs")
         resolve_backbone_path(cfg.model)
         self.fingerprint = model_fingerprint(cfg.model)
         # Workers may share no disk with this machine: they get the classifier's files and the

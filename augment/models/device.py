@@ -31,6 +31,19 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
+def check_device(spec: str, inline: bool) -> None:
+    """Refuse a ``--device`` no unit can run on, before any model loads: a spec torch cannot
+    read, and, when the units run in this process (``--workers 0``), a GPU this machine lacks.
+    With Ray workers the GPU is the workers' to have (the pool checks placement)."""
+    if inline:
+        resolve_device(spec)
+    elif spec != "auto":
+        try:
+            torch.device(spec)
+        except RuntimeError:
+            raise AugmentError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """The compute dtype for the diffusion backbone on ``device``."""
     if spec == "auto":

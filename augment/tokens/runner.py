@@ -98,7 +98,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
         cfg = self.cfg
         self.names = load_dataset(cfg).class_names
-        self.classes = select_classes(cfg.classes, len(self.names))
+        self.classes = select_classes(cfg.classes, len(self.names), self.names)
         # fail on the driver, with one clear line, before any actor starts loading models
         resolve_backbone_path(cfg.model)
         parse_grad_steps(cfg.tokens.grad_steps)

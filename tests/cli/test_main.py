@@ -62,7 +62,7 @@ def invoke_err(*args: str):
         (["tokens", "--config", "{tmp}/bad.yaml"], "unknown config key"),
         (["tokens", "--model", "{pipe}", "--classifier", "{clf}", "--dataset", "cub", "--out", "{tmp}/file.txt"], "file.txt"),
         (["tokens", "--classes", "12"], "out of range"),
-        (["generate", "--per-class", "0"], "per-class must be at least 1"),
+        (["generate", "--per-class", "0"], "generate.per_class (--per-class) must be from 1 to 10,000,000, got 0"),
         (["models", "show", "embedded:nope"], "no embedded model"),
     ],
 )

@@ -192,7 +192,7 @@ def test_missing_token_named(tmp_path, micro_pipeline_dir, micro_classifier_path
 
 def test_bad_per_class_and_changed_run(trained):
     trained.generate.per_class = 0
-    with pytest.raises(AugmentError, match="per-class must be at least 1"):
+    with pytest.raises(AugmentError, match=r"per_class \(--per-class\) must be from 1"):
         run_generate(trained, show_progress=False)
     trained.generate.per_class = 1
     run_generate(trained, show_progress=False)

@@ -1,0 +1,391 @@
+"""Every command, fed bad input, fails the same way: exit 2, one line on stderr naming the problem
+(and the fix), no traceback, and no run folder created or left half-written.
+
+One table, one assertion routine. Each case runs the real CLI: in-process with click's CliRunner
+(the entry point's own group, so click's parsing and augment's error mapping are both exercised),
+or as a subprocess where the process itself must be limited (a full disk is RLIMIT_FSIZE, which
+only a child can be given). Nearly every case fails in preflight, before a model loads, so the
+table runs in seconds; the few that must get further are marked ``slow``.
+
+"Nothing written" is checked byte for byte: the whole working folder (cwd, config files, data
+roots, an existing run folder) is hashed before and after the command and must be identical. A
+full disk cannot be refused in advance; there the run folder must be resumable: no temporary file
+left and no shard without its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from augment.cli import cli
+from tests.fixtures.datasets import make_fake_cub, save_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------ case set-ups
+# Each writes what its case needs into the working folder ``w`` (before the snapshot).
+
+def _config(text: str | bytes) -> Callable[[Path], None]:
+    def setup(w: Path) -> None:
+        data = text if isinstance(text, bytes) else text.encode()
+        (w / "c.yaml").write_bytes(data)
+    return setup
+
+
+def _a_file(w: Path) -> None:
+    (w / "file.txt").write_text("x")
+
+
+def _folder_data(w: Path) -> None:
+    for c in ("bird", "cat", "dog"):
+        for j in range(2):
+            save_image(w / "data" / c / f"{j}.png", j)
+
+
+def _symlink_out_of_root(w: Path) -> None:
+    _folder_data(w)
+    save_image(w / "elsewhere" / "secret.png", 7)
+    os.symlink(w / "elsewhere" / "secret.png", w / "data" / "cat" / "link.png")
+
+
+def _cub_line_escapes(w: Path) -> None:
+    """A CUB tree whose images.txt sends image 1 outside the data root."""
+    root = make_fake_cub(w)
+    lines = (root / "images.txt").read_text().splitlines()
+    lines[0] = "1 ../../elsewhere/x.jpg"
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    save_image(w / "elsewhere" / "x.jpg", 3)
+
+
+def _corrupt_reals(w: Path) -> None:
+    for c in ("cat", "dog"):
+        (w / "data" / c).mkdir(parents=True)
+        (w / "data" / c / "0.jpg").write_bytes(b"not a jpeg at all")
+
+
+def _corrupt_test_split(w: Path) -> None:
+    for c in ("cat", "dog"):
+        save_image(w / "data" / "train" / c / "0.png", 1)
+        save_image(w / "data" / "test" / c / "0.png", 2)
+    (w / "data" / "test" / "dog" / "1.jpg").write_bytes(b"\xff\xd8 truncated")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header:
+    PIL refuses it on open, before allocating anything)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def _huge_real(w: Path) -> None:
+    for c in ("cat", "dog"):
+        (w / "data" / c).mkdir(parents=True)
+        (w / "data" / c / "0.png").write_bytes(_png_claiming(40000, 40000))
+
+
+def _empty_data(w: Path) -> None:
+    (w / "data").mkdir()
+
+
+def _token_file(tensors: Callable[[str], dict[str, torch.Tensor]]) -> Callable[[Path], None]:
+    """A run folder whose class-0 token file holds ``tensors(token)`` (digits' width is 32)."""
+    def setup(w: Path) -> None:
+        from safetensors.torch import save_file
+
+        from augment.datasets import get_dataset
+        from augment.io.rundir import RunDir
+        from augment.tokens.textual_inversion import token_string
+
+        name = get_dataset("digits").class_names[0]
+        path = RunDir(w / "run").arm_dir("token").token_file(0, name)
+        path.parent.mkdir(parents=True)
+        save_file(tensors(token_string(0)), str(path))
+    return setup
+
+
+# ------------------------------------------------------------------------------------ the table
+
+@dataclass
+class Case:
+    """``args`` may use {w} (the working folder), {pipe} (a micro SD pipeline), {clf} (a 3-class
+    micro classifier spec); ``fragment`` must appear in the one error line."""
+
+    args: list[str]
+    fragment: str
+    setup: Callable[[Path], None] | None = None
+    fsize_limit: int | None = None  # bytes: run as a subprocess under RLIMIT_FSIZE (a full disk)
+    marks: list = field(default_factory=list)
+
+
+def case(id: str, *args: str, fragment: str, **kw) -> pytest.param:
+    c = Case(list(args), fragment, **kw)
+    return pytest.param(c, id=id, marks=c.marks)
+
+
+FAST = "--workers", "0"
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+#: a generate run on the micro models (3 classes: the folder data of _folder_data) that gets to its writes
+MICRO_RUN = ("generate", "--baseline", "--dataset", "folder", "--data-root", "{w}/data", "--model", "{pipe}",
+             "--classifier", "{clf}", "--out", "{w}/run", "--per-class", "2", "--steps", "2", "--workers", "0")
+
+CASES = [
+    # --- config files: every value typed, ranges, nesting, encoding, syntax -------------------------
+    case("cfg-per-class-abc", "generate", "--config", "{w}/c.yaml", setup=_config("generate:\n  per_class: abc\n"),
+         fragment="config key generate.per_class = 'abc' in config file"),
+    case("cfg-min-confidence-high", "generate", "--config", "{w}/c.yaml",
+         setup=_config('generate:\n  min_confidence: "high"\n'), fragment="generate.min_confidence = 'high'"),
+    case("cfg-seed-abc", "tokens", "--config", "{w}/c.yaml", setup=_config("seed: abc\n"),
+         fragment="config key seed = 'abc'"),
+    case("cfg-workers-bool", "tokens", "--config", "{w}/c.yaml", setup=_config("workers: yes\n"),
+         fragment="workers = True"),
+    case("cfg-negative-steps", "generate", "--config", "{w}/c.yaml", setup=_config("generate:\n  steps: -5\n"),
+         fragment="generate.steps (--steps) must be from 1 to 10,000, got -5"),
+    case("cfg-lr-nan", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens:\n  lr: .nan\n"),
+         fragment="tokens.lr (--lr) must be greater than 0"),
+    case("cfg-section-not-mapping", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens: 5\n"),
+         fragment="must be a mapping of tokens settings"),
+    case("cfg-key-at-wrong-level", "generate", "--config", "{w}/c.yaml", setup=_config("per_class: 10\n"),
+         fragment="did you mean generate.per_class"),
+    case("cfg-unknown-key", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens:\n  lrr: 1\n"),
+         fragment="unknown config key 'lrr'"),
+    case("cfg-not-utf8", "tokens", "--config", "{w}/c.yaml", setup=_config(b"seed: 1\n# caf\xe9\n"),
+         fragment="is not UTF-8 text"),
+    case("cfg-malformed-yaml", "tokens", "--config", "{w}/c.yaml", setup=_config("seed: 1\ntokens:\n  lr: [1, 2\n"),
+         fragment="c.yaml: "),
+    case("cfg-is-a-folder", "tokens", "--config", "{w}", fragment="is a directory"),
+    case("cfg-prompts-not-strings", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens:\n  prompts: [1, 2]\n"),
+         fragment="tokens.prompts = [1, 2] in config file"),
+    # --- prompt templates: refused with the config, before any model loads ------------------------
+    case("prompt-unknown-placeholder", "generate", "--config", "{w}/c.yaml",
+         setup=_config("generate:\n  prompts: ['a {bogus} {token} {name}']\n"), fragment="placeholder {bogus}"),
+    case("prompt-list-empty", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens:\n  prompts: []\n"),
+         fragment="tokens.prompts must list at least one prompt template"),
+    case("prompt-without-name", "generate", "--config", "{w}/c.yaml",
+         setup=_config("generate:\n  prompts: ['a photo of {token}']\n"), fragment="has no {name} placeholder"),
+    case("prompt-without-token", "tokens", "--config", "{w}/c.yaml",
+         setup=_config("tokens:\n  prompts: ['a photo of a {name}']\n"), fragment="has no {token} placeholder"),
+    case("prompt-bad-braces", "generate", "--config", "{w}/c.yaml",
+         setup=_config("generate:\n  prompts: ['a {token {name}']\n"), fragment="cannot be filled"),
+    case("config-set-seed-abc", "config", "--set", "seed=abc", fragment="config key seed = 'abc'"),
+    # --- sizes and counts: checked before anything is allocated -------------------------------------
+    case("classes-huge-range", "tokens", "--classes", "0-99999999999", *FAST,
+         fragment="class 99999999999 is out of range"),
+    case("classes-duplicated", "tokens", "--classes", "3,3", *FAST, fragment="class 3 is selected twice"),
+    case("classes-unknown-name", "generate", "--classes", "zebra", "--baseline", *FAST,
+         fragment="cannot read 'zebra'"),
+    case("classes-backwards", "caso", "--classes", "5-2", *FAST, fragment="runs backwards"),
+    case("per-class-billion", "generate", "--per-class", "1000000000", *FAST,
+         fragment="generate.per_class (--per-class) must be from 1 to 10,000,000"),
+    case("per-class-times-classes", "generate", "--per-class", "5000000", "--baseline", *FAST,
+         fragment="is 50,000,000 samples, more than one run plans"),
+    case("per-class-negative", "build", "--per-class", "-5", fragment="got -5"),
+    case("shard-size-zero", "generate", "--shard-size", "0", fragment="generate.shard_size (--shard-size)"),
+    case("workers-negative", "tokens", "--workers", "-1", fragment="workers (--workers) must be from 0"),
+    case("steps-zero", "generate", "--steps", "0", fragment="generate.steps (--steps)"),
+    case("batch-size-zero", "generate", "--batch-size", "0", fragment="generate.batch_size (--batch-size)"),
+    case("max-attempts-zero", "generate", "--max-attempts", "0", fragment="generate.max_attempts"),
+    case("min-confidence-above-1", "generate", "--min-confidence", "1.5", fragment="generate.min_confidence"),
+    case("max-steps-negative", "tokens", "--max-steps", "-1", fragment="tokens.max_steps (--max-steps)"),
+    case("grad-steps-zero", "tokens", "--grad-steps", "0", fragment="--grad-steps must be a positive integer"),
+    case("caso-k-zero", "caso", "--k", "0", fragment="caso.k (--k) must be from 1"),
+    case("caso-strength-zero", "caso", "--strength", "0", fragment="caso.strength (--strength) must be above 0"),
+    case("caso-target-out-of-range", "caso", "--target", "99", *FAST, fragment="caso.target 99 is out of range"),
+    case("gpus-per-worker-1.5", "tokens", "--gpus-per-worker", "1.5", fragment="gpus_per_worker must be"),
+    # --- flags click checks, in one line --------------------------------------------------------------
+    case("image-format-gif", "generate", "--image-format", "gif", fragment="'gif' is not one of 'jpg', 'png', 'webp'"),
+    case("dtype-float8", "tokens", "--dtype", "float8", fragment="Invalid value for '--dtype'"),
+    case("seed-not-int", "build", "--seed", "abc", fragment="'abc' is not a valid integer"),
+    case("option-typo", "generate", "--per-clas", "3", fragment="Did you mean"),
+    case("unknown-command", "frobnicate", fragment="No such command 'frobnicate'"),
+    # --- devices ----------------------------------------------------------------------------------------
+    case("device-cuda-without-gpu", "tokens", "--device", "cuda", *FAST, fragment="no GPU is visible",
+         marks=[NO_CUDA]),
+    case("device-unknown", "generate", "--device", "tpu9", "--workers", "2", fragment="'tpu9' is not a device"),
+    # --- datasets, data roots, real images --------------------------------------------------------------
+    case("dataset-unknown", "tokens", "--dataset", "nosuch", fragment="nosuch"),
+    case("data-root-missing", "tokens", "--dataset", "folder", "--data-root", "{w}/nope", *FAST,
+         fragment="data root {w}/nope for dataset 'folder' does not exist"),
+    case("data-root-is-a-file", "caso", "--dataset", "folder", "--data-root", "{w}/file.txt", *FAST, setup=_a_file,
+         fragment="is a file, not a folder; check --data-root"),
+    case("data-root-empty", "tokens", "--dataset", "folder", "--data-root", "{w}/data", *FAST, setup=_empty_data,
+         fragment="has no class folders with images"),
+    case("data-root-symlink-leaves", "caso", "--dataset", "folder", "--data-root", "{w}/data", *FAST,
+         setup=_symlink_out_of_root, fragment="outside the data root {w}/data"),
+    case("cub-images-txt-leaves-root", "caso", "--dataset", "cub", "--data-root", "{w}/CUB_200_2011", "--k", "4",
+         *FAST, setup=_cub_line_escapes, fragment="outside the data root {w}/CUB_200_2011"),
+    case("reals-corrupt", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1", *FAST,
+         setup=_corrupt_reals, fragment="cannot read image {w}/data/cat/0.jpg"),
+    case("reals-decompression-bomb", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1", *FAST,
+         setup=_huge_real, fragment="cannot read image {w}/data/cat/0.png"),
+    case("datasets-show-unknown", "datasets", "show", "nosuch", fragment="unknown dataset 'nosuch'"),
+    # --- model and classifier specs -----------------------------------------------------------------------
+    case("model-spec-unreadable", "tokens", "--model", "not a spec!", fragment="cannot read model spec"),
+    case("model-not-cached", "generate", "--model", "someone/not-cached", "--baseline", *FAST,
+         fragment="not in the local Hugging Face cache"),
+    case("classifier-spec-unknown", "tokens", "--model", "{pipe}", "--classifier", "resnet18", *FAST,
+         fragment="cannot read classifier spec"),
+    case("classifier-checkpoint-missing", "caso", "--model", "{pipe}",
+         "--classifier", "timm:test_resnet@{w}/none.safetensors", *FAST, fragment="does not exist"),
+    case("classifier-size-disagrees", "tokens", "--model", "{pipe}", "--classifier", "{clf}", *FAST,
+         fragment="3 outputs but the dataset has 10 classes"),
+    case("models-show-unknown", "models", "show", "embedded:nope", fragment="no embedded model"),
+    # --- the run folder ---------------------------------------------------------------------------------
+    case("out-is-a-file", "tokens", "--out", "{w}/file.txt", *FAST, setup=_a_file,
+         fragment="--out {w}/file.txt is a file, not a folder"),
+    case("out-read-only", "generate", "--baseline", "--out", "/sys/augment-run", "--per-class", "1", *FAST,
+         fragment="--out /sys/augment-run is not writable"),
+    case("token-file-extra-key", "generate", "--out", "{w}/run", "--classes", "0", *FAST,
+         setup=_token_file(lambda t: {t: torch.zeros(1, 32), "<other>": torch.zeros(1, 32)}), fragment="holds 2 keys; a token file holds exactly one"),
+    case("token-file-scalar", "generate", "--out", "{w}/run", "--classes", "0", *FAST,
+         setup=_token_file(lambda t: {t: torch.tensor(1.0)}), fragment="0000",
+         marks=[pytest.mark.xfail(strict=True, reason="token shape checked on load: helper integrity's fix")]),
+    # --- commands that read a run ---------------------------------------------------------------------
+    case("verify-missing-folder", "verify", "{w}/nope", fragment="Directory '{w}/nope' does not exist"),
+    case("show-a-file", "show", "{w}/file.txt", setup=_a_file, fragment="is a file"),
+    case("show-per-class-zero", "show", "{w}", "--per-class", "0", fragment="Invalid value for '--per-class': 0 is not"),
+    case("datasets-show-limit-negative", "datasets", "show", "digits", "--limit", "-1", fragment="'--limit'"),
+    case("eval-missing-run", "eval", "{w}/nope", fragment="run folder {w}/nope does not exist"),
+    case("train-corrupt-test-image", "train", "--dataset", "folder", "--data-root", "{w}/data", "--real-k", "1",
+         "--epochs", "1", setup=_corrupt_test_split, fragment="cannot read image {w}/data/test/dog/1.jpg"),
+    case("train-epochs-zero", "train", "--epochs", "0", fragment="--epochs must be at least 1"),
+    case("train-arch-kwargs-list", "train", "--arch-kwargs", "[1]", fragment="--arch-kwargs must be a JSON object"),
+    case("train-synthetic-prob-2", "train", "--synthetic-prob", "2", fragment="--synthetic-prob must be in [0, 1]"),
+    case("benchmark-k-not-ints", "benchmark", "--out", "{w}/run", "--k", "abc", fragment="--k 'abc'"),
+    case("benchmark-seeds-zero", "benchmark", "--out", "{w}/run", "--seeds", "0", fragment="--seeds 0"),
+    # --- a full disk: the write fails; one line, and the folder stays resumable -------------------------
+    case("disk-full-at-run-json", *MICRO_RUN, setup=_folder_data, fsize_limit=1024,
+         fragment="cannot write run.json in {w}/run/baseline: [Errno 27] File too large; free space",
+         marks=[pytest.mark.slow]),
+    case("disk-full-at-shard", *MICRO_RUN, setup=_folder_data, fsize_limit=16 * 1024,
+         fragment="cannot write shard 0 in {w}/run/baseline: [Errno 27] File too large; free space",
+         marks=[pytest.mark.slow, pytest.mark.xfail(
+             strict=True, reason="the stage's progress bar ignores TQDM_DISABLE (quiet logs: helper kills' fix)")]),
+]
+
+
+# ---------------------------------------------------------------------------------------- running
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path below ``root`` with its content's sha256 (folders and links marked as such)."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _run_limited(args: list[str], cwd: Path, env: dict[str, str], fsize: int) -> tuple[int, str]:
+    """The real entry point in a child whose files may not exceed ``fsize`` bytes (EFBIG: a full
+    disk as the process sees it; Python ignores SIGXFSZ, so the write raises instead of killing)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    proc = subprocess.run([sys.executable, "-m", "augment", *args], cwd=cwd,
+                          env={**env, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}, preexec_fn=limit,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def _assert_resumable(run: Path) -> None:
+    """A run folder a write failed in: no temporary file left, no shard without its manifest."""
+    from augment.io.atomic import is_temp_name
+
+    leftovers = [p for p in run.rglob("*") if is_temp_name(p.name)]
+    assert not leftovers, leftovers
+    shards = {p.stem for p in run.rglob("shards/*.tar")}
+    manifests = {p.stem for p in run.rglob("manifests/*.parquet")}
+    assert shards <= manifests, shards - manifests
+
+
+@pytest.mark.parametrize("c", CASES)
+def test_bad_input(c: Case, tmp_path, micro_pipeline_dir, micro_classifier_path, monkeypatch):
+    w = tmp_path / "w"
+    w.mkdir()
+    monkeypatch.chdir(w)  # the default --out (runs/<dataset>) would land here
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # outside w: a cache is not a run folder
+    if c.setup:
+        c.setup(w)
+    subs = {"{w}": str(w), "{pipe}": str(micro_pipeline_dir), "{clf}": f"timm:test_resnet@{micro_classifier_path}"}
+    args = list(c.args)
+    fragment = c.fragment
+    for key, value in subs.items():
+        args = [a.replace(key, value) for a in args]
+        fragment = fragment.replace(key, value)
+    before = _snapshot(w)
+
+    if c.fsize_limit is None:
+        result = CliRunner().invoke(cli, args, prog_name="augment")
+        code, stderr, stdout = result.exit_code, result.stderr, result.stdout
+        assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
+            repr(result.exception)
+    else:
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        code, stderr = _run_limited(args, w, env, c.fsize_limit)
+        stdout = ""
+
+    assert code == 2, (code, stdout, stderr)
+    assert "Traceback" not in stderr + stdout
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("Error: ") and fragment in lines[0], lines[0]
+    if c.fsize_limit is None:
+        assert _snapshot(w) == before  # nothing created, nothing changed
+    else:
+        _assert_resumable(w / "run")
+
+
+def test_the_table_covers_every_command():
+    """At least 30 cases, and every command that takes input appears in the table."""
+    assert len(CASES) >= 30
+    used = {p.values[0].args[0] for p in CASES}
+    commands = {"tokens", "generate", "caso", "build", "verify", "show", "train", "eval", "benchmark",
+                "config", "datasets", "models"}
+    assert commands <= used, commands - used
+
+
+def test_case_ids_are_unique():
+    ids = [p.id for p in CASES]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.slow
+def test_full_disk_mid_run_keeps_the_folder_resumable(tmp_path, micro_pipeline_dir, micro_classifier_path):
+    """The disk fills while a shard is written: exit 2 with the one error line last (the progress
+    bar may precede it until it honours TQDM_DISABLE), no traceback, no temp file, no shard
+    without its manifest."""
+    w = tmp_path / "w"
+    w.mkdir()
+    _folder_data(w)
+    args = [a.replace("{w}", str(w)).replace("{pipe}", str(micro_pipeline_dir))
+            .replace("{clf}", f"timm:test_resnet@{micro_classifier_path}") for a in MICRO_RUN]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code, stderr = _run_limited(args, w, env, 16 * 1024)
+    assert code == 2 and "Traceback" not in stderr, stderr
+    last = [ln for ln in stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith("Error: cannot write shard 0 in ") and "re-run the same command to resume" in last, last
+    assert (w / "run" / "baseline" / "run.json").is_file()
+    _assert_resumable(w / "run")
