@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from augment.errors import AugmentError
-from augment.io.atomic import is_temp_name
+from augment.io.atomic import is_temp_name, sha256_file
 from augment.io.manifest import MANIFEST_SCHEMA, TOKENS_SCHEMA
 from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json, shard_name
 from augment.io.shards import manifest_path, shard_path
@@ -112,14 +112,6 @@ class _Problems:
     def close(self, where: str) -> None:
         if self.extra:
             self.out.append(f"{where}: ... and {self.extra} more problems")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _schema_problems(schema: pa.Schema, expected: pa.Schema, where: str) -> list[str]:
@@ -362,7 +354,7 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -
         if not path.is_file():
             problems.append(f"{where}: token file {fname} is missing")
             continue
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
         if r.get("token_sha256") and sha != r["token_sha256"]:
             problems.append(f"{where}: {fname} sha256 differs from tokens.parquet (file changed)")
         if r.get("class_index") is not None and r.get("token_sha256"):

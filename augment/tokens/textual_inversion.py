@@ -14,8 +14,6 @@ with the work, so a GPU node that does not share the driver's disk loads the sam
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 from augment.errors import AugmentError
+from augment.io.atomic import atomic_write_bytes
 
 
 def token_string(class_index: int) -> str:
@@ -72,17 +71,7 @@ def save_token(path: Path, token: str, embedding: torch.Tensor) -> str:
     vec = embedding.detach().float()
     vec = vec.reshape(1, -1) if vec.dim() == 1 else vec.reshape(-1, vec.shape[-1])
     data = save({token: vec.contiguous().cpu()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)  # mode 0644 (umask) like every other output, not mkstemp's 0600
     return hashlib.sha256(data).hexdigest()
 
 
