@@ -24,6 +24,7 @@ says how to resume; any other exception fails only its unit, reported as
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -209,10 +210,14 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     Everything after the preflight runs under the run folder's write lock (:func:`augment.io.lock.run_lock`):
     a second writer of the same folder is refused at once, naming this process."""
     start = time.perf_counter()
-    _preflight(stage)
-    check_writable(stage.run.path)  # the folder must exist to hold its lock file
-    with run_lock(stage.run.path):
-        return _run_locked(stage, force, show_progress, start)
+    run = stage.run.path
+    # an existing folder is locked before the preflight loads models, so a second writer is refused
+    # at once; a new one only after it, so that bad input creates no folder
+    with run_lock(run) if run.is_dir() else contextlib.nullcontext():
+        _preflight(stage)
+        check_writable(run)  # the folder must exist to hold its lock file
+        with run_lock(run):
+            return _run_locked(stage, force, show_progress, start)
 
 
 def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: float) -> S:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from augment import stage
 from augment.config import Config
 from augment.datasets.selection import load_dataset, select_classes
@@ -24,7 +22,15 @@ from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
 from augment.generate.worker import GenSpec, make_worker
 from augment.io.rundir import ArmDir
-from augment.io.shards import SynthSample, cleanup_partial, done_shards, sample_key, write_info, write_shard
+from augment.io.shards import (
+    SynthSample,
+    cleanup_partial,
+    complete_shard_keys,
+    done_shards,
+    sample_key,
+    write_info,
+    write_shard,
+)
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
@@ -50,11 +56,11 @@ class GenerateSummary(stage.StageSummary):
 
 
 def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int]) -> bool:
-    """Done = its Parquet marker exists and holds exactly the keys this plan puts in the shard."""
+    """Done = its Parquet marker and its tar can be read and hold exactly the keys this plan puts in
+    the shard (:func:`complete_shard_keys`: an unreadable one is redone)."""
     if unit.index not in done:
         return False
-    keys = pq.read_table(arm.manifest_path(unit.index), columns=["key"]).column("key").to_pylist()
-    return keys == [sample_key(c, i) for c, i in unit.entries]
+    return complete_shard_keys(arm.path, unit.index) == [sample_key(c, i) for c, i in unit.entries]
 
 
 class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
@@ -88,9 +94,14 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
         return f"{self.cfg.dataset}-{'baseline' if self.baseline else 'tokens'}"
 
     def preflight(self) -> None:
-        from augment.models.backbone import model_fingerprint, resolve_backbone_path
+        from augment.models.backbone import model_fingerprint, resolve_backbone_path, text_width
         from augment.models.classifier import check_classes, load_classifier, read_classifier_source
-        from augment.tokens.textual_inversion import read_token_embedding
+        from augment.tokens.textual_inversion import (
+            check_names_hold_no_token,
+            check_token,
+            read_token_embedding,
+            token_string,
+        )
 
         cfg, g = self.cfg, self.cfg.generate
         if g.per_class < 1:
@@ -100,6 +111,7 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
         if not 0.0 <= g.min_confidence < 1.0:
             raise AugmentError(f"--min-confidence must be in [0, 1), got {g.min_confidence}")
         self.names = names = load_dataset(cfg).class_names
+        check_names_hold_no_token(names)
         self.classes = select_classes(cfg.classes, len(names))
         resolve_backbone_path(cfg.model)
         self.fingerprint = model_fingerprint(cfg.model)
@@ -117,7 +129,9 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
                     f"no token for class {c} ({names[c]!r}) in {arm.tokens} ({len(missing)} missing); "
                     "run `augment tokens` with the same --out first (or pass --baseline for plain prompts)"
                 )
-            tokens = {c: read_token_embedding(arm.token_file(c, names[c])) for c in self.classes}
+            width = text_width(cfg.model)
+            tokens = {c: check_token(read_token_embedding(path := arm.token_file(c, names[c])), str(path),
+                                     token_string(c), width) for c in self.classes}
         self.spec = Payload(GenSpec(names, tokens, self.baseline))
         self.classifier = Payload(source)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
@@ -43,6 +44,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "SynthSample",
     "cleanup_partial",
+    "complete_shard_keys",
     "done_shards",
     "image_size",
     "manifest_path",
@@ -67,6 +69,9 @@ JSON_EXCLUDE = frozenset({"created_at", "shard", "image_sha256", "bytes"})
 
 #: columns write_shard fills itself; ``meta`` must not contradict them
 _COMPUTED = ("key", "shard", "class_index", "image_format", "width", "height", "image_sha256", "bytes")
+
+#: the files write_shard stores per sample: the image, ``.cls`` and ``.json``
+SAMPLE_FILES = ("image", "cls", "json")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SAMPLE_KEY_RE = re.compile(r"^c(\d+)_s(\d+)$")
@@ -243,6 +248,35 @@ def done_shards(out_dir: str | os.PathLike[str]) -> set[int]:
     """Indices of the complete shards: the Parquet (done marker) and the tar both exist."""
     arm = ArmDir(out_dir)
     return _indices(arm.manifests, ".parquet") & _indices(arm.shards, ".tar")
+
+
+def complete_shard_keys(out_dir: str | os.PathLike[str], index: int) -> list[str] | None:
+    """The sample keys of shard ``index`` when its manifest and its tar can both be read and list
+    the same samples, in order; None otherwise, and then the shard is to be written again.
+
+    A pair that exists but cannot be read (truncated or empty: a full disk, a copy cut short, a
+    hand edit) also loses its manifest, the done marker, so that nothing counts it as done
+    (``_info.json``, readers) until it is rewritten. Reads the tar's headers only, not its images.
+    """
+    import tarfile
+
+    marker = manifest_path(out_dir, index)
+    try:
+        keys = pq.read_table(marker, columns=["key"]).column("key").to_pylist()
+        tar_path = shard_path(out_dir, index)
+        size = tar_path.stat().st_size
+        with tarfile.open(tar_path) as tar:
+            # a member whose data runs past the end of the file: the tar was cut short
+            stems = [m.name.split(".", 1)[0] if m.offset_data + m.size <= size else "" for m in tar]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, tarfile.TarError, pa.ArrowException):
+        stems, keys = [], None
+    in_tar = list(dict.fromkeys(stems))  # a sample's files are contiguous: one stem per sample
+    if not keys or keys != in_tar or len(stems) != len(SAMPLE_FILES) * len(keys):
+        marker.unlink(missing_ok=True)
+        return None
+    return keys
 
 
 def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:

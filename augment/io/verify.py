@@ -479,14 +479,25 @@ class VerifySummary(StageSummary):
     reports: dict[str, VerifyReport] = field(default_factory=dict)
 
 
+def _token_arm_present(run: RunDir) -> bool:
+    """The token arm (the run folder itself) counts when it was generated into or holds tokens or a
+    run.json; a folder made by ``augment generate --baseline`` alone holds none of them."""
+    return arm_present(run) or run.tokens.is_dir() or run.run_json.exists()
+
+
 def verify_arms(out: str | os.PathLike[str], decode_images: bool = True) -> VerifySummary:
-    """:func:`verify_run` on every arm of the run folder ``out``: the token arm (the folder itself,
-    even when it has only tokens) and each other arm that is present (:func:`arm_present`), so an
-    arm whose generate started but wrote nothing fails instead of being skipped."""
+    """:func:`verify_run` on every arm of the run folder ``out`` that is present (:func:`arm_present`;
+    the token arm also with only tokens), so an arm whose generate started but wrote nothing fails
+    instead of being skipped; a folder with no arm at all is checked as the token arm (and fails).
+    Every problem starts with the name of its arm (``baseline: ...``)."""
     start = time.perf_counter()
     run = RunDir(out)
-    arms = {name: run.arm_dir(name) for name in ARMS if name == "token" or arm_present(run.arm_dir(name))}
+    arms = {name: run.arm_dir(name) for name in ARMS
+            if (_token_arm_present(run) if name == "token" else arm_present(run.arm_dir(name)))}
+    arms = arms or {"token": run.arm_dir("token")}
     reports = {name: verify_run(arm.path, decode_images=decode_images) for name, arm in arms.items()}
+    for name, r in reports.items():
+        r.problems[:] = [p if p.startswith(f"{name}: ") else f"{name}: {p}" for p in r.problems]
     failed = [f"{arms[name]}: {len(r.problems)} problems" for name, r in reports.items() if not r.ok]
     return VerifySummary(stage="verify", out=run.path, done=len(reports) - len(failed), skipped=0, failed=failed,
                          seconds=time.perf_counter() - start, arms=arms, reports=reports)

@@ -25,7 +25,7 @@ from augment.models.backbone import model_fingerprint
 from augment.models.classifier import ClassifierSource
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.disco import TokenResult
-from augment.tokens.textual_inversion import save_token, token_string
+from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
 
 # Settings that make a token different: a folder with other values belongs to another run.
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
@@ -96,6 +96,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
         cfg = self.cfg
         self.names = load_dataset(cfg).class_names
+        check_names_hold_no_token(self.names)
         self.classes = select_classes(cfg.classes, len(self.names))
         # fail on the driver, with one clear line, before any actor starts loading models
         resolve_backbone_path(cfg.model)

@@ -147,3 +147,34 @@ def test_token_files_are_world_readable_like_every_output(tmp_path, micro_pipeli
     os.umask(mask)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run" / "tokens").iterdir()}
     assert len(modes) == 4 and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def _classifier_named(tmp_path: Path, names: list[str]) -> Path:
+    """The micro classifier's architecture with ``names`` as its label map (class names come from it)."""
+    from tests.fixtures.models import build_micro_classifier
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return build_micro_classifier(tmp_path / "named-clf.safetensors", names)
+
+
+HOSTILE_NAMES = ["../../escaped", "/etc/passwd", "nul\x00byte", "x" * 300, "狐狸 ünïcode"]
+
+
+def test_hostile_class_names_never_write_outside_the_run_folder(tmp_path, micro_pipeline_dir):
+    clf = _classifier_named(tmp_path / "clf", HOSTILE_NAMES)
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "deep" / "run"
+    s = run_tokens(_cfg(out, micro_pipeline_dir, clf, max_steps=0), show_progress=False)
+    assert (s.trained, s.failed) == (5, [])
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p == out.parent or out in p.parents or p == out for p in written), sorted(written)
+    files = sorted(p.name for p in (out / "tokens").glob("*.safetensors"))
+    assert len(files) == 5 and all(len(f) < 80 and f.isascii() and "/" not in f for f in files)
+    assert [r["class_name"] for r in pq.read_table(out / "tokens" / "tokens.parquet").to_pylist()] == HOSTILE_NAMES
+
+
+def test_a_class_name_holding_a_token_string_is_refused(tmp_path, micro_pipeline_dir):
+    clf = _classifier_named(tmp_path, ["cat", "dog <c0000>", "bird"])
+    with pytest.raises(AugmentError, match=r"class 1 name 'dog <c0000>' contains '<c0000>'"):
+        run_tokens(_cfg(tmp_path / "run", micro_pipeline_dir, clf), show_progress=False)
+    assert not (tmp_path / "run").exists()
