@@ -25,6 +25,7 @@ says how to resume; any other exception fails only its unit, reported as
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -212,8 +213,10 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     start = time.perf_counter()
     run = stage.run.path
     # an existing folder is locked before the preflight loads models, so a second writer is refused
-    # at once; a new one only after it, so that bad input creates no folder
-    with run_lock(run) if run.is_dir() else contextlib.nullcontext():
+    # at once; a new one only after it, so that bad input creates no folder (and a read-only one gets
+    # check_writable's message)
+    early = run.is_dir() and os.access(run, os.W_OK)
+    with run_lock(run) if early else contextlib.nullcontext():
         _preflight(stage)
         check_writable(run)  # the folder must exist to hold its lock file
         with run_lock(run):
