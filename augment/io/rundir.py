@@ -319,7 +319,8 @@ def write_run_json(
     Fields: ``config`` (as given: the last writer's), ``settings`` (stage -> the ``config`` and
     ``extra`` that stage last wrote with, kept apart so that re-running one stage never changes
     what another stage's resume compares against), ``stage`` (the last one that wrote),
-    ``stages`` (stage -> last update time), ``created`` (kept from an existing file) and ``updated`` (ISO-8601 UTC),
+    ``stages`` (stage -> last update time), ``created`` (kept from an existing file) and
+    ``updated`` (ISO-8601 UTC),
     ``augment_version``, ``git_sha`` (None outside a checkout), ``packages``, ``model_id`` and
     ``classifier_id`` (from ``config_dict["model"]`` / ``["classifier"]`` unless ``extra`` gives
     them), ``class_names`` (from ``extra``, else kept from an existing file). Any other ``extra``

@@ -1,9 +1,9 @@
 """The ``augment tokens`` stage: one DisCo token per selected class, in parallel, resumable.
 
 Work unit = one class. A class is done when its token file (``ArmDir.token_file``) exists
-(written atomically by the driver, then its row in ``tokens.parquet``) and its row lists that file
-with its sha256; a re-run skips done classes and redoes the rest, ``force`` retrains all selected classes. The checks, the run folder
-and the failure policy are :mod:`augment.stage`'s.
+(written atomically by the driver, then its row in ``tokens.parquet``) and its row lists that
+file with its sha256; a re-run skips done classes and redoes the rest, ``force`` retrains all
+selected classes. The checks, the run folder and the failure policy are :mod:`augment.stage`'s.
 """
 
 from __future__ import annotations
