@@ -8,8 +8,9 @@ always in this order:
 
 1. ``preflight()``: every check that needs no run folder (names, models, settings), before any
    folder is created, so a typo costs nothing;
-2. ``check_compatible`` when this stage wrote the arm before (its settings are then binding),
-   ``check_writable``, then ``run.json`` (which says what is being written, even if the run dies);
+2. ``check_writable``, the run folder's write lock (one writer per folder; held to the end),
+   ``check_compatible`` when this stage wrote the arm before (the settings it recorded are then
+   binding), then ``run.json`` (which says what is being written, even if the run dies);
 3. ``plan(force)``: the units still to do (a re-run skips done ones);
 4. the units on the pool, with a progress bar; the driver writes each result (``on_result``);
 5. ``finish()`` and ``run.json`` again (it records when the stage last wrote), then a typed
@@ -25,6 +26,8 @@ the stage is the pool's one line (:class:`augment.distributed.Pool`), never a di
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -37,6 +40,7 @@ from tqdm.auto import tqdm
 from augment.config import Config, validate
 from augment.distributed import Pool, PoolSpec, WorkerFactory, check_pool, run_units
 from augment.errors import AugmentError
+from augment.io.lock import run_lock
 from augment.io.rundir import (
     ArmDir,
     RunDir,
@@ -193,17 +197,20 @@ def open_pool(cfg: Config) -> Pool:
     return Pool(_pool(cfg))
 
 
-def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
-    """Steps 1-2: preflight (the stage's, then the pool's), then the run folder's checks and ``run.json``."""
+def _preflight(stage: Stage[Any, Any, Any]) -> None:
+    """Step 1: every check that needs no run folder (the stage's, then the pool's); nothing is created."""
     validate(stage.cfg)  # a Config built in code gets the checks a resolved one had
     check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
     check_device(stage.cfg.device, inline=stage.cfg.workers == 0)
     stage.preflight()
     check_pool(_pool(stage.cfg))
+
+
+def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
+    """Step 2, under the run folder's lock: the folder's checks and ``run.json``."""
     arm, extra = stage.arm, stage.run_json_extra()
     if stage_ran(arm, stage.name):
-        check_compatible(arm, stage.cfg_dict, stage.compat_keys, force, extra=extra)
-    check_writable(stage.run.path)
+        check_compatible(arm, stage.cfg_dict, stage.compat_keys, force, extra=extra, stage=stage.name)
     if arm.path != stage.run.path:
         check_writable(arm.path)
     try:
@@ -214,8 +221,25 @@ def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
 
 def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = True, pool: Pool | None = None) -> S:
     """Run ``stage`` (see the module doc for the order and the failure policy) on ``pool``, or
-    on a pool of its own that ends with the stage."""
+    on a pool of its own that ends with the stage.
+
+    Everything after the preflight runs under the run folder's write lock (:func:`augment.io.lock.run_lock`):
+    a second writer of the same folder is refused at once, naming this process."""
     start = time.perf_counter()
+    run = stage.run.path
+    # an existing folder is locked before the preflight loads models, so a second writer is refused
+    # at once; a new one only after it, so that bad input creates no folder (and a read-only one gets
+    # check_writable's message)
+    early = run.is_dir() and os.access(run, os.W_OK)
+    with run_lock(run) if early else contextlib.nullcontext():
+        _preflight(stage)
+        check_writable(run)  # the folder must exist to hold its lock file
+        with run_lock(run):
+            return _run_locked(stage, force, show_progress, start, pool)
+
+
+def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: float, pool: Pool | None) -> S:
+    """Steps 2-6 of :func:`run_stage`, the lock held."""
     _prepare(stage, force)
     arm = stage.arm
     plan = stage.plan(force)

@@ -181,3 +181,34 @@ def test_summary_exit_code(tmp_path):
     assert s.exit_code == 0
     s.failed.append("unit 0: ValueError: x")
     assert s.exit_code == 1
+
+
+def test_a_second_writer_is_refused_before_it_writes(tmp_path):
+    from tests.io.test_lock import hold_lock
+
+    (tmp_path / "run").mkdir()
+    other = hold_lock(tmp_path / "run")  # another `augment` process writing the same --out
+    try:
+        with pytest.raises(AugmentError, match=rf"is being written by PID {other.pid} on .*resume with"):
+            stage.run_stage(ToyStage(_cfg(tmp_path)), show_progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    assert not (tmp_path / "run" / "caso").exists()  # neither run.json nor a unit was written
+    assert stage.run_stage(ToyStage(_cfg(tmp_path)), show_progress=False).results  # killed: the lock is free
+
+
+class OtherStage(ToyStage):
+    """Another stage writing the same arm's run.json with its own settings (``tokens`` after ``generate``)."""
+
+    name = "other"
+
+
+def test_each_stage_compares_with_the_settings_it_recorded(tmp_path):
+    stage.run_stage(ToyStage(_cfg(tmp_path, seed=0), n=1), show_progress=False)
+    stage.run_stage(OtherStage(_cfg(tmp_path, seed=1), n=1), force=True, show_progress=False)
+    assert read_run_json(tmp_path / "run" / "caso")["config"]["seed"] == 1  # the last writer's config
+    # the toy stage's resume still compares against what the toy stage wrote with
+    assert stage.run_stage(ToyStage(_cfg(tmp_path, seed=0), n=1), show_progress=False).skipped == 1
+    with pytest.raises(AugmentError, match=r"seed: 0 in run.json, 1 now"):
+        stage.run_stage(ToyStage(_cfg(tmp_path, seed=1), n=1), show_progress=False)

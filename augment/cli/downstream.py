@@ -7,6 +7,7 @@ the command line override them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import click
 
 from augment.cli.options import add_options, build_config, command, common_options, int_list
 from augment.errors import AugmentError
+from augment.io.lock import keep_lock, run_lock
 from augment.io.rundir import RunDir
 
 
@@ -166,7 +168,8 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split, "test_split": test_split,
              "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
              "distill_temperature": mixed.distill_temperature}
-    result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
+    with run_lock(run) if run and not out_flag else contextlib.nullcontext():  # it writes <run>/train/
+        result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
     final, best = result.metrics["final"], result.metrics["best"]
     click.echo(f"test top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}% after {settings.epochs} epochs; "
                f"best {100 * best['top1']:.2f}% at epoch {best['epoch']} ({result.seconds:.0f}s)")
@@ -254,7 +257,8 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     seed_list = seed_list or list(cfg.train.seeds)
     settings = _settings(cfg, only, seed=0)
     if build_missing:
-        build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo)
+        with keep_lock(out):  # one lock for all the stages it runs: nobody writes in between
+            build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo)
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
     arms = arms or default_arms(out, click.echo)
@@ -264,11 +268,12 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     click.echo(f"benchmark: k={ks}, {len(arms)} arms, seeds {seed_list} (up to {n_cells} cells), "
                f"{settings.arch} x {settings.epochs} epochs, run {out}, "
                + (f"{cfg.workers} Ray workers" if cfg.workers > 0 else "inline"))
-    result = run_benchmark(out, dataset, settings, ks, seed_list, arms, prob,
-                           cfg.train.synthetic_weight, cfg.train.min_confidence, test_split,
-                           distill_temperature=cfg.train.distill_temperature, resume=not fresh,
-                           log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address,
-                           gpus_per_worker=cfg.gpus_per_worker, placement_timeout=cfg.placement_timeout)
+    with run_lock(out):  # the grid writes report/: one writer per run folder
+        result = run_benchmark(out, dataset, settings, ks, seed_list, arms, prob,
+                               cfg.train.synthetic_weight, cfg.train.min_confidence, test_split,
+                               distill_temperature=cfg.train.distill_temperature, resume=not fresh,
+                               log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address,
+                               gpus_per_worker=cfg.gpus_per_worker, placement_timeout=cfg.placement_timeout)
     click.echo("")
     click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
     click.echo(render_text(result))

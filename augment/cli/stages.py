@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from augment.cli.options import add_options, build_config, command, common_options, grad_steps_option
+from augment.io.lock import keep_lock
 from augment.io.rundir import RunDir
 
 if TYPE_CHECKING:
+    from augment.config import Config
     from augment.io.verify import VerifySummary
 
 generate_options = add_options([
@@ -127,14 +129,20 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
 
     With no arguments it runs the embedded default end to end: digits, 10 classes x 100 images.
     """
+    start = time.perf_counter()
+    gs = grad_steps_option(grad_steps)
+    cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs})
+    with keep_lock(cfg.out):  # the first stage takes the run folder's lock; nobody writes between stages
+        _build(cfg, with_baseline, force, start)
+
+
+def _build(cfg: Config, with_baseline: bool | None, force: bool, start: float) -> None:
+    """``build``'s stages and verify, the run folder's lock kept throughout."""
     from augment.generate.runner import run_generate
     from augment.io.verify import verify_arms
     from augment.stage import open_pool
     from augment.tokens.runner import run_tokens
 
-    start = time.perf_counter()
-    gs = grad_steps_option(grad_steps)
-    cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs})
     baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
     with open_pool(cfg) as pool:  # one set of workers, models loaded once, for every stage
         t = run_tokens(cfg, force=force, pool=pool)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from augment.datasets.base import Sample
 from augment.datasets.folder import ImageFileDataset, resolve_root
-from augment.datasets.names import cub_class_name
+from augment.datasets.names import check_distinct, cub_class_name
 from augment.errors import AugmentError
 
 CUB_DIR = "CUB_200_2011"
@@ -83,6 +83,7 @@ class CubDataset(ImageFileDataset):
             raise AugmentError(f"{self.root / 'classes.txt'} lists no classes; re-extract CUB_200_2011")
         self.raw_names = [raw for _, raw in classes]
         self._names = [self.clean(raw) for raw in self.raw_names]
+        check_distinct(self._names, self.raw_names, "classes", self.root / "classes.txt")
         class_index = {cid: i for i, (cid, _) in enumerate(classes)}
 
         labels = dict(read_pairs(self.root / "image_class_labels.txt"))

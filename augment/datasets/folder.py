@@ -11,7 +11,7 @@ Class folders are sorted by name (the order torchvision's ``ImageFolder`` uses, 
 agree with classifiers trained on the same folder); the union over splits gives the classes, so
 indices are the same in every split. Class names are the folder names cleaned for prompts
 (``_`` -> space, lower case: ``Red_Fox`` -> ``red fox``); :attr:`FolderDataset.folder_names`
-keeps the raw names. Files are found recursively below each class folder, by extension
+keeps the raw names, and two folders that clean to the same name are refused. Files are found recursively below each class folder, by extension
 (``.jpg .jpeg .png .webp``, any case); other files and hidden files (``.DS_Store``, ``._x.jpg``)
 are ignored; class folders with no image at all are left out (listed in ``empty_dirs``).
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 from augment.datasets.base import Dataset, Sample
-from augment.datasets.names import clean_name
+from augment.datasets.names import check_distinct, clean_name
 from augment.errors import AugmentError
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ class FolderDataset(ImageFileDataset):
             )
         index = {c: i for i, c in enumerate(self.folder_names)}
         self._names = [self.clean(c) or c for c in self.folder_names]
+        check_distinct(self._names, self.folder_names, "class folders", self.root)
         self._samples = {
             split: [Sample(str(p), index[c]) for c in self.folder_names for p in per.get(c, [])]
             for split, per in files.items()

@@ -24,7 +24,7 @@ from typing import Any
 
 from augment.datasets.base import Sample
 from augment.datasets.folder import ImageFileDataset, resolve_root
-from augment.datasets.names import clean_name
+from augment.datasets.names import check_distinct, clean_name
 from augment.errors import AugmentError
 
 SPLIT_FILES = {"train": "train.json", "train_mini": "train_mini.json", "val": "val.json"}
@@ -98,6 +98,7 @@ class INatDataset(ImageFileDataset):
         self._names = [
             self.clean(n) or str(i) for n, i in zip(self.raw_names, self.category_ids, strict=True)
         ]
+        check_distinct(self._names, self.raw_names, "categories", first)
         self._index = {cid: i for i, cid in enumerate(self.category_ids)}
         self._samples: dict[str, list[Sample]] = {}
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Sequence
+
+from augment.errors import AugmentError
 
 _NUMERIC_PREFIX = re.compile(r"^\s*\d+\s*[._\-\s]\s*")
 _WORD_DOT = re.compile(r"(?<=[^\W_])\.(?=[^\W_])")
@@ -60,3 +63,18 @@ def slugify(name: str, max_len: int = SLUG_MAX) -> str:
         digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:8]
         slug = f"class-{digest}"
     return slug[:max_len].rstrip("-")
+
+
+def check_distinct(names: Sequence[str], raw: Sequence[str], what: str, where: object) -> None:
+    """Refuse two classes whose cleaned names are equal (``Red_Fox`` and ``red fox`` both give
+    ``red fox``), naming both raw names: downstream, labels follow class names, so the two classes
+    would silently share one label. Names compare case- and space-insensitively, as labels do."""
+    seen: dict[str, str] = {}
+    for name, original in zip(names, raw, strict=True):
+        key = " ".join(str(name).split()).lower()
+        if key in seen:
+            raise AugmentError(
+                f"{what} {seen[key]!r} and {original!r} in {where} both become the class name {name!r}; "
+                "rename or merge one of them so that every class has its own name"
+            )
+        seen[key] = original

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from augment.datasets.base import Dataset, Sample
 from augment.errors import AugmentError
 from augment.io.manifest import read_manifests
+from augment.io.rundir import ArmDir, parse_shard_name
 from augment.io.shards import shard_urls
 
 __all__ = [
@@ -83,10 +84,11 @@ def norm_name(name: str) -> str:
 class SyntheticSet:
     """One arm's shards after the confidence filter, with labels already in the dataset's indices.
 
-    ``keys``/``labels``/``confidence`` are the kept rows in manifest order; ``dropped`` counts the
-    removed rows per reason (shown to the user, and written to metrics.json). ``soft`` holds each
-    kept row's soft label (the guide's top-k: dataset class indices and probabilities) or None
-    where the manifest has none (generated before soft labels, or with ``soft_labels: 0``).
+    ``keys``/``labels``/``confidence`` are the kept rows in manifest order (``shards``: each one's
+    shard file, to name it when it cannot be read); ``dropped`` counts the removed rows per reason
+    (shown to the user, and written to metrics.json). ``soft`` holds each kept row's soft label (the
+    guide's top-k: dataset class indices and probabilities) or None where the manifest has none
+    (generated before soft labels, or with ``soft_labels: 0``).
     """
 
     root: Path
@@ -98,6 +100,7 @@ class SyntheticSet:
     dropped: dict[str, int] = field(default_factory=dict)
     min_confidence: float = 0.0
     soft: list[tuple[list[int], list[float]] | None] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
@@ -225,6 +228,7 @@ def load_synthetic(
     keys = table.column("key").to_pylist()
     cls = table.column("class_index").to_pylist()
     soft = _soft_labels(table, root, class_names)
+    arm_dir, shard_of = ArmDir(root), table.column("shard").to_pylist()
     return SyntheticSet(
         root=root,
         urls=urls,
@@ -235,6 +239,7 @@ def load_synthetic(
         dropped=dropped,
         min_confidence=float(min_confidence),
         soft=[soft[i] for i in idx],
+        shards=[str(arm_dir.shard_path(parse_shard_name(shard_of[i]) or 0)) for i in idx],
     )
 
 
@@ -260,15 +265,23 @@ def read_synthetic_images(syn: SyntheticSet, size: int | None = None) -> torch.T
 
     wanted = {k: i for i, k in enumerate(syn.keys)}
     out: list[torch.Tensor | None] = [None] * len(wanted)
-    pipe = wds.WebDataset(syn.urls, shardshuffle=False, empty_check=False).select(lambda s: s["__key__"] in wanted)
-    for sample in pipe:
-        with Image.open(io.BytesIO(_image_of(sample))) as im:
-            out[wanted[sample["__key__"]]] = _to_uint8(im, size)
-    missing = [syn.keys[i] for i, t in enumerate(out) if t is None]
+    for url in syn.urls:  # one shard at a time, so that a broken one is named
+        pipe = wds.WebDataset([url], shardshuffle=False, empty_check=False).select(lambda s: s["__key__"] in wanted)
+        try:
+            for sample in pipe:
+                with Image.open(io.BytesIO(_image_of(sample))) as im:
+                    out[wanted[sample["__key__"]]] = _to_uint8(im, size)
+        except Exception as e:  # noqa: BLE001 - truncated tar, corrupt image: one user problem whatever raised it
+            reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise AugmentError(f"shard {url} cannot be read ({reason}); `augment verify {syn.root}` lists what is "
+                               "broken, and re-running `augment generate` with the same --out redoes that shard") from None
+    missing = [i for i, t in enumerate(out) if t is None]
     if missing:
+        where = f"shard {syn.shards[missing[0]]}" if syn.shards else f"synthetic set {syn.root}"
         raise AugmentError(
-            f"synthetic set {syn.root}: {len(missing)} manifest rows have no image in the shards "
-            f"(e.g. {missing[0]!r}); run `augment verify` and re-run generate to repair"
+            f"{where}: {len(missing)} manifest rows have no image in the shards (e.g. {syn.keys[missing[0]]!r}: "
+            f"truncated?); `augment verify {syn.root}` lists what is broken, and re-running `augment generate` with "
+            "the same --out redoes that shard"
         )
     if len({tuple(t.shape) for t in out}) > 1 and size is None:
         raise AugmentError(f"synthetic set {syn.root} mixes image sizes; pass an input size to resize them")

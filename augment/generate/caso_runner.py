@@ -30,13 +30,21 @@ from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
 from augment.io.images import encode_image
 from augment.io.rundir import ArmDir
-from augment.io.shards import SynthSample, done_shards, sample_key, write_info, write_shard
+from augment.io.shards import (
+    SynthSample,
+    complete_shard_keys,
+    done_shards,
+    sample_key,
+    write_info,
+    write_shard,
+)
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.caso import CasoTrainer, vector_tokens
+from augment.tokens.textual_inversion import check_names_hold_no_token
 
 COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
 
@@ -168,6 +176,7 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         cfg, cc = self.cfg, self.cfg.caso
         self.dataset = dataset = load_dataset(cfg)
         self.names = names = dataset.class_names
+        check_names_hold_no_token(names)
         self.classes = select_classes(cfg.classes, len(names), names)
         if cc.split not in dataset.splits():
             raise AugmentError(f"caso learns from real images but {cfg.dataset} has no split {cc.split!r} "
@@ -193,7 +202,8 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         kshot = dataset.kshot(cc.k, cfg.seed, cc.split)
         # each class's reals are decoded when its unit is sent, and released once it is written
         todo = [CasoUnit(c, i, Payload.lazy(partial(read_reals, dataset, [s for s in kshot if s.label == c], cc.split)))
-                for i, c in enumerate(self.classes) if force or i not in done]
+                for i, c in enumerate(self.classes)
+                if force or i not in done or not complete_shard_keys(self.arm.path, i)]  # unreadable: redone
         self.token_rows = read_token_rows(self.arm.tokens_parquet)
         return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))
 

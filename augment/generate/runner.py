@@ -26,7 +26,14 @@ from augment.generate.rejection import RejectionStats, quotas
 from augment.generate.worker import GenSpec, ShardResult, make_worker
 from augment.io.atomic import atomic_write_json
 from augment.io.rundir import ArmDir
-from augment.io.shards import cleanup_partial, done_shards, sample_key, write_info, write_shard
+from augment.io.shards import (
+    cleanup_partial,
+    complete_shard_keys,
+    done_shards,
+    sample_key,
+    write_info,
+    write_shard,
+)
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
@@ -57,16 +64,18 @@ class GenerateSummary(stage.StageSummary):
 
 
 def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int], g: GenerateConfig) -> bool:
-    """Done = its Parquet marker exists and holds what this plan puts in the shard: exactly its
-    keys, or, under rejection sampling, a subset of them drawn for the same slots and settings."""
+    """Done = its Parquet marker and its tar can be read (:func:`complete_shard_keys`: an unreadable
+    pair is redone) and hold what this plan puts in the shard: exactly its keys, or, under rejection
+    sampling, a subset of them drawn for the same slots and settings."""
     if unit.index not in done:
         return False
-    path = arm.manifest_path(unit.index)
-    keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    keys = complete_shard_keys(arm.path, unit.index)
+    if keys is None:
+        return False
     planned = [sample_key(c, i) for c, i in unit.entries]
     if g.min_confidence <= 0:
         return keys == planned
-    stats = RejectionStats.from_metadata(pq.read_schema(path).metadata)
+    stats = RejectionStats.from_metadata(pq.read_schema(arm.manifest_path(unit.index)).metadata)
     wanted = RejectionStats.of(quotas(unit, g.max_attempts), g.min_confidence, g.max_attempts)
     return (stats is not None and set(keys) <= set(planned) and stats.slots() == wanted.slots()
             and (stats.min_confidence, stats.max_attempts) == (g.min_confidence, g.max_attempts))
@@ -124,12 +133,18 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         return f"{self.cfg.dataset}-{'baseline' if self.baseline else 'tokens'}"
 
     def preflight(self) -> None:
-        from augment.models.backbone import model_fingerprint, resolve_backbone_path
+        from augment.models.backbone import model_fingerprint, resolve_backbone_path, text_width
         from augment.models.classifier import check_classes, load_classifier, read_classifier_source
-        from augment.tokens.textual_inversion import read_token_embedding
+        from augment.tokens.textual_inversion import (
+            check_names_hold_no_token,
+            check_token,
+            read_token_embedding,
+            token_string,
+        )
 
         cfg, g = self.cfg, self.cfg.generate
         self.names = names = load_dataset(cfg).class_names
+        check_names_hold_no_token(names)
         self.classes = select_classes(cfg.classes, len(names), names)
         if g.per_class * len(self.classes) > MAX_SAMPLES:  # the plan holds one entry per sample
             raise AugmentError(
@@ -152,7 +167,9 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
                     f"no token for class {c} ({names[c]!r}) in {arm.tokens} ({len(missing)} missing); "
                     "run `augment tokens` with the same --out first (or pass --baseline for plain prompts)"
                 )
-            tokens = {c: read_token_embedding(arm.token_file(c, names[c])) for c in self.classes}
+            width = text_width(cfg.model)
+            tokens = {c: check_token(read_token_embedding(path := arm.token_file(c, names[c])), str(path),
+                                     token_string(c), width) for c in self.classes}
         self.spec = Payload(GenSpec(names, tokens, self.baseline))
         self.classifier = Payload(source)
 

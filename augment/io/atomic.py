@@ -13,6 +13,7 @@ match ``*.parquet`` / ``*.tar`` globs (duckdb, webdataset brace patterns), and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -32,6 +33,8 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "is_temp_name",
+    "remove_temp_files",
+    "sha256_file",
     "temp_path_for",
 ]
 
@@ -45,6 +48,27 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
 def is_temp_name(name: str) -> bool:
     """True for names made by :func:`temp_path_for` (leftovers of an interrupted write)."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files an interrupted write left in ``folder`` (not recursive); returns
+    them. Run it before resuming, never while another writer may be at work (the run folder's lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in sorted(folder.iterdir()) if is_temp_name(p.name) and p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_text, is_temp_name
 from augment.io.rundir import ArmDir
 from augment.resources import manifests_dir
@@ -29,6 +30,7 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "SCHEMA_DOCS",
     "TOKENS_SCHEMA",
+    "read_manifest",
     "read_manifests",
     "schema_doc",
     "write_parquet",
@@ -239,8 +241,19 @@ def read_manifests(folder: str | os.PathLike[str]) -> pa.Table:
     files = parquet_files(folder)
     if not files:
         return MANIFEST_SCHEMA.empty_table()
-    tables = [pq.read_table(p) for p in files]
+    tables = [read_manifest(p) for p in files]
     return pa.concat_tables(tables, promote_options="default")
+
+
+def read_manifest(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """One manifest (``columns`` only, when given); AugmentError naming the file and the fix when it
+    cannot be read (truncated, empty: a full disk, a copy cut short, a hand edit)."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise AugmentError(f"manifest {path} cannot be read ({reason}); `augment verify` lists what is broken, and "
+                           "re-running `augment generate` with the same --out redoes that shard") from None
 
 
 # ------------------------------------------------------------------------------------ schema docs

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 RUN_JSON = "run.json"
+#: the run folder's write lock (augment.io.lock): hidden, so no reader of the folder lists it
+LOCK_NAME = ".augment.lock"
 TOKENS_DIR = "tokens"
 TOKENS_PARQUET = "tokens.parquet"
 SHARDS_DIR = "shards"
@@ -208,6 +210,11 @@ class RunDir(ArmDir):
         return self.path / REPORT_DIR
 
     @property
+    def lock_file(self) -> Path:
+        """The file whose ``flock`` makes one process the folder's only writer (:mod:`augment.io.lock`)."""
+        return self.path / LOCK_NAME
+
+    @property
     def eval_json(self) -> Path:
         return self.report / "eval.json"
 
@@ -316,8 +323,11 @@ def write_run_json(
 ) -> dict[str, Any]:
     """Write (or update) ``run.json`` atomically and return what was written.
 
-    Fields: ``config`` (as given), ``stage`` (the last one that wrote), ``stages`` (stage ->
-    last update time), ``created`` (kept from an existing file) and ``updated`` (ISO-8601 UTC),
+    Fields: ``config`` (as given: the last writer's), ``settings`` (stage -> the ``config`` and
+    ``extra`` that stage last wrote with, kept apart so that re-running one stage never changes
+    what another stage's resume compares against), ``stage`` (the last one that wrote),
+    ``stages`` (stage -> last update time), ``created`` (kept from an existing file) and
+    ``updated`` (ISO-8601 UTC),
     ``augment_version``, ``git_sha`` (None outside a checkout), ``packages``, ``model_id`` and
     ``classifier_id`` (from ``config_dict["model"]`` / ``["classifier"]`` unless ``extra`` gives
     them), ``class_names`` (from ``extra``, else kept from an existing file). Any other ``extra``
@@ -336,6 +346,7 @@ def write_run_json(
             "config": config_dict,
             "stage": stage,
             "stages": {**(old.get("stages") or {}), stage: now},
+            "settings": {**_settings(old), stage: _normal({"config": config_dict, **extra})},
             "created": old.get("created", now),
             "updated": now,
             "augment_version": augment.__version__,
@@ -354,6 +365,12 @@ def write_run_json(
 
 
 _MISSING = object()
+
+
+def _settings(record: dict[str, Any]) -> dict[str, Any]:
+    """run.json's ``settings`` (stage -> what it wrote with); empty in folders made before it existed."""
+    settings = record.get("settings")
+    return settings if isinstance(settings, dict) else {}
 
 
 def _lookup(data: Any, dotted: str) -> Any:
@@ -382,12 +399,15 @@ def check_compatible(
     keys: list[str],
     force: bool,
     extra: dict[str, Any] | None = None,
+    stage: str | None = None,
 ) -> list[str]:
     """Refuse to write into a run folder that was made with a different setup.
 
     Each dotted key (``"model"``, ``"generate.prompts"``, ``"class_names"``) is looked up in the
-    new ``config_dict`` (then in ``extra``) and in the existing run.json's ``config`` (then its
-    top level, where ``class_names``/``model_id`` live). Keys absent on either side are skipped.
+    new ``config_dict`` (then in ``extra``) and in what ``stage`` recorded in run.json's
+    ``settings`` (its ``config``, then its extras); without a ``stage`` or such a record (a folder
+    from an older version), in run.json's ``config`` (then its top level, where
+    ``class_names``/``model_id`` live). Keys absent on either side are skipped.
     Without run.json there is nothing to compare. Returns the differences as
     ``"key: old -> new"`` strings; raises AugmentError naming the first ones with both values
     unless ``force`` is true.
@@ -401,6 +421,9 @@ def check_compatible(
         raise
     if old is None:
         return []
+    recorded = _settings(old).get(stage) if stage else None
+    if isinstance(recorded, dict):
+        old = recorded
     old_config = old.get("config") if isinstance(old.get("config"), dict) else {}
     diffs: list[str] = []
     for key in keys:

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
 import augment
-from augment.io.atomic import atomic_path, atomic_write_json, is_temp_name
+from augment.io.atomic import atomic_path, atomic_write_json, remove_temp_files
 from augment.io.images import IMAGE_FORMATS, image_size
 from augment.io.jsonsafe import json_safe
 from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
@@ -43,6 +44,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "SynthSample",
     "cleanup_partial",
+    "complete_shard_keys",
     "done_shards",
     "image_size",
     "manifest_path",
@@ -67,6 +69,9 @@ JSON_EXCLUDE = frozenset({"created_at", "shard", "image_sha256", "bytes"})
 
 #: columns write_shard fills itself; ``meta`` must not contradict them
 _COMPUTED = ("key", "shard", "class_index", "image_format", "width", "height", "image_sha256", "bytes")
+
+#: the files write_shard stores per sample: the image, ``.cls`` and ``.json``
+SAMPLE_FILES = ("image", "cls", "json")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SAMPLE_KEY_RE = re.compile(r"^c(\d+)_s(\d+)$")
@@ -247,6 +252,35 @@ def done_shards(out_dir: str | os.PathLike[str]) -> set[int]:
     return _indices(arm.manifests, ".parquet") & _indices(arm.shards, ".tar")
 
 
+def complete_shard_keys(out_dir: str | os.PathLike[str], index: int) -> list[str] | None:
+    """The sample keys of shard ``index`` when its manifest and its tar can both be read and list
+    the same samples, in order; None otherwise, and then the shard is to be written again.
+
+    A pair that exists but cannot be read (truncated or empty: a full disk, a copy cut short, a
+    hand edit) also loses its manifest, the done marker, so that nothing counts it as done
+    (``_info.json``, readers) until it is rewritten. Reads the tar's headers only, not its images.
+    """
+    import tarfile
+
+    marker = manifest_path(out_dir, index)
+    try:
+        keys = pq.read_table(marker, columns=["key"]).column("key").to_pylist()
+        tar_path = shard_path(out_dir, index)
+        size = tar_path.stat().st_size
+        with tarfile.open(tar_path) as tar:
+            # a member whose data runs past the end of the file: the tar was cut short
+            stems = [m.name.split(".", 1)[0] if m.offset_data + m.size <= size else "" for m in tar]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, tarfile.TarError, pa.ArrowException):
+        stems, keys = [], None
+    in_tar = list(dict.fromkeys(stems))  # a sample's files are contiguous: one stem per sample
+    if not keys or keys != in_tar or len(stems) != len(SAMPLE_FILES) * len(keys):
+        marker.unlink(missing_ok=True)
+        return None
+    return keys
+
+
 def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:
     """Remove what an interrupted run left: temp files in shards/ and manifests/, tars without
     their Parquet (not done) and Parquets without their tar (a marker for missing data, so the
@@ -255,11 +289,7 @@ def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:
     arm = ArmDir(out_dir)
     removed: list[Path] = []
     for folder in (arm.shards, arm.manifests):
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if is_temp_name(p.name) and p.is_file():
-                    p.unlink(missing_ok=True)
-                    removed.append(p)
+        removed.extend(remove_temp_files(folder))
     tars = _indices(arm.shards, ".tar")
     pqs = _indices(arm.manifests, ".parquet")
     for i in sorted(tars - pqs):

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from augment.errors import AugmentError
-from augment.io.atomic import is_temp_name
+from augment.io.atomic import is_temp_name, sha256_file
 from augment.io.manifest import ADDED_COLUMNS, MANIFEST_SCHEMA, TOKENS_SCHEMA
 from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json, shard_name
 from augment.io.shards import manifest_path, shard_path
@@ -112,14 +112,6 @@ class _Problems:
     def close(self, where: str) -> None:
         if self.extra:
             self.out.append(f"{where}: ... and {self.extra} more problems")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _schema_problems(schema: pa.Schema, expected: pa.Schema, where: str) -> list[str]:
@@ -363,7 +355,7 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -
         if not path.is_file():
             problems.append(f"{where}: token file {fname} is missing")
             continue
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
         if r.get("token_sha256") and sha != r["token_sha256"]:
             problems.append(f"{where}: {fname} sha256 differs from tokens.parquet (file changed)")
         if r.get("class_index") is not None and r.get("token_sha256"):
@@ -488,14 +480,25 @@ class VerifySummary(StageSummary):
     reports: dict[str, VerifyReport] = field(default_factory=dict)
 
 
+def _token_arm_present(run: RunDir) -> bool:
+    """The token arm (the run folder itself) counts when it was generated into or holds tokens or a
+    run.json; a folder made by ``augment generate --baseline`` alone holds none of them."""
+    return arm_present(run) or run.tokens.is_dir() or run.run_json.exists()
+
+
 def verify_arms(out: str | os.PathLike[str], decode_images: bool = True) -> VerifySummary:
-    """:func:`verify_run` on every arm of the run folder ``out``: the token arm (the folder itself,
-    even when it has only tokens) and each other arm that is present (:func:`arm_present`), so an
-    arm whose generate started but wrote nothing fails instead of being skipped."""
+    """:func:`verify_run` on every arm of the run folder ``out`` that is present (:func:`arm_present`;
+    the token arm also with only tokens), so an arm whose generate started but wrote nothing fails
+    instead of being skipped; a folder with no arm at all is checked as the token arm (and fails).
+    Every problem starts with the name of its arm (``baseline: ...``)."""
     start = time.perf_counter()
     run = RunDir(out)
-    arms = {name: run.arm_dir(name) for name in ARMS if name == "token" or arm_present(run.arm_dir(name))}
+    arms = {name: run.arm_dir(name) for name in ARMS
+            if (_token_arm_present(run) if name == "token" else arm_present(run.arm_dir(name)))}
+    arms = arms or {"token": run.arm_dir("token")}
     reports = {name: verify_run(arm.path, decode_images=decode_images) for name, arm in arms.items()}
+    for name, r in reports.items():
+        r.problems[:] = [p if p.startswith(f"{name}: ") else f"{name}: {p}" for p in r.problems]
     failed = [f"{arms[name]}: {len(r.problems)} problems" for name, r in reports.items() if not r.ok]
     return VerifySummary(stage="verify", out=run.path, done=len(reports) - len(failed), skipped=0, failed=failed,
                          seconds=time.perf_counter() - start, arms=arms, reports=reports)

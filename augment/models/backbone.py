@@ -208,6 +208,18 @@ def model_fingerprint(spec: str) -> str:
     return h.hexdigest()[:16]
 
 
+def text_width(spec: str) -> int | None:
+    """The width of the backbone's token embeddings (its text encoder's ``hidden_size``), read from
+    its config without loading weights; None when the config does not say."""
+    config = Path(resolve_backbone_path(spec)) / "text_encoder" / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    width = data.get("hidden_size") if isinstance(data, dict) else None
+    return width if isinstance(width, int) else None
+
+
 def set_scheduler(pipe, name: str):
     import diffusers
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,11 @@ def _load_hf(where: str, spec: str) -> Classifier:
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=True)
         model = AutoModelForImageClassification.from_pretrained(where, local_files_only=True)
+    except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
+        raise AugmentError(
+            f"classifier {where!r}: its .bin weights hold pickled objects, not plain tensors (refused: unpickling "
+            "them could run code); save the model with save_pretrained() as model.safetensors"
+        ) from None
     except (OSError, ValueError) as e:
         raise AugmentError(
             f"cannot load transformers classifier {where!r} offline ({str(e).splitlines()[0][:120]}); "

@@ -1,9 +1,9 @@
 """The ``augment tokens`` stage: one DisCo token per selected class, in parallel, resumable.
 
 Work unit = one class. A class is done when its token file (``ArmDir.token_file``) exists
-(written atomically by the driver, then its row in ``tokens.parquet``); a re-run skips done
-classes and redoes the rest, ``force`` retrains all selected classes. The checks, the run folder
-and the failure policy are :mod:`augment.stage`'s.
+(written atomically by the driver, then its row in ``tokens.parquet``) and its row lists that
+file with its sha256; a re-run skips done classes and redoes the rest, ``force`` retrains all
+selected classes. The checks, the run folder and the failure policy are :mod:`augment.stage`'s.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
+from augment.io.atomic import remove_temp_files, sha256_file
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
 from augment.models.classifier import ClassifierSource
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.disco import TokenResult
-from augment.tokens.textual_inversion import save_token, token_string
+from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
 
 # Settings that make a token different: a folder with other values belongs to another run.
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
@@ -98,6 +99,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
         cfg = self.cfg
         self.names = load_dataset(cfg).class_names
+        check_names_hold_no_token(self.names)
         self.classes = select_classes(cfg.classes, len(self.names), self.names)
         # fail on the driver, with one clear line, before any actor starts loading models
         resolve_backbone_path(cfg.model)
@@ -115,9 +117,20 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
     def plan(self, force: bool) -> stage.Plan[int]:
         self.arm.tokens.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(self.arm.tokens)  # a write a kill interrupted
         self.rows = read_token_rows(self.arm.tokens_parquet)
-        todo = [c for c in self.classes if force or not self.token_file(c).exists()]
+        todo = [c for c in self.classes if force or not self._done(c)]
         return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))
+
+    def _done(self, c: int) -> bool:
+        """A class is done when its token file exists and tokens.parquet lists exactly that file.
+
+        The file is renamed into place before its row is written; a kill between the two leaves a
+        file without its row (or, under ``--force``, beside the previous token's row), which verify
+        rejects. Such a class is trained again, which rewrites the pair."""
+        path, row = self.token_file(c), self.rows.get(c)
+        return (path.exists() and row is not None and row.status == "ok" and row.token_file == path.name
+                and row.token_sha256 == sha256_file(path))
 
     def worker_factory(self) -> WorkerFactory:
         return partial(make_worker, self.cfg_dict, self.names, self.classifier)

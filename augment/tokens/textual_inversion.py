@@ -14,8 +14,7 @@ with the work, so a GPU node that does not share the driver's disk loads the sam
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,28 @@ from pathlib import Path
 import torch
 
 from augment.errors import AugmentError
+from augment.io.atomic import atomic_write_bytes
 
 
 def token_string(class_index: int) -> str:
     return f"<c{class_index:04d}>"
+
+
+#: the forms of every token string augment adds to a tokenizer: DisCo's ``<c0042>``, CASO's
+#: ``<caso0042>`` / ``<caso0042to0007>``, and the ``_1``, ``_2`` ... of a multi-vector embedding
+TOKEN_RE = re.compile(r"<(?:c\d{4,}|caso\d{4,}(?:to\d{4,})?)(?:_\d+)?>")
+
+
+def check_names_hold_no_token(names: Sequence[str]) -> None:
+    """Refuse a class name that contains a token string (``"fox <c0000>"``): the tokenizer would
+    read it as that token, and the class's prompts would carry another class's embedding."""
+    for i, name in enumerate(names):
+        found = TOKEN_RE.search(name)
+        if found:
+            raise AugmentError(
+                f"class {i} name {name!r} contains {found.group()!r}, the form of augment's class tokens, so its "
+                "prompts would use that token's embedding; rename the class (its folder or label map) without it"
+            )
 
 
 def single_token_id(tokenizer, word: str) -> int:
@@ -89,17 +106,7 @@ def save_token(path: Path, token: str, embedding: torch.Tensor) -> str:
     vec = embedding.detach().float()
     vec = vec.reshape(1, -1) if vec.dim() == 1 else vec.reshape(-1, vec.shape[-1])
     data = save({token: vec.contiguous().cpu()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)  # mode 0644 (umask) like every other output, not mkstemp's 0600
     return hashlib.sha256(data).hexdigest()
 
 
@@ -126,7 +133,25 @@ def decode_token(data: bytes, where: str) -> tuple[str, torch.Tensor]:
                            "delete it and re-run `augment tokens` to retrain that class") from None
     if len(state) != 1:
         raise AugmentError(f"{where} holds {len(state)} keys; a token file holds exactly one (the token)")
-    return next(iter(state.items()))
+    token, vectors = next(iter(state.items()))
+    if vectors.dim() not in (1, 2) or vectors.numel() == 0:
+        raise AugmentError(f"{where} holds a tensor of shape {list(vectors.shape)}; a token file holds [1, D] or "
+                           "[n, D] (D = the text encoder's width): delete it and re-run `augment tokens`")
+    return token, vectors
+
+
+def check_token(emb: TokenEmbedding, where: str, token: str, width: int | None) -> TokenEmbedding:
+    """``emb`` when it is the token ``token`` with vectors ``width`` wide (None: any width); else
+    one line naming the file, what it holds and what was expected (a file copied from another
+    class or another model would otherwise be used silently, or fail deep inside diffusers)."""
+    fix = "delete it and re-run `augment tokens` with the same --out"
+    if emb.token != token:
+        raise AugmentError(f"{where} holds the token {emb.token!r}, expected {token!r} (it belongs to another class "
+                           f"or run); {fix}")
+    if width is not None and emb.vectors.shape[-1] != width:
+        raise AugmentError(f"{where} holds a tensor of shape {list(emb.vectors.shape)}, expected [1, {width}] "
+                           f"(this model's text width is {width}); {fix}")
+    return emb
 
 
 def read_token(path: Path) -> tuple[str, torch.Tensor]:

@@ -114,3 +114,36 @@ def test_benchmark_builds_only_the_missing_arm(tmp_path, monkeypatch):
     data = json.loads((out / "report" / "benchmark.json").read_text())
     assert {c["arm"] for c in data["cells"]} == {"real only", "real + baseline synthetic (p=0.5)",
                                                  "real + token synthetic (p=0.5)"}
+
+
+@pytest.mark.parametrize(("victim", "damage"), [
+    ("manifests/synth-000000.parquet", lambda data: data[: len(data) // 2]),  # truncated
+    ("manifests/synth-000001.parquet", lambda data: b""),  # empty
+    ("shards/synth-000000.tar", lambda data: data[: len(data) // 2]),  # truncated mid-sample
+    ("shards/synth-000001.tar", lambda data: data[:1024] + bytes(len(data) - 1024)),  # zeroed after a header
+])
+def test_train_on_a_corrupt_shard_or_manifest_names_the_file(tmp_path, run, victim, damage):
+    path = run / victim
+    path.write_bytes(damage(path.read_bytes()))
+    res = CliRunner().invoke(train, [*TINY, "--real-k", "1", "--synthetic", str(run), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and str(path) in lines[0] and "augment verify" in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("command", ["train", "benchmark"])
+def test_train_and_benchmark_into_a_locked_run_are_refused(run, command):
+    from tests.io.test_lock import hold_lock
+
+    holder = hold_lock(run)
+    try:
+        args = ["--real-k", "1", "--synthetic", str(run)] if command == "train" else [
+            "--out", str(run), "--k", "1", "--seeds", "1", "--workers", "0", "--no-build"]
+        res = CliRunner().invoke(train if command == "train" else benchmark, [*TINY, *args])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 2, res.output
+    assert f"is being written by PID {holder.pid}" in res.output and "Traceback" not in res.output
+    assert not (run / "train").exists() and not (run / "report").exists()

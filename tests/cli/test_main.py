@@ -187,3 +187,21 @@ def test_sdxl_refused_before_anything_is_written(command, tmp_path, monkeypatch)
     result = invoke_err(command, "--model", str(model), "--out", str(tmp_path / "run"))
     _assert_one_line_error(result, f"{model} is a StableDiffusionXLPipeline; augment supports Stable Diffusion 1.x/2.x")
     assert os.listdir(tmp_path) == ["sdxl"]  # no run folder
+
+
+@pytest.mark.parametrize("command", ["tokens", "generate", "caso", "build"])
+def test_a_second_writer_exits_2_at_once_naming_the_holder(command, tmp_path):
+    from tests.io.test_lock import hold_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = hold_lock(out)
+    try:
+        r = invoke_err(command, "--out", str(out), "--workers", "0")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"is being written by PID {holder.pid} on " in lines[0] and "resume with `" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [".augment.lock"]

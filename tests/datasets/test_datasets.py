@@ -257,3 +257,33 @@ def test_datasets_pickle(case):
     ds, names, sizes, split = case
     back = pickle.loads(pickle.dumps(ds))
     assert back.class_names == ds.class_names and back.samples(split) == ds.samples(split)
+
+
+def test_folders_that_clean_to_one_name_are_refused_naming_both(tmp_path):
+    from tests.fixtures.datasets import save_image
+
+    for i, folder in enumerate(("Red_Fox", "otter", "red fox")):
+        save_image(tmp_path / folder / "a.jpg", i)
+    with pytest.raises(AugmentError) as e:
+        get_dataset("folder", data_root=tmp_path)
+    msg = e.value.message
+    assert "'Red_Fox' and 'red fox'" in msg and "'red fox'" in msg and str(tmp_path) in msg
+
+
+def test_cub_classes_that_clean_to_one_name_are_refused(fake_cub):
+    classes = fake_cub / "classes.txt"
+    classes.write_text(classes.read_text().replace("003.Sooty.Albatross", "003.Laysan.Albatross"))
+    with pytest.raises(AugmentError, match=r"'002.Laysan_Albatross' and '003.Laysan.Albatross' .*'laysan albatross'"):
+        get_dataset("cub", data_root=fake_cub)
+
+
+def test_inat_categories_that_clean_to_one_name_are_refused(fake_inat):
+    import json
+
+    for split in ("train", "val"):
+        path = fake_inat / f"{split}.json"
+        data = json.loads(path.read_text())
+        data["categories"][1]["name"] = "lumbricus_Terrestris"  # id 11 cleans to id 10's name
+        path.write_text(json.dumps(data))
+    with pytest.raises(AugmentError, match=r"'Lumbricus terrestris' and 'lumbricus_Terrestris'"):
+        get_dataset("inat", data_root=fake_inat)

@@ -257,3 +257,41 @@ def test_the_worker_needs_neither_the_run_folder_nor_the_checkpoint(trained, mic
     run_generate(cfg, show_progress=False)
     assert (tmp_path / "remote" / "shards" / "synth-000000.tar").read_bytes() == \
         (Path(cfg.out) / "shards" / "synth-000000.tar").read_bytes()
+
+
+def test_a_truncated_or_empty_manifest_or_shard_is_redone(trained):
+    out = Path(trained.out)
+    assert run_generate(trained, show_progress=False).written == 3
+    reference = _hashes(out / "shards")
+    manifest = out / "manifests" / "synth-000000.parquet"
+    manifest.write_bytes(manifest.read_bytes()[:100])  # truncated
+    (out / "manifests" / "synth-000001.parquet").write_bytes(b"")  # empty
+    shard = out / "shards" / "synth-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])  # cut inside its first sample
+    s = run_generate(trained, show_progress=False)
+    assert (s.written, s.skipped, s.failed) == (3, 0, [])
+    assert _hashes(out / "shards") == reference
+    assert verify_run(out).ok
+
+
+def _swap_token(trained, write) -> Path:
+    """Replace class 1's token file by what ``write(path)`` writes; returns its path."""
+    path = Path(trained.out) / "tokens" / "0001-dog.safetensors"
+    path.unlink()
+    write(path)
+    return path
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda p: shutil.copy(p.parent / "0000-cat.safetensors", p), r"holds the token '<c0000>', expected '<c0001>'"),
+    (lambda p: __import__("augment.tokens.textual_inversion").tokens.textual_inversion.save_token(
+        p, "<c0001>", __import__("torch").zeros(1, 7)), r"shape \[1, 7\], expected \[1, \d+\]"),
+    (lambda p: __import__("safetensors.torch").torch.save_file({"<c0001>": __import__("torch").tensor(1.0)}, str(p)),
+     r"shape \[\]; a token file holds \[1, D\]"),
+])
+def test_a_wrong_token_file_is_refused_naming_it(trained, write, message):
+    path = _swap_token(trained, write)
+    with pytest.raises(AugmentError, match=message) as e:
+        run_generate(trained, show_progress=False)
+    assert str(path) in e.value.message and "\n" not in e.value.message
+    assert not (Path(trained.out) / "shards").exists()  # refused before anything was written

@@ -267,3 +267,31 @@ def test_an_arm_with_only_a_run_json_of_another_stage_is_not_present(run):
     assert not arm_present(caso) and list(verify_arms(run).arms) == ["token"]
     caso.run_json.write_text("{not json")  # unreadable: the folders decide
     assert not arm_present(caso)
+
+
+def test_a_baseline_only_folder_passes(clean, tmp_path):
+    """``augment generate --baseline`` alone: OUT holds nothing but OUT/baseline/."""
+    from augment.io.rundir import RunDir, write_run_json
+    from augment.io.verify import verify_arms
+
+    out = tmp_path / "out"
+    baseline = RunDir(out).arm_dir("baseline").path
+    for folder in ("shards", "manifests"):
+        shutil.copytree(clean / folder, baseline / folder)
+    write_run_json(baseline, {"dataset": "digits"}, "generate", extra={"baseline": True})
+    s = verify_arms(out)
+    assert s.exit_code == 0, {n: r.problems for n, r in s.reports.items()}
+    assert "baseline" in s.arms and s.reports["baseline"].summary["shards"] >= 1
+
+
+def test_every_problem_names_its_arm(run):
+    from augment.io.rundir import RunDir
+    from augment.io.verify import verify_arms
+
+    baseline = RunDir(run).arm_dir("baseline").path
+    shutil.copytree(run / "shards", baseline / "shards")
+    shutil.copytree(run / "manifests", baseline / "manifests")
+    _rewrite_tar(shard_path(baseline, 0), lambda m, data: None if m.name.endswith(".cls") else (m, data))
+    manifest_path(baseline, 1).write_bytes(b"")
+    problems = verify_arms(run, decode_images=False).reports["baseline"].problems
+    assert len(problems) >= 2 and all("baseline" in p for p in problems), problems

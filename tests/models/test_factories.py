@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,3 +296,42 @@ def test_backbone_missing_on_a_worker_node_names_the_node(monkeypatch, tmp_path)
     monkeypatch.setattr(backbone, "node_label", lambda: None)  # on the driver: the message as before
     with pytest.raises(AugmentError, match="^cannot read model spec '/nonexistent/sd'"):
         load_backbone("/nonexistent/sd")
+
+
+class _Touch:
+    """A pickle that creates ``path`` when unpickled: what a hostile checkpoint would do."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("kind", ["pth-pickle", "pth-torch-save", "safetensors-named-pickle", "hf-bin"])
+def test_a_hostile_pickle_is_refused_without_running_it(kind, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    if kind == "hf-bin":
+        from transformers import ViTConfig, ViTForImageClassification
+
+        folder = tmp_path / "hf"
+        ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=16, num_labels=2)
+                                  ).save_pretrained(folder)
+        (folder / "model.safetensors").unlink()
+        torch.save({"vit.embeddings.cls_token": _Touch(marker)}, folder / "pytorch_model.bin")
+        spec = f"hf:{folder}"
+    else:
+        path = tmp_path / ("evil.safetensors" if kind.startswith("safetensors") else "evil.pth")
+        if kind == "pth-torch-save":
+            torch.save({"state_dict": {"w": _Touch(marker)}}, path)
+        else:
+            path.write_bytes(pickle.dumps({"w": _Touch(marker)}))
+        spec = f"timm:test_resnet@{path}"
+    assert not marker.exists()
+    with pytest.raises(AugmentError) as e:
+        load_classifier(read_classifier_source(spec))
+    assert "\n" not in e.value.message
+    assert not marker.exists()  # refused before anything in the pickle ran

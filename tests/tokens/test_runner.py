@@ -95,3 +95,86 @@ def test_retrained_model_under_the_same_name_is_refused(tmp_path, micro_pipeline
     weights.write_bytes(bytes(data))
     with pytest.raises(AugmentError, match="model_fingerprint"):
         run_tokens(cfg, show_progress=False)
+
+
+#: run the tokens stage, dying (as a SIGKILL would) right after class 1's token file is renamed
+#: into place and before its tokens.parquet row is written
+CRASH_BETWEEN_FILE_AND_ROW = """
+import os, sys
+from pathlib import Path
+from augment.tokens import runner
+from tests.tokens.test_runner import _cfg
+
+record = runner.TokensStage._record
+def crash(self, row):
+    if row.class_index == 1:
+        assert self.token_file(1).exists()
+        os._exit(137)
+    record(self, row)
+runner.TokensStage._record = crash
+runner.run_tokens(_cfg(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])), show_progress=False)
+"""
+
+
+def test_a_kill_between_token_file_and_row_is_repaired_on_resume(tmp_path, micro_pipeline_dir, micro_classifier_path):
+    import subprocess
+    import sys
+
+    from augment.io.verify import verify_run
+
+    out = tmp_path / "run"
+    crashed = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_FILE_AND_ROW, str(out), str(micro_pipeline_dir),
+                              str(micro_classifier_path)], capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "PYTHONPATH": ":".join(sys.path)})
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    assert (out / "tokens" / "0001-dog.safetensors").exists()
+    assert sorted(r["class_index"] for r in pq.read_table(out / "tokens" / "tokens.parquet").to_pylist()) == [0]
+    assert any("not listed in tokens.parquet" in p for p in verify_run(out).problems)  # the state the kill left
+    s = run_tokens(_cfg(out, micro_pipeline_dir, micro_classifier_path), show_progress=False)
+    assert (s.trained, s.skipped, s.failed) == (2, 1, [])  # class 1's file without its row is not done
+    assert verify_run(out).problems == []
+    # a token file that is not the one its row lists (changed after the row) is not done either
+    (out / "tokens" / "0002-bird.safetensors").write_bytes((out / "tokens" / "0000-cat.safetensors").read_bytes())
+    s = run_tokens(_cfg(out, micro_pipeline_dir, micro_classifier_path), show_progress=False)
+    assert (s.trained, s.skipped) == (1, 2) and verify_run(out).problems == []
+
+
+def test_token_files_are_world_readable_like_every_output(tmp_path, micro_pipeline_dir, micro_classifier_path):
+    import os
+
+    run_tokens(_cfg(tmp_path / "run", micro_pipeline_dir, micro_classifier_path, max_steps=0), show_progress=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run" / "tokens").iterdir()}
+    assert len(modes) == 4 and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def _classifier_named(tmp_path: Path, names: list[str]) -> Path:
+    """The micro classifier's architecture with ``names`` as its label map (class names come from it)."""
+    from tests.fixtures.models import build_micro_classifier
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return build_micro_classifier(tmp_path / "named-clf.safetensors", names)
+
+
+HOSTILE_NAMES = ["../../escaped", "/etc/passwd", "nul\x00byte", "x" * 300, "狐狸 ünïcode"]
+
+
+def test_hostile_class_names_never_write_outside_the_run_folder(tmp_path, micro_pipeline_dir):
+    clf = _classifier_named(tmp_path / "clf", HOSTILE_NAMES)
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "deep" / "run"
+    s = run_tokens(_cfg(out, micro_pipeline_dir, clf, max_steps=0), show_progress=False)
+    assert (s.trained, s.failed) == (5, [])
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p == out.parent or out in p.parents or p == out for p in written), sorted(written)
+    files = sorted(p.name for p in (out / "tokens").glob("*.safetensors"))
+    assert len(files) == 5 and all(len(f) < 80 and f.isascii() and "/" not in f for f in files)
+    assert [r["class_name"] for r in pq.read_table(out / "tokens" / "tokens.parquet").to_pylist()] == HOSTILE_NAMES
+
+
+def test_a_class_name_holding_a_token_string_is_refused(tmp_path, micro_pipeline_dir):
+    clf = _classifier_named(tmp_path, ["cat", "dog <c0000>", "bird"])
+    with pytest.raises(AugmentError, match=r"class 1 name 'dog <c0000>' contains '<c0000>'"):
+        run_tokens(_cfg(tmp_path / "run", micro_pipeline_dir, clf), show_progress=False)
+    assert not (tmp_path / "run").exists()
