@@ -16,7 +16,8 @@ more than units), whatever the cluster holds when the job starts, so an autoscal
 demand. Each actor asks for ``gpus_per_worker`` GPUs (fractions share a GPU) when the device
 wants CUDA: ``cuda``/``cuda:N`` always; ``auto`` when the connected cluster has GPUs now or its
 autoscaler config lists GPU node types; ``cpu`` never. CPU actors split the cluster's cores
-between them (torch threads set to match). When no actor is usable and no node of the cluster
+between them; every unit runs with ``PoolSpec.threads`` torch threads, inline or on an actor, so
+that the worker count does not change a result's bytes (without it, an actor's share of cores). When no actor is usable and no node of the cluster
 could hold one for ``placement_timeout`` seconds (an autoscaler did not add one), the run stops
 with one error naming the missing resource; at once on a private local Ray, which no node will
 ever join. A cluster that could hold the actors but is busy, or slow to start them, is waited for.
@@ -59,6 +60,10 @@ class PoolSpec:
     ``gpus_per_worker``: the GPUs each actor asks for when the device wants CUDA (0.5 puts two
     actors on one GPU); ``placement_timeout``: seconds to wait, while no actor is usable, for a
     node that could hold one before giving up with an error naming the missing resource.
+    ``threads``: torch threads per unit, inline and on every actor alike (None: an actor's share
+    of the cores, inline as is). A float reduction split over another number of threads rounds
+    differently, and token training amplifies that, so a fixed count is what makes the bytes of
+    ``--workers 0`` and ``--workers N`` the same.
     """
 
     workers: int = 2
@@ -67,6 +72,7 @@ class PoolSpec:
     device: str = "auto"
     gpus_per_worker: float = 1.0
     placement_timeout: float = 300.0
+    threads: int | None = None
 
 
 def _set_threads(n: int) -> None:
@@ -509,6 +515,21 @@ def run_units(
     if not units:
         return
     if spec.workers <= 0:
+        _run_inline(factory, units, spec, on_result, on_error)
+        return
+    _run_ray(factory, units, spec, on_result, on_error)
+
+
+def _run_inline(factory: WorkerFactory, units: list[Any], spec: PoolSpec, on_result: Callable[[Any, Any], None],
+                on_error: Callable[[Any, BaseException], None]) -> None:
+    """The units one after the other in this process, with ``spec.threads`` torch threads (the
+    caller's count is restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if spec.threads:
+        _set_threads(spec.threads)
+    try:
         worker = factory()
         for unit in units:
             try:
@@ -517,8 +538,8 @@ def run_units(
                 on_error(unit, e)
                 continue
             on_result(unit, result)
-        return
-    _run_ray(factory, units, spec, on_result, on_error)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_ray(factory: WorkerFactory, units: list[Any], spec: PoolSpec, on_result: Callable[[Any, Any], None],
@@ -533,7 +554,7 @@ def _run_ray(factory: WorkerFactory, units: list[Any], spec: PoolSpec, on_result
                                              spec.gpus_per_worker, max_resources)
     if unplaceable(options, resources, max_resources, private):
         raise placement_error(options, n_actors, private=private)
-    pool = _Pool(factory, spec, n_actors, options, threads)
+    pool = _Pool(factory, spec, n_actors, options, spec.threads or threads)
     try:
         pool.run(units, on_result, on_error)
     finally:

@@ -179,9 +179,10 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
 
 
 def _pool(cfg: Config) -> PoolSpec:
-    """The worker pool the config asks for (``--workers``, ``--address``, ``--gpus-per-worker``, ...)."""
+    """The worker pool the config asks for (``--workers``, ``--address``, ``--gpus-per-worker``,
+    ``threads``: the same torch threads per unit inline and on actors, so the same bytes)."""
     return PoolSpec(cfg.workers, cfg.address, device=cfg.device, gpus_per_worker=cfg.gpus_per_worker,
-                    placement_timeout=cfg.placement_timeout)
+                    placement_timeout=cfg.placement_timeout, threads=cfg.threads)
 
 
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:

@@ -42,3 +42,14 @@ def test_bad_config_files(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(AugmentError, match="does not exist"):
         resolve_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "4"])
+def test_threads_must_be_a_positive_whole_number(value):
+    with pytest.raises(AugmentError, match="threads must be a whole number"):
+        resolve_config(overrides={"threads": value})
+
+
+def test_threads_default_does_not_follow_the_workers():
+    """One count for inline and actors (issue 13, defect 9): the default must not depend on --workers."""
+    assert resolve_config(overrides={"workers": 0}).threads == resolve_config(overrides={"workers": 2}).threads

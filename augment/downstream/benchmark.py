@@ -295,8 +295,10 @@ def run_benchmark(
 
         worker = CellWorker(settings, dataset.class_names)
         factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names)
+        # cells on actors train with this process's thread count (--threads), as inline cells do
         run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
-                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout),
+                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout,
+                                          threads=torch.get_num_threads()),
                   on_result, on_error)
     bar.close()
     if failures:
