@@ -27,6 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -44,6 +45,7 @@ from augment.io.rundir import (
     stage_ran,
     write_run_json,
 )
+from augment.logs import progress_disabled, quietly, verbosity
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "run_stage"]
 
@@ -208,7 +210,7 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     failed: list[str] = []
     work = plan.work if plan.work is not None else plan.total
     bar = tqdm(total=work, initial=plan.work_done if plan.work_done is not None else plan.skipped,
-               desc=stage.progress_desc, unit=stage.progress_unit, disable=not show_progress)
+               desc=stage.progress_desc, unit=stage.progress_unit, disable=progress_disabled(show_progress))
 
     def guarded(unit: U, write: Callable[[], Any]) -> Any:
         try:
@@ -236,7 +238,9 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     cfg = stage.cfg
     try:
         try:
-            run_units(stage.worker_factory(), plan.todo, _pool(cfg), on_result, on_error)
+            # the libraries' chatter follows -q/-v in every worker process (augment.logs)
+            factory = partial(quietly, stage.worker_factory(), verbosity())
+            run_units(factory, plan.todo, _pool(cfg), on_result, on_error)
             stage.finish()
             write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
         except OSError as e:

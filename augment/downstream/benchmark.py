@@ -63,6 +63,7 @@ from augment.downstream.train import TrainSettings, train_classifier
 from augment.errors import AugmentError
 from augment.io.rundir import ArmDir, RunDir
 from augment.io.shards import shard_urls
+from augment.logs import progress_disabled
 from augment.shipping import Payload
 
 __all__ = [
@@ -271,7 +272,7 @@ def run_benchmark(
         pending[cell.k, cell.seed] = pending.get((cell.k, cell.seed), 0) + 1
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(grid), initial=len(done), desc="benchmark", unit="cell", disable=not progress)
+    bar = tqdm(total=len(grid), initial=len(done), desc="benchmark", unit="cell", disable=progress_disabled(progress))
     failures: list[str] = []
 
     def finished(cell: CellUnit) -> None:
