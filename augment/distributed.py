@@ -34,12 +34,13 @@ driver; any other start-up error fails the units no actor is left to run. Every 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -522,14 +523,8 @@ def run_units(
 
 def _run_inline(factory: WorkerFactory, units: list[Any], spec: PoolSpec, on_result: Callable[[Any, Any], None],
                 on_error: Callable[[Any, BaseException], None]) -> None:
-    """The units one after the other in this process, with ``spec.threads`` torch threads (the
-    caller's count is restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if spec.threads:
-        _set_threads(spec.threads)
-    try:
+    """The units one after the other in this process, with ``spec.threads`` torch threads."""
+    with torch_threads(spec.threads):
         worker = factory()
         for unit in units:
             try:
@@ -538,6 +533,20 @@ def _run_inline(factory: WorkerFactory, units: list[Any], spec: PoolSpec, on_res
                 on_error(unit, e)
                 continue
             on_result(unit, result)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """This process runs torch with ``n`` threads inside the block (None: as it is), the caller's
+    count restored after: what a unit gets inline, and on an actor (tests that run a worker by
+    hand use it to get the stage's bytes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        _set_threads(n)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 

@@ -46,6 +46,7 @@ from augment.io.rundir import (
     write_run_json,
 )
 from augment.logs import progress_disabled, quietly, verbosity
+from augment.progress import LiveBar, Sink
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "run_stage"]
 
@@ -110,6 +111,9 @@ class Stage(ABC, Generic[U, R, S]):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.cfg_dict = cfg.to_dict()
+        #: set by run_stage before worker_factory(): a worker that reports work done inside a unit
+        #: (generate: images) calls it with (progress_key(unit), count) and the bar moves at once
+        self.progress: Sink | None = None
 
     @property
     def run(self) -> RunDir:
@@ -161,6 +165,10 @@ class Stage(ABC, Generic[U, R, S]):
         """How far the unit moves the progress bar."""
         return 1
 
+    def progress_key(self, unit: U) -> Any:
+        """How the unit's worker names it when it reports work done inside it (:attr:`progress`)."""
+        return self.unit_label(unit)
+
     def progress_postfix(self, unit: U, result: R) -> dict[str, Any]:
         """Shown next to the bar after a unit finished."""
         return {}
@@ -211,6 +219,8 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
     work = plan.work if plan.work is not None else plan.total
     bar = tqdm(total=work, initial=plan.work_done if plan.work_done is not None else plan.skipped,
                desc=stage.progress_desc, unit=stage.progress_unit, disable=progress_disabled(show_progress))
+    live, on_ray = LiveBar(bar), stage.cfg.workers > 0
+    stage.progress = live.sink(on_ray)
 
     def guarded(unit: U, write: Callable[[], Any]) -> Any:
         try:
@@ -223,7 +233,7 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
         if error is not None:
             failed.append(f"{stage.unit_label(unit)}: {error}")
         bar.set_postfix(**stage.progress_postfix(unit, result))
-        bar.update(stage.unit_size(unit))
+        live.finished(stage.progress_key(unit), stage.unit_size(unit))
 
     def on_error(unit: U, exc: BaseException) -> None:
         if isinstance(exc, AugmentError):
@@ -233,14 +243,15 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
         error = failure_line(exc)
         failed.append(f"{stage.unit_label(unit)}: {error}")
         guarded(unit, lambda: stage.on_failed(unit, error))
-        bar.update(stage.unit_size(unit))
+        live.finished(stage.progress_key(unit), stage.unit_size(unit))
 
     cfg = stage.cfg
     try:
         try:
             # the libraries' chatter follows -q/-v in every worker process (augment.logs)
             factory = partial(quietly, stage.worker_factory(), verbosity())
-            run_units(factory, plan.todo, _pool(cfg), on_result, on_error)
+            with live.collecting(on_ray):
+                run_units(factory, plan.todo, _pool(cfg), on_result, on_error)
             stage.finish()
             write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
         except OSError as e:

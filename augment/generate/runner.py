@@ -134,7 +134,7 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
                           work=sum(len(u.entries) for u in todo), work_done=0)
 
     def worker_factory(self) -> WorkerFactory:
-        return partial(make_worker, self.cfg_dict, self.spec, self.classifier)
+        return partial(make_worker, self.cfg_dict, self.spec, self.classifier, self.progress)
 
     def on_result(self, unit: ShardUnit, samples: list[SynthSample]) -> str | None:
         write_shard(self.arm.path, unit.index, samples)
@@ -146,6 +146,9 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
 
     def unit_size(self, unit: ShardUnit) -> int:
         return len(unit.entries)
+
+    def progress_key(self, unit: ShardUnit) -> int:
+        return unit.index  # what the worker reports images under
 
     def progress_postfix(self, unit: ShardUnit, samples: list[SynthSample]) -> dict[str, Any]:
         return {"shard": unit.index}

@@ -26,6 +26,7 @@ from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
+from augment.progress import Sink
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.textual_inversion import TokenEmbedding
 
@@ -53,7 +54,8 @@ class GenSpec:
 
 
 class GenerateWorker:
-    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str) -> None:
+    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str,
+                 progress: Sink | None = None) -> None:
         from augment.models.backbone import load_backbone, native_resolution
         from augment.models.classifier import load_classifier
         from augment.tokens.textual_inversion import add_embeddings
@@ -68,6 +70,7 @@ class GenerateWorker:
         self.resolution = cfg.resolution or native_resolution(self.pipe)
         self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)
+        self.progress = progress  # told how many images of the shard are final, batch by batch
 
     def token(self, c: int) -> str:
         from augment.tokens.textual_inversion import token_string
@@ -99,6 +102,7 @@ class GenerateWorker:
         # queue of (position in shard, class, sample index, attempt)
         queue = [(pos, c, i, 0) for pos, (c, i) in enumerate(unit.entries)]
         best: dict[int, tuple[float, Any]] = {}  # pos -> (confidence, record)
+        final = 0  # images of this shard whose last attempt is done
         while queue:
             batch, queue = queue[: self.batch_size], queue[self.batch_size :]
             seeds = [sample_seed(seed, c, i, a) for _, c, i, a in batch]
@@ -113,6 +117,10 @@ class GenerateWorker:
                     best[pos] = (float(conf[j]), (c, i, a, seeds[j], int(pred[j]), fut))
                 if retry:
                     queue.append((pos, c, i, a + 1))
+                else:
+                    final += 1
+            if self.progress is not None:
+                self.progress(unit.index, final)
         samples = []
         for pos in range(len(unit.entries)):
             confidence, (c, i, a, s, p, fut) = best[pos]
@@ -129,7 +137,8 @@ class GenerateWorker:
         return samples
 
 
-def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec],
-                classifier: Payload[ClassifierSource]) -> GenerateWorker | BrokenWorker:
-    """The factory an actor calls: the spec and classifier arrive by reference, fetched here."""
-    return build_worker(lambda: GenerateWorker(cfg_dict, spec.get(), classifier.get()))
+def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec], classifier: Payload[ClassifierSource],
+                progress: Sink | None = None) -> GenerateWorker | BrokenWorker:
+    """The factory an actor calls: the spec and classifier arrive by reference, fetched here;
+    ``progress`` hears of every finished image (the driver's bar, across actors)."""
+    return build_worker(lambda: GenerateWorker(cfg_dict, spec.get(), classifier.get(), progress))

@@ -44,6 +44,7 @@ def test_caso_worker_reads_no_dataset(tmp_path, fake_cub, micro_pipeline_dir, mi
     import pickle
     import shutil
 
+    from augment.distributed import torch_threads
     from augment.generate.caso_runner import CasoStage
     from augment.io.shards import write_shard
 
@@ -56,7 +57,8 @@ def test_caso_worker_reads_no_dataset(tmp_path, fake_cub, micro_pipeline_dir, mi
     [unit] = stage.plan(force=True).todo
     unit, factory = pickle.loads(pickle.dumps((unit, stage.worker_factory())))  # as they cross to an actor
     shutil.rmtree(fake_cub)
-    res = factory().run(unit)
+    with torch_threads(cfg.threads):  # what the stage gives a unit
+        res = factory().run(unit)
     assert [s.meta["source_key"] for s in res.samples] == unit.reals.get().source_keys
     assert all(k.startswith("cub:train:") for k in unit.reals.get().source_keys) and len(res.samples) == 2
     write_shard(tmp_path / "remote", res.shard, res.samples)
