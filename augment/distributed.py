@@ -17,10 +17,11 @@ demand. Each actor asks for ``gpus_per_worker`` GPUs (fractions share a GPU) whe
 wants CUDA: ``cuda``/``cuda:N`` always; ``auto`` when the connected cluster has GPUs now or its
 autoscaler config lists GPU node types; ``cpu`` never. CPU actors split the cluster's cores
 between them; every unit runs with ``PoolSpec.threads`` torch threads, inline or on an actor, so
-that the worker count does not change a result's bytes (without it, an actor's share of cores). When no actor is usable and no node of the cluster
-could hold one for ``placement_timeout`` seconds (an autoscaler did not add one), the run stops
-with one error naming the missing resource; at once on a private local Ray, which no node will
-ever join. A cluster that could hold the actors but is busy, or slow to start them, is waited for.
+that the worker count does not change a result's bytes (without it, an actor's share of cores).
+When no actor is usable and no node of the cluster could hold one for ``placement_timeout``
+seconds (an autoscaler did not add one), the run stops with one error naming the missing
+resource; at once on a private local Ray, which no node will ever join. A cluster that could
+hold the actors but is busy, or slow to start them, is waited for.
 
 Failures: an exception raised by the worker fails its unit only (``on_error``), the others carry
 on. A lost actor (process killed, node removed, its result lost with the node) costs the unit an
