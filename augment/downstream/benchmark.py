@@ -61,6 +61,7 @@ from augment.downstream.mixing import (
 )
 from augment.downstream.train import TrainSettings, train_classifier
 from augment.errors import AugmentError
+from augment.io.atomic import remove_temp_files
 from augment.io.rundir import ArmDir, RunDir
 from augment.io.shards import shard_urls
 from augment.logs import progress_disabled
@@ -259,6 +260,8 @@ def run_benchmark(
     syn_sets = {key: Payload(_read_arm(sources, a, dataset, size, log)) for key, a in synthetic.items()}
     fps = {s: _fingerprint(p) for s, p in sources.items() if any(a.source == s for a in arms)}
     cache_path = run.benchmark_cells
+    # a killed run's half-written reports (the cells cache is appended to, and skips a cut line)
+    remove_temp_files(cache_path.parent, [p.name for p in run.benchmark_files().values()])
     cache = _read_cache(cache_path) if resume else {}
     reals = {(k, seed): Payload.lazy(partial(_kshot_reals, dataset, k, seed, size)) for k in k_values for seed in seeds}
     grid = [CellUnit(_cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name), k, arm, seed, reals[k, seed],

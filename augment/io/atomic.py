@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "is_temp_name",
+    "remove_temp_files",
     "temp_path_for",
 ]
 
@@ -45,6 +46,21 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
 def is_temp_name(name: str) -> bool:
     """True for names made by :func:`temp_path_for` (leftovers of an interrupted write)."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def remove_temp_files(folder: str | os.PathLike[str], targets: list[str] | None = None) -> list[Path]:
+    """Delete the leftovers of interrupted writes in ``folder`` (names from :func:`temp_path_for`;
+    with ``targets``, only those of these file names, so that another writer's are left alone).
+    Returns them. A stage runs it before resuming, never while it writes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if is_temp_name(p.name) and p.is_file() and (targets is None or p.name[1:].rsplit(".", 2)[0] in targets):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 import augment
-from augment.io.atomic import atomic_path, atomic_write_json, is_temp_name
+from augment.io.atomic import atomic_path, atomic_write_json, remove_temp_files
 from augment.io.images import IMAGE_FORMATS, image_size
 from augment.io.jsonsafe import json_safe
 from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
@@ -253,11 +253,7 @@ def cleanup_partial(out_dir: str | os.PathLike[str]) -> list[Path]:
     arm = ArmDir(out_dir)
     removed: list[Path] = []
     for folder in (arm.shards, arm.manifests):
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if is_temp_name(p.name) and p.is_file():
-                    p.unlink(missing_ok=True)
-                    removed.append(p)
+        removed += remove_temp_files(folder)
     tars = _indices(arm.shards, ".tar")
     pqs = _indices(arm.manifests, ".parquet")
     for i in sorted(tars - pqs):

@@ -18,6 +18,7 @@ from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
+from augment.io.atomic import remove_temp_files
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
@@ -112,6 +113,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
     def plan(self, force: bool) -> stage.Plan[int]:
         self.arm.tokens.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(self.arm.tokens)  # a write a kill interrupted (verify would report it for good)
         self.rows = read_token_rows(self.arm.tokens_parquet)
         todo = [c for c in self.classes if force or not self.token_file(c).exists()]
         return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))

@@ -8,6 +8,7 @@ import pytest
 from augment.config import CasoConfig, Config
 from augment.errors import AugmentError
 from augment.generate.caso_runner import run_caso
+from augment.io.atomic import temp_path_for
 from augment.io.verify import verify_run
 
 
@@ -26,6 +27,14 @@ def test_caso_stage(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_pat
     assert sorted(p.name for p in (tmp_path / "run" / "caso" / "tokens").glob("*.safetensors")) == [
         "0000-black-footed-albatross-to-0002.safetensors", "0001-laysan-albatross-to-0002.safetensors"]
     assert run_caso(cfg, show_progress=False).skipped == 2
+    # what a kill -9 leaves mid-class: a shard without its manifest, temp files; the re-run redoes the class
+    arm = tmp_path / "run" / "caso"
+    (arm / "manifests" / "synth-000001.parquet").unlink()
+    for folder, name in (("shards", "synth-000001.tar"), ("tokens", "tokens.parquet")):
+        temp_path_for(arm / folder / name).write_bytes(b"cut short")
+    assert not verify_run(arm).ok
+    s = run_caso(cfg, show_progress=False)
+    assert (s.done, s.skipped) == (1, 1) and verify_run(arm).ok
     cfg.caso.k = 99
     with pytest.raises(AugmentError, match="k=99 is larger"):
         run_caso(cfg, show_progress=False)
