@@ -171,6 +171,7 @@ class Config:
     address: str | None = None
     gpus_per_worker: float = 1.0  # GPUs each Ray actor asks for when the device wants CUDA (0.5: two per GPU)
     placement_timeout: float = 300.0  # seconds to wait for a Ray node that can take an actor, then one error
+    threads: int = 1  # torch CPU threads per work unit, inline and on every actor: the same bytes whatever --workers
     classes: str | None = None  # "3,8" or "0-9"; None = all
     resolution: int | None = None  # None: the backbone's native size
     scheduler: str = "ddim"
@@ -479,6 +480,9 @@ def validate(cfg: Config) -> None:
     # Ray places fractions of one GPU or whole GPUs, nothing in between
     if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < g <= 1 or (g > 1 and g == int(g))):
         raise AugmentError(f"gpus_per_worker must be a fraction of one GPU (0 < x <= 1) or a whole number, got {g!r}")
+    n = cfg.threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise AugmentError(f"threads must be a whole number of torch threads per unit (at least 1), got {n!r}")
     t = cfg.placement_timeout
     if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
         raise AugmentError(f"placement_timeout must be a positive number of seconds, got {t!r}")

@@ -21,12 +21,14 @@ more than units), whatever the cluster holds when the job starts, so an autoscal
 demand. Each actor asks for ``gpus_per_worker`` GPUs (fractions share a GPU) when the device
 wants CUDA: ``cuda``/``cuda:N`` always; ``auto`` when the connected cluster has GPUs now or its
 autoscaler config lists GPU node types; ``cpu`` never. CPU actors split the cluster's cores
-between them (torch threads set to match). When no actor is usable and no node of the cluster
-could hold one for ``placement_timeout`` seconds (an autoscaler did not add one), the run stops
-with one error naming the missing resource; at once on a private local Ray, which no node will
-ever join. A cluster that could hold the actors but is busy, or slow to start them, is waited for.
-When some actors work and others have not started within ``placement_timeout``, one warning line
-says so and the run goes on with fewer (the others join when they start).
+between them; every unit runs with ``PoolSpec.threads`` torch threads, inline or on an actor, so
+that the worker count does not change a result's bytes (without it, an actor's share of cores).
+When no actor is usable and no node of the cluster could hold one for ``placement_timeout``
+seconds (an autoscaler did not add one), the run stops with one error naming the missing
+resource; at once on a private local Ray, which no node will ever join. A cluster that could
+hold the actors but is busy, or slow to start them, is waited for. When some actors work and
+others have not started within ``placement_timeout``, one warning line says so and the run goes
+on with fewer (the others join when they start).
 
 Failures: an exception raised by the worker fails its unit only (``on_error``), the others carry
 on. A lost actor (process killed, node removed, its result lost with the node) costs the unit an
@@ -43,13 +45,14 @@ passes unchanged, for the stage to report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -72,6 +75,10 @@ class PoolSpec:
     ``gpus_per_worker``: the GPUs each actor asks for when the device wants CUDA (0.5 puts two
     actors on one GPU); ``placement_timeout``: seconds to wait, while no actor is usable, for a
     node that could hold one before giving up with an error naming the missing resource.
+    ``threads``: torch threads per unit, inline and on every actor alike (None: an actor's share
+    of the cores, inline as is). A float reduction split over another number of threads rounds
+    differently, and token training amplifies that, so a fixed count is what makes the bytes of
+    ``--workers 0`` and ``--workers N`` the same.
     """
 
     workers: int = 2
@@ -80,6 +87,7 @@ class PoolSpec:
     device: str = "auto"
     gpus_per_worker: float = 1.0
     placement_timeout: float = 300.0
+    threads: int | None = None
 
 
 def _set_threads(n: int) -> None:
@@ -645,7 +653,7 @@ class Pool:
             actors = self._actors()
             n_actors, _, threads = plan_actors({"CPU": self.total_cpus}, self.spec.workers, len(units),
                                                self.spec.device, self.total_cpus)
-            actors.run(_StageRun(self.stage, factory, threads, n_actors), units, _passed(on_result),
+            actors.run(_StageRun(self.stage, factory, self.spec.threads or threads, n_actors), units, _passed(on_result),
                        _passed(on_error))
         except _FromCallback as e:  # the driver's own error (a write, a user mistake): as it was raised
             raise e.error from None
@@ -655,16 +663,17 @@ class Pool:
     def _run_inline(self, factory: WorkerFactory, units: list[Any], on_result: Callable[[Any, Any], None],
                     on_error: Callable[[Any, BaseException], None]) -> None:
         host = self.host = self.host or WorkerHost()
-        error = host.prepare(self.stage, factory)
-        if error is not None:
-            raise error
-        for unit in units:
-            try:
-                result = host.run(self.stage, factory, unit)
-            except Exception as e:  # noqa: BLE001 - one unit failing must not stop the others
-                on_error(unit, e)
-                continue
-            on_result(unit, result)
+        with torch_threads(self.spec.threads):
+            error = host.prepare(self.stage, factory)
+            if error is not None:
+                raise error
+            for unit in units:
+                try:
+                    result = host.run(self.stage, factory, unit)
+                except Exception as e:  # noqa: BLE001 - one unit failing must not stop the others
+                    on_error(unit, e)
+                    continue
+                on_result(unit, result)
 
     def _actors(self) -> _Actors:
         """Join Ray and plan the actors (once per pool): what each asks for, checked placeable."""
@@ -742,6 +751,22 @@ def run_units(
         return
     with Pool(replace(spec, workers=min(spec.workers, len(units)))) as pool:
         pool.run(factory, units, on_result, on_error)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """This process runs torch with ``n`` threads inside the block (None: as it is), the caller's
+    count restored after: what a unit gets inline, and on an actor (tests that run a worker by
+    hand use it to get the stage's bytes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        _set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def shutdown() -> None:

@@ -32,6 +32,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -50,7 +51,9 @@ from augment.io.rundir import (
     stage_ran,
     write_run_json,
 )
+from augment.logs import progress_disabled, quietly, verbosity
 from augment.models.device import check_device
+from augment.progress import LiveBar, Sink
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "run_stage"]
 
@@ -115,6 +118,9 @@ class Stage(ABC, Generic[U, R, S]):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.cfg_dict = cfg.to_dict()
+        #: set by run_stage before worker_factory(): a worker that reports work done inside a unit
+        #: (generate: images) calls it with (progress_key(unit), count) and the bar moves at once
+        self.progress: Sink | None = None
 
     @property
     def run(self) -> RunDir:
@@ -166,6 +172,10 @@ class Stage(ABC, Generic[U, R, S]):
         """How far the unit moves the progress bar."""
         return 1
 
+    def progress_key(self, unit: U) -> Any:
+        """How the unit's worker names it when it reports work done inside it (:attr:`progress`)."""
+        return self.unit_label(unit)
+
     def progress_postfix(self, unit: U, result: R) -> dict[str, Any]:
         """Shown next to the bar after a unit finished."""
         return {}
@@ -186,9 +196,10 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
 
 
 def _pool(cfg: Config) -> PoolSpec:
-    """The worker pool the config asks for (``--workers``, ``--address``, ``--gpus-per-worker``, ...)."""
+    """The worker pool the config asks for (``--workers``, ``--address``, ``--gpus-per-worker``,
+    ``threads``: the same torch threads per unit inline and on actors, so the same bytes)."""
     return PoolSpec(cfg.workers, cfg.address, device=cfg.device, gpus_per_worker=cfg.gpus_per_worker,
-                    placement_timeout=cfg.placement_timeout)
+                    placement_timeout=cfg.placement_timeout, threads=cfg.threads)
 
 
 def open_pool(cfg: Config) -> Pool:
@@ -246,7 +257,9 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
     failed: list[str] = []
     work = plan.work if plan.work is not None else plan.total
     bar = tqdm(total=work, initial=plan.work_done if plan.work_done is not None else plan.skipped,
-               desc=stage.progress_desc, unit=stage.progress_unit, disable=not show_progress)
+               desc=stage.progress_desc, unit=stage.progress_unit, disable=progress_disabled(show_progress))
+    live, on_ray = LiveBar(bar), stage.cfg.workers > 0
+    stage.progress = live.sink(on_ray)
 
     def guarded(unit: U, write: Callable[[], Any]) -> Any:
         try:
@@ -259,7 +272,7 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
         if error is not None:
             failed.append(f"{stage.unit_label(unit)}: {error}")
         bar.set_postfix(**stage.progress_postfix(unit, result))
-        bar.update(stage.unit_size(unit))
+        live.finished(stage.progress_key(unit), stage.unit_size(unit))
 
     def on_error(unit: U, exc: BaseException) -> None:
         if isinstance(exc, AugmentError):
@@ -267,13 +280,16 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
         error = failure_line(exc)
         failed.append(f"{stage.unit_label(unit)}: {error}")
         guarded(unit, lambda: stage.on_failed(unit, error))
-        bar.update(stage.unit_size(unit))
+        live.finished(stage.progress_key(unit), stage.unit_size(unit))
 
     try:
-        if pool is not None:
-            pool.run(stage.worker_factory(), plan.todo, on_result, on_error)
-        else:
-            run_units(stage.worker_factory(), plan.todo, _pool(stage.cfg), on_result, on_error)
+        # the libraries' chatter follows -q/-v in every worker process (augment.logs)
+        factory = partial(quietly, stage.worker_factory(), verbosity())
+        with live.collecting(on_ray):
+            if pool is not None:
+                pool.run(factory, plan.todo, on_result, on_error)
+            else:
+                run_units(factory, plan.todo, _pool(stage.cfg), on_result, on_error)
         try:  # only the driver's own writes: an OSError of Ray (ConnectionError) is not a disk problem
             stage.finish()
             write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())

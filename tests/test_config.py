@@ -70,3 +70,14 @@ def test_non_utf8_config_is_one_line(tmp_path):
     f.write_bytes(b"seed: 1\n# caf\xe9\n")
     with pytest.raises(AugmentError, match=r"is not UTF-8 text \(byte 0xe9 at offset 13\); save it as UTF-8"):
         resolve_config(str(f))
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "4"])
+def test_threads_must_be_a_positive_whole_number(value):
+    with pytest.raises(AugmentError, match="threads must be a whole number"):
+        resolve_config(overrides={"threads": value})
+
+
+def test_threads_default_does_not_follow_the_workers():
+    """One count for inline and actors (issue 13, defect 9): the default must not depend on --workers."""
+    assert resolve_config(overrides={"workers": 0}).threads == resolve_config(overrides={"workers": 2}).threads

@@ -58,13 +58,45 @@ def _parse_mapped(make: Callable[[], click.Context]) -> click.Context:
         raise UserError(e.format_message().rstrip(".") + where) from None
 
 
+def _output_options() -> list[click.Option]:
+    """-v / -q / --log-file, which every command takes (:mod:`augment.logs` says what they do)."""
+    return [
+        click.Option(["-v", "--verbose"], is_flag=True,
+                     help="Also the libraries' messages and bars (model loading), Ray actors' included."),
+        click.Option(["-q", "--quiet"], is_flag=True, help="No progress bars: summary lines and errors only."),
+        click.Option(["--log-file"], type=click.Path(dir_okay=False),
+                     help="Also append what the command prints (timestamped lines) to this file."),
+    ]
+
+
 class AugmentCommand(click.Command):
     """A click command that maps AugmentError (raised anywhere in a stage) and bad flags to one
     line + exit 2 and Ctrl-C to a resume hint, also when the command is invoked on its own (tests,
-    other groups)."""
+    other groups); every one takes the output options (-v, -q, --log-file)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_output_options())
 
     def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_mapped(super().invoke, ctx)
+        from augment import logs
+
+        verbose, quiet, log_file = (ctx.params.pop(k, None) for k in ("verbose", "quiet", "log_file"))
+        if verbose and quiet:
+            raise UserError("-v and -q contradict each other; pass one of them")
+        try:
+            log = logs.open_log(log_file)
+        except AugmentError as e:
+            raise UserError(e.message) from None
+        logs.set_verbosity(1 if verbose else -1 if quiet else 0)
+        given = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in ctx.params.items()
+                 if v is not None and v is not False and v != ()]
+        with logs.recording(log, " ".join([ctx.command_path, *given])) as note:
+            try:
+                return _invoke_mapped(super().invoke, ctx)
+            except click.ClickException as e:  # click prints it after this block: record it here
+                note(f"Error: {e.format_message()}")
+                raise
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:

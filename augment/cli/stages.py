@@ -35,6 +35,17 @@ generate_options = add_options([
                  help="Under --min-confidence: a class's budget, in draws per requested image (default 5)."),
 ])
 
+threads_option = click.option(
+    "--threads", type=int,
+    help="torch CPU threads per work unit, inline and on every Ray actor alike (default 1): the same count gives "
+         "the same bytes whatever --workers.")
+
+
+def threads_override(kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop --threads as the ``threads`` config override."""
+    return {"threads": kw.pop("threads", None)}
+
+
 GENERATE_KEYS = ("per_class", "shard_size", "image_format", "batch_size", "steps", "guidance_scale", "min_confidence",
                  "max_attempts")
 
@@ -85,6 +96,7 @@ def verify_line(checked: VerifySummary) -> str:
 
 @command()
 @common_options
+@threads_option
 @click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
 @click.option("--lr", type=float, help="Learning rate of the token embedding.")
 @click.option("--max-steps", type=int, help="Most optimisation steps per class.")
@@ -94,7 +106,8 @@ def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int
     from augment.tokens.runner import run_tokens
 
     gs = grad_steps_option(grad_steps)
-    cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps})
+    cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps}
+                       | threads_override(kwargs))
     summary = run_tokens(cfg, force=force)
     print_tokens(summary, cfg.out)
     sys.exit(summary.exit_code)
@@ -102,6 +115,7 @@ def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int
 
 @command()
 @common_options
+@threads_option
 @generate_options
 @click.option("--baseline", is_flag=True, help="Plain prompts without the class token, same seeds (writes OUT/baseline/).")
 @click.option("--force", is_flag=True, help="Rewrite done shards / write into a folder made with other settings.")
@@ -109,7 +123,7 @@ def generate(baseline: bool, force: bool, **kwargs) -> None:
     """Generate --per-class images per class into WebDataset shards + Parquet manifests (resumable)."""
     from augment.generate.runner import run_generate
 
-    cfg = build_config(kwargs, generate_overrides(kwargs))
+    cfg = build_config(kwargs, generate_overrides(kwargs) | threads_override(kwargs))
     s = run_generate(cfg, baseline=baseline, force=force)
     print_generate(s)
     sys.exit(s.exit_code)
@@ -117,6 +131,7 @@ def generate(baseline: bool, force: bool, **kwargs) -> None:
 
 @command()
 @common_options
+@threads_option
 @generate_options
 @click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
 @click.option("--baseline/--no-baseline", "with_baseline", default=None,
@@ -131,7 +146,7 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
     """
     start = time.perf_counter()
     gs = grad_steps_option(grad_steps)
-    cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs})
+    cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs} | threads_override(kwargs))
     with keep_lock(cfg.out):  # the first stage takes the run folder's lock; nobody writes between stages
         _build(cfg, with_baseline, force, start)
 
@@ -177,6 +192,7 @@ def _build(cfg: Config, with_baseline: bool | None, force: bool, start: float) -
 
 @command()
 @common_options
+@threads_option
 @click.option("--k", type=int, help="Real images per class the embedding is learned from.")
 @click.option("--target", type=int, help="Counterfactual edits towards this class index (default: each class itself).")
 @click.option("--strength", type=float, help="Editing: fraction of the schedule the real image is noised to.")
@@ -189,7 +205,7 @@ def caso(force: bool, **kwargs) -> None:
     from augment.generate.caso_runner import run_caso
 
     keys = ("k", "target", "strength", "edits_per_image", "edit_guidance", "max_steps")
-    cfg = build_config(kwargs, {f"caso.{k}": kwargs.pop(k, None) for k in keys})
+    cfg = build_config(kwargs, {f"caso.{k}": kwargs.pop(k, None) for k in keys} | threads_override(kwargs))
     s = run_caso(cfg, force=force)
     click.echo(f"caso: {s.done} classes done, {s.skipped} already done, {len(s.failed)} failed in {s.seconds:.0f}s -> {s.out}")
     for r in s.rows:

@@ -64,8 +64,10 @@ from augment.downstream.mixing import (
 )
 from augment.downstream.train import TrainSettings, read_checkpoint, train_classifier
 from augment.errors import AugmentError
+from augment.io.atomic import remove_temp_files
 from augment.io.rundir import ArmDir, RunDir, parse_shard_name
 from augment.io.shards import shard_urls
+from augment.logs import progress_disabled
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
@@ -291,6 +293,8 @@ def run_benchmark(
             syn_sets[a.source, float(a.min_confidence or 0.0)].get()[0].soft_targets(len(dataset.class_names), 1.0)
     fps = {s: _fingerprint(p) for s, p in sources.items() if any(a.source == s for a in arms)}
     cache_path = run.benchmark_cells
+    # a killed run's half-written reports (the cells cache is appended to, and skips a cut line)
+    remove_temp_files(cache_path.parent, [p.name for p in run.benchmark_files().values()])
     cache = _read_cache(cache_path) if resume else {}
     reals = {(k, seed): Payload.lazy(partial(_kshot_reals, dataset, k, seed, size)) for k in k_values for seed in seeds}
     grid = [CellUnit(_cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name), k, arm, seed, reals[k, seed],
@@ -304,7 +308,7 @@ def run_benchmark(
         pending[cell.k, cell.seed] = pending.get((cell.k, cell.seed), 0) + 1
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(grid), initial=len(done), desc="benchmark", unit="cell", disable=not progress)
+    bar = tqdm(total=len(grid), initial=len(done), desc="benchmark", unit="cell", disable=progress_disabled(progress))
     failures: list[str] = []
 
     def finished(cell: CellUnit) -> None:
@@ -329,8 +333,10 @@ def run_benchmark(
         checkpoint = Payload(read_checkpoint(settings))  # actors need not see the driver's disk
         worker = CellWorker(settings, dataset.class_names, checkpoint)
         factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names, checkpoint)
+        # cells on actors train with this process's thread count (--threads), as inline cells do
         run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
-                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout),
+                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout,
+                                          threads=torch.get_num_threads()),
                   on_result, on_error)
     bar.close()
     if failures:

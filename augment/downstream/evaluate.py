@@ -34,6 +34,7 @@ from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, atomic_write_text
 from augment.io.rundir import ArmDir, RunDir
 from augment.io.shards import shard_urls
+from augment.logs import progress_disabled
 
 __all__ = ["align_classifier", "arm_dirs", "render_eval_markdown", "run_eval"]
 
@@ -173,7 +174,7 @@ def run_eval(
 
     accuracy: list[Accuracy] = []
     bar = tqdm(total=len(specs) * (len(images) + (real_images is not None)), desc="eval", unit="set",
-               disable=not progress, leave=False)
+               disable=progress_disabled(progress), leave=False)
     for spec in specs:
         clf = load_classifier(spec, device)
         cols = align_classifier(clf, names)

@@ -38,6 +38,7 @@ from augment.downstream.transforms import BatchAugment, normalize
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_json
 from augment.io.jsonsafe import json_safe
+from augment.logs import progress_disabled
 from augment.models.classifier import ClassifierSource
 
 __all__ = ["MIN_SAMPLES_PER_EPOCH", "TrainResult", "TrainSettings", "create_classifier", "distill_loss",
@@ -230,7 +231,7 @@ def train_classifier(
     history: list[dict[str, Any]] = []
     best_top1, best_epoch, best_state = -1.0, -1, None
     updates = 0
-    bar = tqdm(range(settings.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(settings.epochs), desc=desc, unit="epoch", disable=progress_disabled(progress), leave=False)
     for epoch in bar:
         model.train()
         loader.sampler.set_epoch(epoch)

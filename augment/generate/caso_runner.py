@@ -28,10 +28,12 @@ from augment.datasets.base import Dataset
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
+from augment.io.atomic import remove_temp_files
 from augment.io.images import encode_image
 from augment.io.rundir import ArmDir
 from augment.io.shards import (
     SynthSample,
+    cleanup_partial,
     complete_shard_keys,
     done_shards,
     sample_key,
@@ -198,6 +200,8 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
     def plan(self, force: bool) -> stage.Plan[CasoUnit]:
         assert self.dataset is not None
         cfg, cc, dataset = self.cfg, self.cfg.caso, self.dataset
+        cleanup_partial(self.arm.path)  # what a killed run left half-written, as generate does
+        remove_temp_files(self.arm.tokens)
         done = done_shards(self.arm.path)
         kshot = dataset.kshot(cc.k, cfg.seed, cc.split)
         # each class's reals are decoded when its unit is sent, and released once it is written

@@ -186,7 +186,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
                           work=sum(len(u.entries) for u in todo), work_done=0)
 
     def worker_factory(self) -> WorkerFactory:
-        return partial(make_worker, self.cfg_dict, self.spec, self.classifier)
+        return partial(make_worker, self.cfg_dict, self.spec, self.classifier, self.progress)
 
     def on_result(self, unit: ShardUnit, result: ShardResult) -> str | None:
         if not result.samples:  # every draw rejected: an empty tar is never written
@@ -209,6 +209,9 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
 
     def unit_size(self, unit: ShardUnit) -> int:
         return len(unit.entries)
+
+    def progress_key(self, unit: ShardUnit) -> int:
+        return unit.index  # what the worker reports images under
 
     def progress_postfix(self, unit: ShardUnit, result: ShardResult) -> dict[str, Any]:
         return {"shard": unit.index}

@@ -13,6 +13,7 @@ generates the same shards. Only the diffusion weights come from the node itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +29,7 @@ from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
+from augment.progress import Sink
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.textual_inversion import TokenEmbedding
 
@@ -89,7 +91,8 @@ class GenSpec:
 
 
 class GenerateWorker:
-    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str) -> None:
+    def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str,
+                 progress: Sink | None = None) -> None:
         from augment.models import cache
         from augment.models.backbone import native_resolution
         from augment.tokens.textual_inversion import add_embeddings
@@ -107,6 +110,7 @@ class GenerateWorker:
         self.resolution = cfg.resolution or native_resolution(self.pipe)
         self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)
+        self.progress = progress  # told how many images of the shard are final, batch by batch
 
     def token(self, c: int) -> str:
         from augment.tokens.textual_inversion import token_string
@@ -134,9 +138,10 @@ class GenerateWorker:
         target = torch.tensor(classes)
         return probs[torch.arange(len(classes)), target].numpy(), probs.argmax(-1).numpy(), probs.numpy()
 
-    def draw(self, draws: list[tuple[int, int, int]]) -> list[Drawn]:
+    def draw(self, draws: list[tuple[int, int, int]], report: Callable[[int], None] | None = None) -> list[Drawn]:
         """Sample, score and (in the background) encode ``(class, prompt index, seed)`` draws, in
-        batches; encoding is started only for the images ``keep`` accepts."""
+        batches; encoding is started only for the images ``keep`` accepts. ``report(n)`` hears how
+        many draws are done after each batch (the progress bar)."""
         g = self.cfg.generate
         out: list[Drawn] = []
         for a in range(0, len(draws), self.batch_size):
@@ -148,7 +153,14 @@ class GenerateWorker:
                 ok = conf[j] >= g.min_confidence
                 fut = self.encoder.submit(encode_image, arrays[j], g.image_format) if ok else None
                 out.append(Drawn(c, i, s, float(conf[j]), int(pred[j]), soft_label(probs[j], g.soft_labels), fut))
+            if report is not None:
+                report(len(out))
         return out
+
+    def _report(self, unit: ShardUnit, done: int) -> None:
+        """Tell the driver's bar how many images of ``unit`` are final (an absolute count)."""
+        if self.progress is not None:
+            self.progress(unit.index, done)
 
     def meta(self, d: Drawn, sample_index: int, attempts: int) -> dict[str, Any]:
         """The manifest columns the worker knows for one kept draw (write_shard adds the file facts)."""
@@ -169,7 +181,8 @@ class GenerateWorker:
         slots filled from the classes' attempt streams (:mod:`augment.generate.rejection`)."""
         g, seed = self.cfg.generate, self.cfg.seed
         if g.min_confidence <= 0:
-            drawn = self.draw([(c, i, sample_seed(seed, c, i)) for c, i in unit.entries])
+            drawn = self.draw([(c, i, sample_seed(seed, c, i)) for c, i in unit.entries],
+                              lambda n: self._report(unit, n))
             return ShardResult([self.sample_of(d, d.i, 1) for d in drawn])
         streams = quotas(unit, g.max_attempts)
         got: dict[tuple[int, int], Drawn] = {}  # (class, draw) -> an accepted draw
@@ -183,6 +196,7 @@ class GenerateWorker:
                 s.record(d, r.future is not None)
                 if r.future is not None:
                     got[s.class_index, d] = r
+            self._report(unit, sum(len(s.used) for s in streams))
         filled: dict[tuple[int, int], Drawn] = {}
         attempts: dict[tuple[int, int], int] = {}
         for s in streams:
@@ -199,7 +213,8 @@ class GenerateWorker:
                            self.meta(d, sample_index, attempts))
 
 
-def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec],
-                classifier: Payload[ClassifierSource]) -> GenerateWorker | BrokenWorker:
-    """The factory an actor calls: the spec and classifier arrive by reference, fetched here."""
-    return build_worker(lambda: GenerateWorker(cfg_dict, spec.get(), classifier.get()))
+def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec], classifier: Payload[ClassifierSource],
+                progress: Sink | None = None) -> GenerateWorker | BrokenWorker:
+    """The factory an actor calls: the spec and classifier arrive by reference, fetched here;
+    ``progress`` hears of every finished image (the driver's bar, across actors)."""
+    return build_worker(lambda: GenerateWorker(cfg_dict, spec.get(), classifier.get(), progress))

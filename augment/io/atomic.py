@@ -50,15 +50,18 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
-def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporary files an interrupted write left in ``folder`` (not recursive); returns
-    them. Run it before resuming, never while another writer may be at work (the run folder's lock)."""
+def remove_temp_files(folder: str | os.PathLike[str], targets: list[str] | None = None) -> list[Path]:
+    """Delete the leftovers of interrupted writes in ``folder`` (names from :func:`temp_path_for`;
+    with ``targets``, only those of these file names, so that another writer's are left alone).
+    Returns them. A stage runs it before resuming, never while it writes."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = [p for p in sorted(folder.iterdir()) if is_temp_name(p.name) and p.is_file()]
-    for p in removed:
-        p.unlink(missing_ok=True)
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if is_temp_name(p.name) and p.is_file() and (targets is None or p.name[1:].rsplit(".", 2)[0] in targets):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 

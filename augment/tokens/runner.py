@@ -117,7 +117,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
     def plan(self, force: bool) -> stage.Plan[int]:
         self.arm.tokens.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(self.arm.tokens)  # a write a kill interrupted
+        remove_temp_files(self.arm.tokens)  # a write a kill interrupted (verify would report it for good)
         self.rows = read_token_rows(self.arm.tokens_parquet)
         todo = [c for c in self.classes if force or not self._done(c)]
         return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))

@@ -241,3 +241,16 @@ def test_benchmark_result_round_trip():
     assert back.summary_of(token)[1].mean == pytest.approx(0.55) and back.seconds == 2.0
     with pytest.raises(ValueError, match="'cells'"):
         BenchmarkResult.from_json({k: v for k, v in doc.items() if k != "cells"})
+
+
+def test_a_killed_report_write_leaves_nothing_after_the_rerun(run, digits):
+    """kill -9 while benchmark.json (or .md, .png) was being written leaves its temp file; the re-run
+    removes it (issue 13, kill harness), and only its own: another command's temp stays."""
+    from augment.io.atomic import is_temp_name, temp_path_for
+
+    report = run / "report"
+    report.mkdir(exist_ok=True)
+    ours, theirs = temp_path_for(report / "benchmark.json"), temp_path_for(report / "eval.json")
+    ours.write_text("{"), theirs.write_text("{")
+    run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["real"], progress=False)
+    assert [p for p in report.iterdir() if is_temp_name(p.name)] == [theirs]

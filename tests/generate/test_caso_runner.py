@@ -8,6 +8,7 @@ import pytest
 from augment.config import CasoConfig, Config
 from augment.errors import AugmentError
 from augment.generate.caso_runner import run_caso
+from augment.io.atomic import temp_path_for
 from augment.io.verify import verify_run
 
 
@@ -26,6 +27,14 @@ def test_caso_stage(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_pat
     assert sorted(p.name for p in (tmp_path / "run" / "caso" / "tokens").glob("*.safetensors")) == [
         "0000-black-footed-albatross-to-0002.safetensors", "0001-laysan-albatross-to-0002.safetensors"]
     assert run_caso(cfg, show_progress=False).skipped == 2
+    # what a kill -9 leaves mid-class: a shard without its manifest, temp files; the re-run redoes the class
+    arm = tmp_path / "run" / "caso"
+    (arm / "manifests" / "synth-000001.parquet").unlink()
+    for folder, name in (("shards", "synth-000001.tar"), ("tokens", "tokens.parquet")):
+        temp_path_for(arm / folder / name).write_bytes(b"cut short")
+    assert not verify_run(arm).ok
+    s = run_caso(cfg, show_progress=False)
+    assert (s.done, s.skipped) == (1, 1) and verify_run(arm).ok
     cfg.caso.k = 99
     with pytest.raises(AugmentError, match="k=99 is larger"):
         run_caso(cfg, show_progress=False)
@@ -44,6 +53,7 @@ def test_caso_worker_reads_no_dataset(tmp_path, fake_cub, micro_pipeline_dir, mi
     import pickle
     import shutil
 
+    from augment.distributed import torch_threads
     from augment.generate.caso_runner import CasoStage
     from augment.io.shards import write_shard
 
@@ -56,7 +66,8 @@ def test_caso_worker_reads_no_dataset(tmp_path, fake_cub, micro_pipeline_dir, mi
     [unit] = stage.plan(force=True).todo
     unit, factory = pickle.loads(pickle.dumps((unit, stage.worker_factory())))  # as they cross to an actor
     shutil.rmtree(fake_cub)
-    res = factory().run(unit)
+    with torch_threads(cfg.threads):  # what the stage gives a unit
+        res = factory().run(unit)
     assert [s.meta["source_key"] for s in res.samples] == unit.reals.get().source_keys
     assert all(k.startswith("cub:train:") for k in unit.reals.get().source_keys) and len(res.samples) == 2
     write_shard(tmp_path / "remote", res.shard, res.samples)

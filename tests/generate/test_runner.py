@@ -231,6 +231,7 @@ def test_the_worker_needs_neither_the_run_folder_nor_the_checkpoint(trained, mic
     checkpoint gone it writes the shard the stage writes, byte for byte, with the files' sha256."""
     import pickle
 
+    from augment.distributed import torch_threads
     from augment.generate.plan import plan_shards
     from augment.generate.runner import GenerateStage
     from augment.io.shards import write_shard
@@ -246,7 +247,8 @@ def test_the_worker_needs_neither_the_run_folder_nor_the_checkpoint(trained, mic
     shas = {p.name[:4]: hashlib.sha256(p.read_bytes()).hexdigest() for p in (Path(cfg.out) / "tokens").glob("*.safetensors")}
     hidden = shutil.move(cfg.out, tmp_path / "hidden")
     shutil.rmtree(tmp_path / "clf")
-    samples = pickle.loads(factory)().run(unit).samples
+    with torch_threads(cfg.threads):  # what the stage gives a unit
+        samples = pickle.loads(factory)().run(unit).samples
     write_shard(tmp_path / "remote", unit.index, samples)
     shutil.move(hidden, cfg.out)
     assert {s.meta["token_sha256"] for s in samples} == {shas[f"{s.class_index:04d}"] for s in samples}
@@ -295,3 +297,19 @@ def test_a_wrong_token_file_is_refused_naming_it(trained, write, message):
         run_generate(trained, show_progress=False)
     assert str(path) in e.value.message and "\n" not in e.value.message
     assert not (Path(trained.out) / "shards").exists()  # refused before anything was written
+
+
+def test_the_worker_reports_images_as_they_finish(trained):
+    """The bar counts images, not shards (issue 13): each batch tells the sink how many images of
+    the shard are final, and a retried sample counts once, after its last attempt."""
+    from augment.generate.plan import plan_shards
+    from augment.generate.runner import GenerateStage
+
+    cfg = dataclasses.replace(trained, generate=dataclasses.replace(trained.generate, batch_size=2, shard_size=4))
+    stage = GenerateStage(cfg, baseline=False)
+    stage.preflight()
+    reports: list[tuple[int, int]] = []
+    stage.progress = lambda key, done: reports.append((key, done))
+    unit = plan_shards(stage.classes, cfg.generate.per_class, cfg.generate.shard_size)[1]
+    stage.worker_factory()().run(unit)
+    assert reports == [(1, 2), (1, 4)]

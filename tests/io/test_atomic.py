@@ -9,6 +9,7 @@ from augment.io.atomic import (
     atomic_write_json,
     atomic_write_text,
     is_temp_name,
+    remove_temp_files,
     temp_path_for,
 )
 
@@ -66,3 +67,14 @@ def test_temp_names_are_hidden_from_globs(tmp_path):
     t = temp_path_for(tmp_path / "synth-000001.parquet")
     assert t.name.startswith(".") and not t.name.endswith(".parquet") and is_temp_name(t.name)
     assert not is_temp_name("synth-000001.parquet")
+
+
+def test_remove_temp_files_only_the_leftovers_and_only_of_the_targets(tmp_path):
+    """What a kill -9 mid-write leaves is removed before a resume; another writer's temps can be spared."""
+    kept = atomic_write_text(tmp_path / "report.json", "{}")
+    a, b = temp_path_for(tmp_path / "report.json"), temp_path_for(tmp_path / "other.md")
+    a.write_text("half"), b.write_text("half")
+    assert remove_temp_files(tmp_path, ["report.json"]) == [a]
+    assert remove_temp_files(tmp_path) == [b]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+    assert remove_temp_files(tmp_path / "missing") == []

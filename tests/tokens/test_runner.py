@@ -178,3 +178,21 @@ def test_a_class_name_holding_a_token_string_is_refused(tmp_path, micro_pipeline
     with pytest.raises(AugmentError, match=r"class 1 name 'dog <c0000>' contains '<c0000>'"):
         run_tokens(_cfg(tmp_path / "run", micro_pipeline_dir, clf), show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_token_write_is_cleaned_by_the_resume(tmp_path, micro_pipeline_dir, micro_classifier_path):
+    """kill -9 while a token file (or tokens.parquet) was being written leaves its temp file; the
+    re-run removes it, or verify would fail the folder for good (issue 13, kill harness)."""
+    from augment.io.atomic import temp_path_for
+    from augment.io.verify import verify_run
+
+    cfg = _cfg(tmp_path / "run", micro_pipeline_dir, micro_classifier_path, max_steps=1)
+    cfg.classes = "0"
+    run_tokens(cfg, show_progress=False)
+    tokens = tmp_path / "run" / "tokens"
+    for name in ("0001-dog.safetensors", "tokens.parquet"):
+        temp_path_for(tokens / name).write_bytes(b"cut short")
+    assert not verify_run(tmp_path / "run").ok
+    cfg.classes = "0,1"
+    assert run_tokens(cfg, show_progress=False).trained == 1
+    assert verify_run(tmp_path / "run").ok
