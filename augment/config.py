@@ -388,6 +388,7 @@ _INF = math.inf
 _RANGES: dict[str, tuple[Any, str]] = {
     "seed": _between(0, 2**63 - 1),
     "workers": _between(0, 100_000),
+    "threads": _between(1, 1024),
     "resolution": _between(8, 16384),
     "tokens.lr": _between(0, _INF, lo_open=True),
     "tokens.weight_decay": _between(0, _INF),
@@ -480,9 +481,6 @@ def validate(cfg: Config) -> None:
     # Ray places fractions of one GPU or whole GPUs, nothing in between
     if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < g <= 1 or (g > 1 and g == int(g))):
         raise AugmentError(f"gpus_per_worker must be a fraction of one GPU (0 < x <= 1) or a whole number, got {g!r}")
-    n = cfg.threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise AugmentError(f"threads must be a whole number of torch threads per unit (at least 1), got {n!r}")
     t = cfg.placement_timeout
     if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
         raise AugmentError(f"placement_timeout must be a positive number of seconds, got {t!r}")
