@@ -207,7 +207,8 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
 @click.option("--k", "k_values", help="Real images per class to try, comma-separated (default: train.k_values, 0,3,9,15).")
 @click.option("--seeds", help="Number of seeds N (0..N-1) or a comma-separated list (default: train.seeds).")
 @click.option("--arm", "arms", multiple=True,
-              help="An arm: real | baseline | token, with options, e.g. token:conf=0.9 or token:prob=0.2,weight=0.5; "
+              help="An arm: real | baseline | token | caso | token+caso, with options, e.g. token:conf=0.9 or token:prob=0.2,weight=0.5 "
+                   "(caso: CASO edits of exactly each cell's k reals, built per draw); "
                    "repeatable (default: real, baseline, token, baseline:conf=0.9, token:conf=0.9, token:weight=0.5).")
 @click.option("--test-split", default="test", show_default=True, help="Real split the classifiers are tested on.")
 @click.option("--fresh", is_flag=True, help="Retrain every cell (default: reuse cells cached in OUT/report/).")
@@ -235,10 +236,6 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
         out = build_config(dict(kwargs)).out
     kwargs["out"] = None
     cfg = build_config(kwargs, cfg_over, run=out)
-    if build_missing:
-        build_missing_arms(cfg, RunDir(out), arms or DEFAULT_ARMS, click.echo)
-    if not Path(out).is_dir():
-        raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
     ks = int_list(k_values, "--k") or list(cfg.train.k_values)
     seed_list = int_list(seeds, "--seeds")
     if seed_list is not None and len(seed_list) == 1 and seeds and "," not in seeds:
@@ -246,6 +243,11 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
             raise AugmentError(f"--seeds {seeds}: give a count >= 1 or a list like 0,1,2")
         seed_list = list(range(seed_list[0]))
     seed_list = seed_list or list(cfg.train.seeds)
+    if build_missing:
+        build_missing_arms(cfg, RunDir(out), arms or DEFAULT_ARMS, click.echo,
+                           draws=[(k, s) for k in ks for s in seed_list])
+    if not Path(out).is_dir():
+        raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
     settings = _settings(cfg, only, seed=0)
     prob = None if only["natural"] else cfg.train.synthetic_prob
     dataset = _dataset(cfg)
