@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--modes", default="ddim,sdedit,prompt")
     ap.add_argument("--max-steps", type=int, default=None, help="override caso.max_steps")
     ap.add_argument("--guidance", type=float, default=None, help="override caso.edit_guidance")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest on shared cores)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -59,6 +60,7 @@ def main() -> None:
     if args.guidance is not None:
         cc.edit_guidance = args.guidance
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     dataset = load_dataset(cfg)
     names = dataset.class_names
     pipe = load_backbone(cfg.model, "cpu", "float32", cfg.scheduler)
@@ -71,7 +73,10 @@ def main() -> None:
 
     trainer = CasoTrainer(pipe, guide, cc, cfg.seed)
     t0 = time.perf_counter()
-    learned = {b: trainer.learn(reals, b) for b in range(len(names))}
+    learned = {}
+    for b in range(len(names)):
+        learned[b] = trainer.learn(reals, b)
+        print(f"  embedding {b}: {learned[b].seconds:.0f}s", flush=True)
     learn_s = time.perf_counter() - t0
     print(f"learned {len(learned)} embeddings from {len(reals)} reals ({cc.max_steps} steps each) in {learn_s:.0f}s; "
           "one-step guide accuracy on the reals, first -> last batches: "
