@@ -218,8 +218,9 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
 @click.option("--k", "k_values", help="Real images per class to try, comma-separated (default: train.k_values, 0,3,9,15).")
 @click.option("--seeds", help="Number of seeds N (0..N-1) or a comma-separated list (default: train.seeds).")
 @click.option("--arm", "arms", multiple=True,
-              help="An arm: real | baseline | token, with options, e.g. token:conf=0.9, token:prob=0.2,weight=0.5 or "
-                   "token:distill (soft labels); repeatable (default: real, baseline, token, baseline:conf=0.9, "
+              help="An arm: real | baseline | token | caso | token+caso, with options, e.g. token:conf=0.9, "
+                   "token:prob=0.2,weight=0.5 or token:distill (soft labels) (caso: CASO edits of exactly each "
+                   "cell's k reals, built per draw); repeatable (default: real, baseline, token, baseline:conf=0.9, "
                    "token:conf=0.9, token:weight=0.5, token:distill).")
 @click.option("--test-split", default="test", show_default=True, help="Real split the classifiers are tested on.")
 @click.option("--fresh", is_flag=True, help="Retrain every cell (default: reuse cells cached in OUT/report/).")
@@ -258,7 +259,8 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     settings = _settings(cfg, only, seed=0)
     if build_missing:
         with keep_lock(out):  # one lock for all the stages it runs: nobody writes in between
-            build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo)
+            build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo,
+                               draws=[(k, s) for k in ks for s in seed_list])
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
     arms = arms or default_arms(out, click.echo)

@@ -193,24 +193,28 @@ def _build(cfg: Config, with_baseline: bool | None, force: bool, start: float) -
 @command()
 @common_options
 @threads_option
-@click.option("--k", type=int, help="Real images per class the embedding is learned from.")
-@click.option("--target", type=int, help="Counterfactual edits towards this class index (default: each class itself).")
-@click.option("--strength", type=float, help="Editing: fraction of the schedule the real image is noised to.")
-@click.option("--edits-per-image", type=int, help="Edited variations written per real image.")
-@click.option("--edit-guidance", type=float, help="Guidance scale of the edit (negative reverses it).")
+@click.option("--k", type=int, help="Real images per class: the embeddings learn from all classes' k reals, each is edited.")
+@click.option("--target", help="Which embeddings edit which reals: self (default), all, B, A->B (counterfactual, "
+                               "label B); B+C concatenates embeddings in one condition.")
+@click.option("--edit-mode", type=click.Choice(["ddim", "sdedit"]),
+              help="ddim: DDIM inversion then guided denoising (the paper's); sdedit: noise then denoise.")
+@click.option("--strength", type=float, help="Editing: fraction of the schedule the real image is inverted/noised to.")
+@click.option("--guided-step", type=int, help="Guide this denoising step only (single-step edit; 0 = the first that runs).")
+@click.option("--edits-per-image", type=int, help="Edits written per real image and condition (> 1 needs sdedit).")
+@click.option("--edit-guidance", type=float, help="Guidance scale of the edit (negative reverses it; the label stays the source's).")
 @click.option("--max-steps", type=int, help="Optimisation steps per embedding.")
 @click.option("--force", is_flag=True, help="Redo classes that are done / write into a folder made with other settings.")
 def caso(force: bool, **kwargs) -> None:
-    """CASO: learn a semantic embedding per class from k real images and write edits (OUT/caso/)."""
+    """CASO: learn an embedding per class from the k-shot reals and write edits of them (OUT/caso/)."""
     from augment.generate.caso_runner import run_caso
 
-    keys = ("k", "target", "strength", "edits_per_image", "edit_guidance", "max_steps")
+    keys = ("k", "target", "edit_mode", "strength", "guided_step", "edits_per_image", "edit_guidance", "max_steps")
     cfg = build_config(kwargs, {f"caso.{k}": kwargs.pop(k, None) for k in keys} | threads_override(kwargs))
     s = run_caso(cfg, force=force)
     click.echo(f"caso: {s.done} classes done, {s.skipped} already done, {len(s.failed)} failed in {s.seconds:.0f}s -> {s.out}")
     for r in s.rows:
-        click.echo(f"  class {r.class_index} -> {r.target}: guide accuracy of one-step edits "
-                   f"{r.init_accuracy:.2f} -> {r.final_accuracy:.2f} ({r.seconds:.0f}s)")
+        click.echo(f"  class {r.class_index} -> {'+'.join(map(str, r.targets))}: guide accuracy of one-step "
+                   f"predictions on the reals {r.init_accuracy:.2f} -> {r.final_accuracy:.2f} ({r.seconds:.0f}s)")
     print_failed(s.failed)
     sys.exit(s.exit_code)
 

@@ -11,6 +11,10 @@ added to the k reals and how it is mixed:
     token:prob=0.2                + token images drawn with probability 0.2 per sample
     token:distill                 + token images trained on the guide's soft labels (their manifests'
                                   top-k; temperature train.distill_temperature, or token:distill=2)
+    caso                          + CASO edits of exactly the cell's k reals (OUT/caso/draws/k<K>-seed<S>:
+                                    embeddings learned from that draw alone, so no other real leaks in;
+                                    no cell at k=0)
+    token+caso                    + both (one pool of synthetic images)
 
 Options combine (``token:conf=0.5,prob=0.25,weight=0.5``); an arm's unset options take the
 benchmark's defaults (``--synthetic-prob`` etc.). Each cell trains a fresh classifier with the
@@ -47,6 +51,7 @@ import torch
 from augment.datasets.base import Dataset
 from augment.downstream.benchmark_report import render_markdown, render_text, write_reports
 from augment.downstream.benchmark_result import (
+    PER_DRAW,
     SOURCES,
     Arm,
     BenchmarkCell,
@@ -108,7 +113,7 @@ class CellUnit:
     seed: int
     reals: Payload[Images]  # the (k, seed) draw of real train images; empty for k=0
     test: Payload[Images]  # the real test split (one copy shared by every cell)
-    synthetic: Payload[tuple[SyntheticSet, torch.Tensor]] | None  # the arm's kept images
+    synthetic: list[Payload[tuple[SyntheticSet, torch.Tensor]]]  # the arm's kept images, per source
 
     @property
     def label(self) -> str:
@@ -116,9 +121,20 @@ class CellUnit:
 
 
 def arm_sources(out: str | Path) -> dict[str, ArmDir]:
-    """The run-folder arm each synthetic source reads (by arm name; see augment.io.rundir.ARMS)."""
+    """The run-folder arm each synthetic source reads (by arm name; see augment.io.rundir.ARMS).
+    A per-draw source (caso) maps to its whole arm; cells read :meth:`RunDir.caso_draw` instead."""
     run = RunDir(out)
-    return {source: run.arm_dir(source) for source in SOURCES if source != "real"}
+    return {s: run.arm_dir(s) for source in SOURCES if source != "real" for s in source.split("+")}
+
+
+def _arm_dir(run: RunDir, source: str, k: int, seed: int) -> ArmDir:
+    """Where ``source``'s images for the cell (k, seed) are."""
+    return run.caso_draw(k, seed) if source in PER_DRAW else run.arm_dir(source)
+
+
+def _has_cell(arm: Arm, k: int) -> bool:
+    """Real only needs reals; an arm of edits needs reals to edit (k=0: no cell)."""
+    return (arm.synthetic and not arm.per_draw) or k > 0
 
 
 def default_arms(out: str | Path, log: Callable[[str], None]) -> tuple[str, ...]:
@@ -200,7 +216,7 @@ class CellWorker:
         real_images, real_labels = cell.reals.get()
         if len(real_labels) == 0:
             real_images = torch.zeros(0, *test_images.shape[1:], dtype=torch.uint8)
-        sets = [self.shared(cell.synthetic)] if cell.synthetic is not None else []
+        sets = [self.shared(p) for p in cell.synthetic]
         mixed = MixedDataset(real_images, real_labels, sets, self.class_names,
                              arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0,
                              distill_temperature=(arm.temperature or 1.0) if arm.distill else None)
@@ -220,13 +236,12 @@ def _kshot_reals(dataset: Dataset, k: int, seed: int, size: int | None) -> Image
     return load_real(dataset, dataset.kshot(k, seed) if k > 0 else [], size)
 
 
-def _read_arm(sources: dict[str, ArmDir], arm: Arm, dataset: Dataset, size: int | None,
+def _read_arm(where: ArmDir, conf: float, dataset: Dataset, size: int | None,
               log: Callable[[str], None]) -> tuple[SyntheticSet, torch.Tensor]:
     """An arm's synthetic set after its confidence filter, decoded on the driver."""
-    conf = float(arm.min_confidence or 0.0)
-    syn = load_synthetic(sources[arm.source], dataset.class_names, conf)
+    syn = load_synthetic(where, dataset.class_names, conf)
     images = read_synthetic_images(syn, size)
-    log(f"{arm.source} arm (min confidence {conf:g}): {syn.kept} of {syn.total} images kept"
+    log(f"{where} (min confidence {conf:g}): {syn.kept} of {syn.total} images kept"
         + (f" ({', '.join(f'{n} {r}' for r, n in syn.dropped.items())})" if syn.dropped else ""))
     return syn, images
 
@@ -274,32 +289,46 @@ def run_benchmark(
         raise AugmentError("--seeds needs at least one seed")
     if max(k_values) > 0:
         dataset.kshot(max(k_values), seeds[0])  # the largest k must fit the smallest class
-    sources = arm_sources(out)
-    missing = [a.source for a in arms if a.synthetic and not shard_urls(sources[a.source])]
+    # (source, k, seed) -> the arm folder a cell reads; k and seed are None for whole-run arms
+    needs = {(s, k if s in PER_DRAW else None, seed if s in PER_DRAW else None)
+             for arm in arms for k in k_values for seed in seeds if _has_cell(arm, k) for s in arm.sources}
+    where = {n: _arm_dir(run, n[0], n[1] or 0, n[2] or 0) for n in needs}
+    absent = sorted((n for n in needs if not shard_urls(where[n])), key=str)
+    missing = sorted({n[0] for n in absent})
     if missing:
-        what = sorted(set(missing))
+        shown = [str(where[n].shards) for n in absent]
         raise AugmentError(
-            f"no {' and no '.join(what)} arm shards in {out} (looked in "
-            f"{', '.join(str(sources[m].shards) for m in what)}); run `augment build --baseline --out {out}` "
-            "first (tokens, then both arms), or drop those arms with --arm"
+            f"no {' and no '.join(missing)} arm shards in {out} (looked in "
+            f"{', '.join(shown[:3])}{f' and {len(shown) - 3} more' if len(shown) > 3 else ''}); "
+            f"run `augment benchmark --build` or `augment build --baseline --out {out}` first, or drop those "
+            "arms with --arm"
         )
     # the driver reads (and checks) every synthetic set and the test split before the first cell trains
     size = settings.input_size
     test = Payload(load_split(dataset, test_split, size))
-    synthetic = {(a.source, float(a.min_confidence or 0.0)): a for a in arms if a.synthetic}
-    syn_sets = {key: Payload(_read_arm(sources, a, dataset, size, log)) for key, a in synthetic.items()}
+    confs = {n: sorted({float(a.min_confidence or 0.0) for a in arms if n[0] in a.sources}) for n in needs}
+    syn_sets = {(n, c): Payload(_read_arm(where[n], c, dataset, size, log)) for n in sorted(needs, key=str)
+                for c in confs[n]}
     for a in arms:  # a set without soft labels fails here, once, not in every distilled cell
         if a.distill:
-            syn_sets[a.source, float(a.min_confidence or 0.0)].get()[0].soft_targets(len(dataset.class_names), 1.0)
-    fps = {s: _fingerprint(p) for s, p in sources.items() if any(a.source == s for a in arms)}
+            for n in needs:
+                if n[0] in a.sources:
+                    syn_sets[n, float(a.min_confidence or 0.0)].get()[0].soft_targets(len(dataset.class_names), 1.0)
+    fps = {n: _fingerprint(where[n]) for n in needs}
+
+    def cell(arm: Arm, k: int, seed: int) -> CellUnit:
+        ns = [(s, k if s in PER_DRAW else None, seed if s in PER_DRAW else None) for s in arm.sources]
+        fp = "+".join(fps[n] for n in ns) or None
+        conf = float(arm.min_confidence or 0.0)
+        return CellUnit(_cell_key(arm, k, seed, settings, fp, dataset.name), k, arm, seed, reals[k, seed], test,
+                        [syn_sets[n, conf] for n in ns])
+
     cache_path = run.benchmark_cells
     # a killed run's half-written reports (the cells cache is appended to, and skips a cut line)
     remove_temp_files(cache_path.parent, [p.name for p in run.benchmark_files().values()])
     cache = _read_cache(cache_path) if resume else {}
     reals = {(k, seed): Payload.lazy(partial(_kshot_reals, dataset, k, seed, size)) for k in k_values for seed in seeds}
-    grid = [CellUnit(_cell_key(arm, k, seed, settings, fps.get(arm.source), dataset.name), k, arm, seed, reals[k, seed],
-                     test, syn_sets[arm.source, float(arm.min_confidence or 0.0)] if arm.synthetic else None)
-            for k in k_values for arm in arms for seed in seeds if arm.synthetic or k > 0]
+    grid = [cell(arm, k, seed) for k in k_values for arm in arms for seed in seeds if _has_cell(arm, k)]
     done = {cell.key: cache[cell.key] for cell in grid if cell.key in cache}
     todo = [cell for cell in grid if cell.key not in done]
     # a (k, seed) draw of reals is released once its last cell is done
@@ -348,7 +377,8 @@ def run_benchmark(
     for arm in arms:
         for k in k_values:
             values = [done[cell.key].top1 for cell in grid if cell.arm == arm and cell.k == k]
-            note = "no data (k=0, real only)" if not arm.synthetic and k == 0 else None
+            note = ("no data (k=0, real only)" if not arm.synthetic and k == 0 else
+                    "no reals to edit (k=0)" if arm.per_draw and k == 0 else None)
             summary.append(SummaryRow.of(arm, k, values, note))
     result = BenchmarkResult(
         run=str(out),

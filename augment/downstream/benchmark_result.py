@@ -17,10 +17,13 @@ from typing import Any
 from augment.errors import AugmentError
 from augment.io.jsonsafe import json_safe, require_fields
 
-__all__ = ["SOURCES", "Arm", "BenchmarkCell", "BenchmarkResult", "SummaryRow", "parse_arm"]
+__all__ = ["PER_DRAW", "SOURCES", "Arm", "BenchmarkCell", "BenchmarkResult", "SummaryRow", "parse_arm"]
 
-#: what an arm adds to the k reals: nothing, or the images of one run-folder arm (augment.io.rundir.ARMS)
-SOURCES = ("real", "baseline", "token")
+#: what an arm adds to the k reals: nothing, or the images of run-folder arms (augment.io.rundir.ARMS),
+#: "+" joining several; "caso" is the CASO edits of exactly the cell's k-shot draw (no arm at k=0)
+SOURCES = ("real", "baseline", "token", "caso", "token+caso")
+#: sources whose images depend on the cell's (k, seed) draw of reals
+PER_DRAW = ("caso",)
 _KEYS = {"prob": "prob", "p": "prob", "weight": "weight", "w": "weight", "conf": "min_confidence",
          "min_confidence": "min_confidence", "temperature": "temperature", "t": "temperature"}
 
@@ -41,6 +44,16 @@ class Arm:
     @property
     def synthetic(self) -> bool:
         return self.source != "real"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The run-folder arms whose images this arm adds (none for ``real``)."""
+        return tuple(self.source.split("+")) if self.synthetic else ()
+
+    @property
+    def per_draw(self) -> bool:
+        """Whether its images are edits of the cell's own reals (then there is no cell at k=0)."""
+        return any(s in PER_DRAW for s in self.sources)
 
     def resolved(self, prob: float | None, weight: float, min_confidence: float, temperature: float = 1.0) -> Arm:
         if not self.synthetic:

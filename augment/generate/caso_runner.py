@@ -1,15 +1,17 @@
-"""The ``augment caso`` stage: per class, learn a CASO embedding from k real images and write edits.
+"""The ``augment caso`` stage: learn CASO embeddings from the k-shot reals and write edits of them.
 
-Work unit = one source class: learn the embedding (target = the class itself, or ``caso.target``
-for counterfactual edits), save it among the caso arm's tokens (``RunDir.arm_dir("caso")``), then
-edit each of the k reals ``edits_per_image`` times (fresh seeds) into one shard of that arm with
-its manifest (mode ``edit``, ``source_key``, ``strength``). Labels are the TARGET class. A class is
-done when its shard's Parquet exists; re-runs skip done classes. The checks, the run folder and the
-failure policy are :mod:`augment.stage`'s.
+The k-shot draw (``caso.k`` per class, seed ``caso.kshot_seed`` or the run seed) of ALL classes is
+the training batch pool of every embedding (one per target class, :mod:`augment.tokens.caso`).
+Work unit = one source class: learn the embeddings its conditions need (``caso.target``, see
+:func:`~augment.tokens.caso.edit_conditions`; a worker keeps those it learned for later units),
+then edit each of the class's k reals under each condition into one shard with its manifest (mode
+``edit``, ``source_key``, ``strength``, ``edit_mode``, ``targets``). Labels: the first target (the
+source's own class for a reverse edit). A class is done when its shard's Parquet exists; re-runs
+skip done classes. The checks, the run folder and the failure policy are :mod:`augment.stage`'s.
 
-The worker reads nothing from disk but the diffusion weights: the driver decodes each class's k
-real images and sends them with the unit (by reference, :class:`~augment.shipping.Payload`,
-released once the class is written) and the classifier's checkpoint with the worker's factory.
+The worker reads nothing from disk but the diffusion weights: the driver decodes the k-shot reals
+once and sends them with every unit (by reference, :class:`~augment.shipping.Payload`, released
+when the stage ends) and the classifier's checkpoint with the worker's factory.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
 from augment.shipping import BrokenWorker, Payload, build_worker
-from augment.tokens.caso import CasoTrainer, vector_tokens
+from augment.tokens.caso import CasoResult, CasoTrainer, condition_prompt, edit_conditions, edit_label
 from augment.tokens.textual_inversion import check_names_hold_no_token
 
 COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
@@ -53,12 +55,11 @@ COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
 
 @dataclass
 class CasoRow:
-    """What the summary reports for one source class: its edits' target and the guide accuracy of
-    one-step edits before and after learning the embedding."""
+    """What the summary reports for one source class: the targets its edits went to and the guide
+    accuracy of one-step predictions on the reals, first vs last batches (mean over its targets)."""
 
     class_index: int
-    target: int
-    token: str
+    targets: list[int]
     init_accuracy: float
     final_accuracy: float
     seconds: float
@@ -66,27 +67,28 @@ class CasoRow:
 
 @dataclass
 class CasoOutcome:
-    """What a :class:`CasoWorker` returns for one class: the row, the embedding to save and the
-    edited samples of its shard."""
+    """What a :class:`CasoWorker` returns for one class: the row, the embeddings (by target class)
+    to save, and the edited samples of its shard."""
 
     row: CasoRow
-    embedding: torch.Tensor
+    embeddings: dict[int, CasoResult]
     samples: list[SynthSample]
     shard: int
 
 
 @dataclass
 class CasoReals:
-    """One class's k real images as the driver decoded them (RGB uint8 arrays, original size) and
-    the ``source_key`` each edit's manifest row records."""
+    """The k-shot reals of all classes as the driver decoded them (RGB uint8 arrays, original
+    size), their labels and the ``source_key`` each edit's manifest row records."""
 
     images: list[np.ndarray]
+    labels: list[int]
     source_keys: list[str]
 
 
 @dataclass
 class CasoUnit:
-    """One source class: its index, its shard and its reals (sent by reference)."""
+    """One source class: its index, its shard and the k-shot pool (sent by reference, shared)."""
 
     class_index: int
     shard: int
@@ -95,54 +97,71 @@ class CasoUnit:
 
 def read_reals(dataset: Dataset, samples: list[Any], split: str) -> CasoReals:
     """Decode ``samples`` on the driver (the worker's node may not have the dataset)."""
-    return CasoReals([np.array(dataset.load_image(s).convert("RGB")) for s in samples],
+    return CasoReals([np.array(dataset.load_image(s).convert("RGB")) for s in samples], [s.label for s in samples],
                      [f"{dataset.name}:{split}:{s.ref}" for s in samples])
 
 
 class CasoWorker:
-    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classifier: ClassifierSource | str) -> None:
+    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classes: list[int],
+                 classifier: ClassifierSource | str) -> None:
         from augment.models.backbone import load_backbone
         from augment.models.classifier import load_classifier
 
         self.cfg = cfg = config_from_dict(cfg_dict)
-        self.names = class_names
+        self.names, self.classes = class_names, classes
         self.pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         self.trainer = CasoTrainer(self.pipe, load_classifier(classifier), cfg.caso, cfg.seed)
+        self._learned: dict[tuple[str, int], CasoResult] = {}  # (pool, target): learned once per worker
+
+    def _embedding(self, pool: Payload[CasoReals], images: torch.Tensor, target: int) -> CasoResult:
+        key = (pool.key, target)
+        if key not in self._learned:
+            self._learned[key] = self.trainer.learn(images, target)
+        res = self._learned[key]
+        self.trainer.install(res.token, res.embedding)  # another pool's learning may have overwritten it
+        return res
 
     def run(self, unit: CasoUnit) -> CasoOutcome:
         c, shard_index, reals = unit.class_index, unit.shard, unit.reals.get()
         cfg, cc = self.cfg, self.cfg.caso
-        target = c if cc.target is None else int(cc.target)
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         images = torch.stack([
             torch.from_numpy(np.array(Image.fromarray(a).resize((size, size)))).permute(2, 0, 1)
             for a in reals.images]).float() / 255
-        res = self.trainer.learn(images, c, target)
-        prompt = " ".join(vector_tokens(res.token, cc.n_vectors))
+        conds = edit_conditions(cc.target, c, self.classes, len(self.names))
+        learned = {t: self._embedding(unit.reals, images, t) for t in sorted({t for cond in conds for t in cond})}
+        mine = [j for j, label in enumerate(reals.labels) if label == c]
+        per = cc.edits_per_image
         samples = []
-        for j, (source_key, img) in enumerate(zip(reals.source_keys, images, strict=True)):
-            seeds = [derive_seed(cfg.seed, "caso-edit", c, target, j, e) for e in range(cc.edits_per_image)]
-            edited = Diffusion(self.pipe).edit(prompt, img.unsqueeze(0).repeat(len(seeds), 1, 1, 1), seeds,
-                                               cc.strength, cc.edit_steps, cc.edit_guidance)
+        for ci, cond in enumerate(conds):
+            prompt = condition_prompt(cond, cc.n_vectors)
+            label = edit_label(c, cond, cc.edit_guidance)
+            batch = images[[j for j in mine for _ in range(per)]]
+            seeds = [derive_seed(cfg.seed, "caso-edit", c, *cond, j, e) for j in mine for e in range(per)]
+            edited = Diffusion(self.pipe).edit(prompt, batch, seeds, cc.strength, cc.edit_steps, cc.edit_guidance,
+                                               mode=cc.edit_mode, guided_step=cc.guided_step)
             probs = self.trainer.classifier(edited).softmax(-1)
             arrays = (edited.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-            for e in range(len(seeds)):
-                index = c * 100000 + j * cc.edits_per_image + e  # unique across source classes
-                samples.append(SynthSample(sample_key(target, index), target, encode_image(arrays[e], cc.image_format),
+            for b, (j, e) in enumerate((j, e) for j in mine for e in range(per)):
+                index = c * 100000 + ci * 1000 + mine.index(j) * per + e  # unique per label across classes
+                samples.append(SynthSample(sample_key(label, index), label, encode_image(arrays[b], cc.image_format),
                                            cc.image_format, {
-                    "class_name": self.names[target], "prompt": prompt, "seed": seeds[e], "token": res.token,
-                    "mode": "edit", "source_key": source_key, "strength": cc.strength,
+                    "class_name": self.names[label], "prompt": prompt, "seed": seeds[b],
+                    "token": learned[cond[0]].token, "mode": "edit", "source_key": reals.source_keys[j],
+                    "strength": cc.strength, "edit_mode": cc.edit_mode, "targets": "+".join(map(str, cond)),
                     "model_id": cfg.model, "scheduler": cfg.scheduler, "steps": cc.edit_steps,
-                    "guidance_scale": cc.edit_guidance, "guide_confidence": float(probs[e, target]),
-                    "guide_pred": int(probs[e].argmax()), "attempts": 1, "status": "ok", "sample_index": index}))
-        row = CasoRow(c, target, res.token, res.init_accuracy, res.final_accuracy, res.seconds)
-        return CasoOutcome(row, res.embedding, samples, shard_index)
+                    "guidance_scale": cc.edit_guidance, "guide_confidence": float(probs[b, label]),
+                    "guide_pred": int(probs[b].argmax()), "attempts": 1, "status": "ok", "sample_index": index}))
+        res = list(learned.values())
+        row = CasoRow(c, sorted(learned), float(np.mean([r.init_accuracy for r in res])) if res else 0.0,
+                      float(np.mean([r.final_accuracy for r in res])) if res else 0.0, sum(r.seconds for r in res))
+        return CasoOutcome(row, learned, samples, shard_index)
 
 
-def make_worker(cfg_dict: dict[str, Any], names: list[str],
+def make_worker(cfg_dict: dict[str, Any], names: list[str], classes: list[int],
                 classifier: Payload[ClassifierSource]) -> CasoWorker | BrokenWorker:
     """The factory an actor calls: the classifier arrives by reference, fetched here."""
-    return build_worker(lambda: CasoWorker(cfg_dict, names, classifier.get()))
+    return build_worker(lambda: CasoWorker(cfg_dict, names, classes, classifier.get()))
 
 
 @dataclass
@@ -153,23 +172,33 @@ class CasoSummary(stage.StageSummary):
 
 
 class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
-    """Units are :class:`CasoUnit` (source class, shard, reals); results are :class:`CasoOutcome`."""
+    """Units are :class:`CasoUnit` (source class, shard, reals); results are :class:`CasoOutcome`.
+
+    ``arm``: where to write (default the run's caso arm; the benchmark passes one folder per
+    k-shot draw, :meth:`augment.io.rundir.RunDir.caso_draw`)."""
 
     name = "caso"
     compat_keys = COMPAT_KEYS
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, arm: ArmDir | None = None) -> None:
         super().__init__(cfg)
+        self._arm = arm
         self.names: list[str] = []
         self.classes: list[int] = []
         self.token_rows: dict[int, TokenRow] = {}
         self.rows: list[CasoRow] = []
         self.dataset: Dataset | None = None
         self.classifier: Payload[ClassifierSource] | None = None
+        self.pool: Payload[CasoReals] | None = None
 
     @property
     def arm(self) -> ArmDir:
-        return self.run.arm_dir("caso")
+        return self._arm or self.run.arm_dir("caso")
+
+    @property
+    def kshot_seed(self) -> int:
+        cc = self.cfg.caso
+        return self.cfg.seed if cc.kshot_seed is None else int(cc.kshot_seed)
 
     def preflight(self) -> None:
         from augment.models.backbone import resolve_backbone_path
@@ -183,11 +212,23 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         if cc.split not in dataset.splits():
             raise AugmentError(f"caso learns from real images but {cfg.dataset} has no split {cc.split!r} "
                                f"(available: {dataset.splits() or 'none'}); pass --data-root")
-        if cc.target is not None and not 0 <= int(cc.target) < len(names):
-            raise AugmentError(f"caso.target {cc.target} is out of range; this dataset has classes 0-{len(names) - 1}")
+        for c in self.classes:  # a bad target spec -> one line before any model loads
+            edit_conditions(cc.target, c, self.classes, len(names))
+        if cc.edit_mode not in ("ddim", "sdedit"):
+            raise AugmentError(f"caso.edit_mode {cc.edit_mode!r} is not one of ddim, sdedit")
+        if cc.edit_mode == "ddim" and cc.edits_per_image != 1:
+            raise AugmentError(f"caso.edits_per_image {cc.edits_per_image}: a ddim edit is deterministic (every "
+                               "edit of an image is the same); use 1, or --edit-mode sdedit for varied edits")
+        if cc.edits_per_image < 1 or cc.k < 1:
+            raise AugmentError(f"caso needs k >= 1 and edits_per_image >= 1 (got k={cc.k}, "
+                               f"edits_per_image={cc.edits_per_image})")
+        n_run = cc.edit_steps - Diffusion.edit_start(cc.edit_steps, cc.strength)
+        if cc.guided_step is not None and not 0 <= cc.guided_step < n_run:
+            raise AugmentError(f"caso.guided_step {cc.guided_step} is outside the {n_run} steps an edit of strength "
+                               f"{cc.strength:g} runs; use 0-{n_run - 1}")
         # k too large, or a k-shot image that cannot be decoded (corrupt, a decompression bomb):
         # one error naming it before any model loads or the run folder is made
-        for sample in dataset.kshot(cc.k, cfg.seed, cc.split):
+        for sample in dataset.kshot(cc.k, self.kshot_seed, cc.split):
             dataset.load_image(sample)
         resolve_backbone_path(cfg.model)
         source = read_classifier_source(cfg.classifier)  # read once here: workers may not see this disk
@@ -199,41 +240,45 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
 
     def plan(self, force: bool) -> stage.Plan[CasoUnit]:
         assert self.dataset is not None
-        cfg, cc, dataset = self.cfg, self.cfg.caso, self.dataset
+        cc, dataset = self.cfg.caso, self.dataset
         cleanup_partial(self.arm.path)  # what a killed run left half-written, as generate does
         remove_temp_files(self.arm.tokens)
         done = done_shards(self.arm.path)
-        kshot = dataset.kshot(cc.k, cfg.seed, cc.split)
-        # each class's reals are decoded when its unit is sent, and released once it is written
-        todo = [CasoUnit(c, i, Payload.lazy(partial(read_reals, dataset, [s for s in kshot if s.label == c], cc.split)))
-                for i, c in enumerate(self.classes)
+        kshot = dataset.kshot(cc.k, self.kshot_seed, cc.split)
+        # the reals of all classes: every embedding learns from them; decoded once, when first sent
+        self.pool = pool = Payload.lazy(partial(read_reals, dataset, kshot, cc.split))
+        # only classes with something to edit get a unit (``A->B`` edits A's reals alone)
+        sources = [c for c in self.classes if edit_conditions(cc.target, c, self.classes, len(self.names))]
+        todo = [CasoUnit(c, i, pool) for i, c in enumerate(sources)
                 if force or i not in done or not complete_shard_keys(self.arm.path, i)]  # unreadable: redone
         self.token_rows = read_token_rows(self.arm.tokens_parquet)
-        return stage.Plan(todo, skipped=len(self.classes) - len(todo), total=len(self.classes))
+        return stage.Plan(todo, skipped=len(sources) - len(todo), total=len(sources))
 
     def worker_factory(self) -> WorkerFactory:
-        return partial(make_worker, self.cfg_dict, self.names, self.classifier)
+        return partial(make_worker, self.cfg_dict, self.names, self.classes, self.classifier)
 
     def on_result(self, unit: CasoUnit, res: CasoOutcome) -> str | None:
         from augment.tokens.textual_inversion import save_token
 
-        unit.reals.release()
-        cfg, cc, row = self.cfg, self.cfg.caso, res.row
-        c = row.class_index
-        path = self.arm.token_file(c, self.names[c], row.target)
-        sha = save_token(path, row.token, res.embedding)
-        self.token_rows[c] = TokenRow(class_index=c, class_name=self.names[c], token=row.token,
-                                      init_token=cc.init_token, token_file=path.name, token_sha256=sha,
-                                      steps=cc.max_steps, final_accuracy=row.final_accuracy, seconds=row.seconds,
-                                      status="ok", lr=cc.lr, model_id=cfg.model)
+        cfg, cc = self.cfg, self.cfg.caso
+        for t, emb in res.embeddings.items():
+            if t in self.token_rows and self.token_rows[t].token == emb.token:
+                continue  # learned by an earlier unit (the same seeds give the same vectors)
+            path = self.arm.token_file(t, self.names[t])
+            sha = save_token(path, emb.token, emb.embedding)
+            self.token_rows[t] = TokenRow(class_index=t, class_name=self.names[t], token=emb.token,
+                                          init_token=cc.init_token, token_file=path.name, token_sha256=sha,
+                                          steps=cc.max_steps, final_accuracy=emb.final_accuracy,
+                                          seconds=emb.seconds, status="ok", lr=cc.lr, model_id=cfg.model)
         write_token_rows(self.arm.tokens_parquet, self.token_rows)
         write_shard(self.arm.path, res.shard, res.samples)
         write_info(self.arm.path, f"{cfg.dataset}-caso")
-        self.rows.append(row)
+        self.rows.append(res.row)
         return None
 
-    def on_failed(self, unit: CasoUnit, error: str) -> None:
-        unit.reals.release()
+    def finish(self) -> None:
+        if self.pool is not None:
+            self.pool.release()
 
     def unit_label(self, unit: CasoUnit) -> str:
         return f"class {unit.class_index}"
@@ -245,6 +290,6 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         return CasoSummary(**common, rows=self.rows)
 
 
-def run_caso(cfg: Config, force: bool = False, show_progress: bool = True) -> CasoSummary:
-    """Learn and edit the selected classes into the run folder's caso arm."""
-    return stage.run_stage(CasoStage(cfg), force, show_progress)
+def run_caso(cfg: Config, force: bool = False, show_progress: bool = True, arm: ArmDir | None = None) -> CasoSummary:
+    """Learn and edit the selected classes into the run folder's caso arm (or ``arm``)."""
+    return stage.run_stage(CasoStage(cfg, arm), force, show_progress)

@@ -83,6 +83,10 @@ MANIFEST_SCHEMA: pa.Schema = pa.schema(
             pa.float32(),
             "edit mode: noising strength (fraction of the schedule); null for txt2img",
         ),
+        _field("edit_mode", pa.string(), "edit mode: ddim (DDIM inversion, then guided denoising) or sdedit "
+                                         "(noise, then denoise); null for txt2img"),
+        _field("targets", pa.string(), "edit mode: the classes whose CASO embeddings form the condition, "
+                                       "joined by '+' (the first is the label unless the guidance is negative)"),
         _field("model_id", pa.string(), "diffusion backbone id (hub id, local dir or embedded:name)"),
         _field("scheduler", pa.string(), "sampler/scheduler name, e.g. ddim"),
         _field("steps", pa.int16(), "number of denoising steps"),

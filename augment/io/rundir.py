@@ -200,6 +200,11 @@ class RunDir(ArmDir):
         spec = arm_spec(name)
         return ArmDir(self.path / spec.folder if spec.folder else self.path, spec.name)
 
+    def caso_draw(self, k: int, seed: int) -> ArmDir:
+        """The caso arm made from one (k, seed) draw of reals, for the benchmark's cells of that draw:
+        ``caso/draws/k<K>-seed<S>`` (the same layout as every arm)."""
+        return ArmDir(self.arm_dir("caso").path / "draws" / f"k{k}-seed{seed}", "caso")
+
     def arms(self) -> dict[str, ArmDir]:
         """The arms that have been generated into, in :data:`ARMS` order."""
         found = {name: self.arm_dir(name) for name in ARMS}

@@ -123,12 +123,12 @@ class Diffusion:
             return a * latents_t - s * model_out
         return model_out  # "sample"
 
-    def _step_kwargs(self, seeds: list[int]) -> dict[str, Any]:
+    def _step_kwargs(self, seeds: list[int], scheduler: Any = None) -> dict[str, Any]:
         """``scheduler.step``'s ``generator=`` (per-sample, :func:`augment.seeds.step_generators`)
         where the scheduler takes one, as diffusers' pipeline passes it (it inspects the same
         signature): DDPM and ancestral/SDE samplers add noise at each step, and without a generator
         they draw it from the global RNG, so the seeds would not fix the images."""
-        if "generator" not in inspect.signature(self.scheduler.step).parameters:
+        if "generator" not in inspect.signature((scheduler or self.scheduler).step).parameters:
             return {}
         return {"generator": step_generators(seeds)}
 
@@ -142,6 +142,8 @@ class Diffusion:
         grad_steps: int | str = 0,
         checkpointing: bool = True,
         start: int = 0,
+        guided_step: int | None = None,
+        scheduler: Any = None,
         *,
         seeds: list[int],
     ) -> torch.Tensor:
@@ -158,25 +160,30 @@ class Diffusion:
         checkpointed, and it reads no scheduler state: ``scale_model_input`` and ``step`` read and
         advance the scheduler's step index (Euler, DPM-Solver), so running them again when backward
         recomputes the step would use the index of the *last* step, not this one.
+        ``guided_step`` (an index into the steps that run) applies the guidance at that step only and
+        the unconditional prediction at every other: CASO's single-step edit, which after a DDIM
+        inversion changes the image at one noise level and reconstructs it everywhere else.
+        ``scheduler`` replaces the pipeline's (a DDIM one for inverted latents).
         """
-        scheduler = self.scheduler
+        scheduler = scheduler or self.scheduler
         scheduler.set_timesteps(steps, device=latents.device)
         if start == 0:
             latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps[start:]
         n = len(timesteps)
         k = n if grad_steps == "all" else min(int(grad_steps), n)
-        step_kwargs = self._step_kwargs(seeds)
+        step_kwargs = self._step_kwargs(seeds, scheduler)
 
         for i, t in enumerate(timesteps):
             with_grad = i >= n - k
+            scale = guidance_scale if guided_step is None or i == guided_step else 0.0
             with torch.set_grad_enabled(with_grad):
                 context = torch.cat([uncond, cond if with_grad else cond.detach()])
                 model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                if with_grad and checkpointing:
-                    eps = checkpoint(self.guided_output, model_in, t, context, guidance_scale, use_reentrant=False)
+                if with_grad and checkpointing and torch.is_grad_enabled():
+                    eps = checkpoint(self.guided_output, model_in, t, context, scale, use_reentrant=False)
                 else:
-                    eps = self.guided_output(model_in, t, context, guidance_scale)
+                    eps = self.guided_output(model_in, t, context, scale)
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         return latents
 
@@ -199,20 +206,62 @@ class Diffusion:
         return out.images.float().clamp(0, 1)
 
     @torch.no_grad()
-    def edit(self, prompt: str, images01: torch.Tensor, seeds: list[int], strength: float, steps: int,
-             guidance_scale: float) -> torch.Tensor:
-        """Noise real images to ``strength`` of the schedule, denoise under ``prompt``; images in [0, 1].
-
-        Classifier-free guidance is always applied (unlike diffusers' img2img pipeline, which turns it
-        off below 1), so a negative ``guidance_scale`` pushes away from the embedding: the reverse edit.
+    def invert(self, z0: torch.Tensor, steps: int, start: int) -> torch.Tensor:
+        """Deterministic DDIM inversion of clean latents ``z0`` up to ``timesteps[start]`` of a
+        ``steps``-step DDIM schedule, under the empty prompt (the paper's Eq. 6; the official code's
+        ``ddim_forward_loop`` also inverts unconditionally). Uses diffusers' ``DDIMInverseScheduler``
+        built from the model's scheduler config, so inverting then denoising with the matching
+        :class:`~diffusers.DDIMScheduler` (:meth:`ddim_scheduler`) retraces the same timesteps.
         """
+        from diffusers import DDIMInverseScheduler
+
+        inverse = DDIMInverseScheduler.from_config(self.scheduler.config, clip_sample=False)
+        inverse.set_timesteps(steps, device=z0.device)
+        uncond = self.encode_prompts([""])
+        latents = z0
+        for t in inverse.timesteps[: steps - start]:
+            with autocast(latents.device, self.dtype):
+                eps = self.pipe.unet(latents.to(self.dtype), t,
+                                     encoder_hidden_states=uncond.expand(len(latents), -1, -1).to(self.dtype)).sample
+            latents = inverse.step(eps.float(), t, latents).prev_sample
+        return latents
+
+    def ddim_scheduler(self) -> Any:
+        """A DDIM scheduler from the model's config (no clipping): the sampler that undoes :meth:`invert`."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler.config, clip_sample=False)
+
+    @staticmethod
+    def edit_start(steps: int, strength: float) -> int:
+        """Index of the first denoising step an edit of ``strength`` runs (at least one step runs)."""
+        return steps - max(1, min(steps, int(round(steps * strength))))
+
+    @torch.no_grad()
+    def edit(self, prompt: str, images01: torch.Tensor, seeds: list[int], strength: float, steps: int,
+             guidance_scale: float, mode: str = "sdedit", guided_step: int | None = None) -> torch.Tensor:
+        """Edit real images under ``prompt``; images in [0, 1].
+
+        ``mode="sdedit"``: noise to ``strength`` of the schedule with per-seed noise, then denoise
+        (SDEdit; different seeds give different edits). ``mode="ddim"``: the CASO paper's edit,
+        deterministic DDIM inversion to the same timestep (:meth:`invert`), then guided DDIM
+        denoising (Eq. 6-7); ``seeds`` are then unused and every edit of an image is the same.
+        ``guided_step`` guides one denoising step only (see :meth:`sample_latents`). Classifier-free
+        guidance is always applied (unlike diffusers' img2img pipeline, which turns it off below 1),
+        so a negative ``guidance_scale`` pushes away from the embedding: the reverse edit.
+        """
+        if mode not in ("sdedit", "ddim"):
+            raise ValueError(f"edit mode must be sdedit or ddim, got {mode!r}")
         z0 = self.encode_images(images01.to(self.device))
-        scheduler = self.scheduler
+        start = self.edit_start(steps, strength)
+        scheduler = self.ddim_scheduler() if mode == "ddim" else self.scheduler
         scheduler.set_timesteps(steps, device=self.device)
-        n_run = max(1, min(steps, int(round(steps * strength))))
-        start = steps - n_run
-        zt = self.noise_latents(z0, seeds, scheduler.timesteps[start].repeat(len(seeds)))
-        cond = self.encode_prompts([prompt] * len(seeds))
-        uncond = self.encode_prompts([""] * len(seeds))
-        latents = self.sample_latents(zt, cond, uncond, steps, guidance_scale, start=start, seeds=seeds)
+        if mode == "ddim":
+            zt = self.invert(z0, steps, start)
+        else:
+            zt = self.noise_latents(z0, seeds, scheduler.timesteps[start].repeat(len(seeds)))
+        cond = self.encode_prompts([prompt] * len(zt))
+        uncond = self.encode_prompts([""] * len(zt))
+        latents = self.sample_latents(zt, cond, uncond, steps, guidance_scale, start=start,
+                                      guided_step=guided_step, scheduler=scheduler, seeds=seeds)
         return self.decode(latents)

@@ -1,15 +1,22 @@
 """CASO: classifier-guided semantic embeddings learned from a few real images (IJCAI 2025).
 
-Where DisCo learns a token from generated images, CASO starts from real ones: a real image's latent
-is noised to timestep t0, the clean latent is predicted in ONE step (classifier-free guidance under
-the learned embedding), decoded and classified; the loss is cross-entropy to the target class plus
-a latent reconstruction term that keeps the prediction close to the real image. The embedding (a
-few vectors in place of the first tokens of an empty prompt) then *edits* real images: noise to a
-strength, denoise under it. Target = the image's own class gives class-preserving variations of
-the few-shot reals; another class gives counterfactual edits; a negative guidance scale reverses
-the edit (:meth:`augment.models.diffusion.Diffusion.edit`). Embeddings are saved as multi-vector
-textual-inversion files (``[n, D]``), which ``pipe.load_textual_inversion`` expands to
-``token token_1 ...`` in prompts.
+Where DisCo learns a token from generated images, CASO starts from real ones. As in the official
+code (Chang-yuanyuan/CASO, ``trainer.train``), one embedding per TARGET class is learned from a
+batch of real images of ANY class (here: the k-shot reals of all classes): each real latent is
+noised to timestep t0 by the forward process, the clean latent is predicted in ONE step under
+classifier-free guidance with the embedding in place of the first token of the empty prompt,
+decoded and classified; the loss pushes the classifier towards the target (cross-entropy here; the
+official binary attribute classifier uses a squared error), plus ``recon_weight`` times a latent
+reconstruction term (0 in the official code). Learning from the target class's own images only
+would make the cross-entropy about 0 from the first step: nothing would be learned but the
+reconstruction.
+
+The embeddings then edit real images (:meth:`augment.models.diffusion.Diffusion.edit`): DDIM
+inversion to a strength and guided denoising (the paper's Eq. 6-7), or SDEdit; several embeddings
+can share one condition (multi-attribute edits); a negative guidance scale reverses an edit.
+:func:`edit_conditions` reads which embeddings edit which reals. Embeddings are saved as
+(multi-vector) textual-inversion files (``[n, D]``), which ``pipe.load_textual_inversion`` expands
+to ``token token_1 ...`` in prompts.
 """
 
 from __future__ import annotations
@@ -21,14 +28,54 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import CasoConfig
+from augment.errors import AugmentError
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import add_token, single_token_id, vector_tokens
 from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
-def caso_token(source: int, target: int) -> str:
-    return f"<caso{source:04d}>" if source == target else f"<caso{source:04d}to{target:04d}>"
+def caso_token(target: int) -> str:
+    """The token of the embedding that edits towards class ``target``."""
+    return f"<caso{target:04d}>"
+
+
+def condition_prompt(targets: tuple[int, ...], n_vectors: int) -> str:
+    """The prompt of an edit condition: the targets' embeddings concatenated (multi-attribute edit)."""
+    return " ".join(t for c in targets for t in vector_tokens(caso_token(c), n_vectors))
+
+
+def _class(text: str, n_classes: int, spec: str) -> int:
+    try:
+        c = int(text)
+    except ValueError:
+        c = -1
+    if not 0 <= c < n_classes:
+        raise AugmentError(f"caso.target {spec!r}: {text.strip()!r} is not a class index 0-{n_classes - 1}; "
+                           "use self, all, B, A->B or A->B+C")
+    return c
+
+
+def edit_conditions(spec: str, source: int, classes: list[int], n_classes: int) -> list[tuple[int, ...]]:
+    """The conditions (tuples of target classes, concatenated) the reals of class ``source`` are
+    edited under, for the ``caso.target`` spec: ``self``, ``all`` (every class in ``classes``),
+    ``B[+C...]`` (every source) or ``A->B[+C...]`` (source A only). AugmentError on a bad spec."""
+    spec = str(spec).strip()
+    if spec == "self":
+        return [(source,)]
+    if spec == "all":
+        return [(c,) for c in classes]
+    src, arrow, rest = spec.partition("->")
+    if arrow and _class(src, n_classes, spec) != source:
+        return []
+    targets = tuple(_class(t, n_classes, spec) for t in (rest if arrow else spec).split("+"))
+    return [targets]
+
+
+def edit_label(source: int, targets: tuple[int, ...], guidance: float) -> int:
+    """An edit's label: its first target (a counterfactual a->b is labelled b); a reverse edit
+    (negative guidance) pushes away from the targets, so it keeps the source's label."""
+    return source if guidance < 0 else targets[0]
 
 
 @dataclass
@@ -53,28 +100,47 @@ class CasoTrainer:
         vocab = self.pipe.tokenizer.get_vocab()
         return [vocab[t] if t in vocab else add_token(self.pipe, t, init_id) for t in vector_tokens(token, self.cfg.n_vectors)]
 
-    def learn(self, images01: torch.Tensor, source: int, target: int) -> CasoResult:
-        """Learn the embedding that moves ``images01`` (real images of class ``source``) to ``target``."""
+    def install(self, token: str, embedding: torch.Tensor) -> None:
+        """Put a learned ``[n, D]`` embedding in the text encoder under ``token`` (adding it if new)."""
+        ids = self._add_vectors(token)
+        emb_layer = self.pipe.text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            for i, v in zip(ids, embedding, strict=True):
+                emb_layer.weight[i] = v.to(emb_layer.weight.device, emb_layer.weight.dtype)
+
+    def learn(self, images01: torch.Tensor, target: int) -> CasoResult:
+        """Learn the embedding that moves ``images01`` (real images of any class) to ``target``.
+
+        Batches of ``batch_size`` go through the reals in a seeded shuffled order, epoch after
+        epoch (the official code's shuffled DataLoader); the embedding after the last step is kept,
+        as the official code saves it at the end of an epoch.
+        """
         cfg, pipe, diffusion = self.cfg, self.pipe, self.diffusion
         start = time.perf_counter()
-        token = caso_token(source, target)
+        token = caso_token(target)
         ids = self._add_vectors(token)
         emb_layer = pipe.text_encoder.get_input_embeddings()
-        vectors = [torch.nn.Parameter(emb_layer.weight[i].detach().float().clone()) for i in ids]
+        # always from the init token (a worker that learned this target before must start afresh)
+        init = emb_layer.weight[single_token_id(pipe.tokenizer, cfg.init_token)].detach().float()
+        vectors = [torch.nn.Parameter(init.clone()) for _ in ids]
         hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
-        opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=cfg.weight_decay)
         z0_all = diffusion.encode_images(images01.to(self.device))
         t = int(cfg.t0 * (pipe.scheduler.config.num_train_timesteps - 1))
         prompt = " ".join(vector_tokens(token, cfg.n_vectors))
         result = CasoResult(token, torch.empty(0))
-        best = (float("inf"), [v.detach().clone() for v in vectors])
+        n = len(z0_all)
+        order: list[int] = []
         with torch.no_grad():
             uncond_all = diffusion.encode_prompts([""] * cfg.batch_size)
         try:
             for step in range(cfg.max_steps):
-                idx = [(step * cfg.batch_size + j) % len(z0_all) for j in range(cfg.batch_size)]
+                while len(order) < cfg.batch_size:  # the next epoch's shuffle, seeded
+                    g = torch.Generator().manual_seed(derive_seed(self.run_seed, "caso-order", target, step))
+                    order += torch.randperm(n, generator=g).tolist()
+                idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
                 z0 = z0_all[idx]
-                seeds = [derive_seed(self.run_seed, "caso", source, target, step, j) for j in range(len(idx))]
+                seeds = [derive_seed(self.run_seed, "caso", target, step, j) for j in range(len(idx))]
                 tt = torch.full((len(idx),), t, device=self.device, dtype=torch.long)
                 zt = diffusion.noise_latents(z0, seeds, tt)
                 cond = diffusion.encode_prompts([prompt] * len(idx))
@@ -88,11 +154,6 @@ class CasoTrainer:
                 loss = ce + cfg.recon_weight * recon
                 acc = float((logits.argmax(1) == target_t).float().mean())
                 result.history.append((ce.item(), recon.item(), acc))
-                if step == 0:
-                    result.init_accuracy = acc
-                if loss.item() < best[0]:
-                    best = (loss.item(), [v.detach().clone() for v in vectors])
-                    result.final_accuracy = acc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(vectors, 1.0)
@@ -100,9 +161,13 @@ class CasoTrainer:
         finally:
             for h in hooks:
                 h.remove()
+        accs = [h[2] for h in result.history]
+        w = max(1, min(5, len(accs) // 2))  # one-step accuracy on the reals: first vs last few batches
+        result.init_accuracy, result.final_accuracy = sum(accs[:w]) / w, sum(accs[-w:]) / w
+        final = [v.detach().clone() for v in vectors]
         with torch.no_grad():
-            for i, v in zip(ids, best[1], strict=True):
+            for i, v in zip(ids, final, strict=True):
                 emb_layer.weight[i] = v.to(emb_layer.weight.dtype)
-        result.embedding = torch.stack(best[1]).cpu()
+        result.embedding = torch.stack(final).cpu()
         result.seconds = time.perf_counter() - start
         return result

@@ -64,3 +64,29 @@ def test_a_failed_stage_stops_the_build(tmp_path, stages):
     stages.failed["baseline"] = ["synth-000000"]
     with pytest.raises(AugmentError, match="baseline arm: 1 shard"):
         build_missing_arms(Config(out=str(run)), run, ["baseline"], lambda m: None)
+
+
+def test_caso_arm_is_built_per_draw_from_exactly_its_reals(tmp_path, fake_cub, micro_pipeline_dir,
+                                                           micro_classifier_path):
+    """Each (k, seed) draw gets its own caso arm (the real stage, micro models) whose edits are of
+    exactly that draw's reals, the ones the benchmark's cells of that draw train on; k=0 gets none."""
+    import pyarrow.parquet as pq
+
+    from augment.config import CasoConfig
+    from augment.datasets.selection import load_dataset
+    from augment.downstream.arms import missing_draws
+
+    run = RunDir(tmp_path / "run")
+    cfg = Config(dataset="cub", data_root=str(fake_cub), model=str(micro_pipeline_dir),
+                 classifier=f"timm:test_resnet@{micro_classifier_path}", judge=None, out=str(run), workers=0,
+                 caso=CasoConfig(k=5, max_steps=1, edit_steps=2))
+    draws = [(0, 0), (1, 0), (2, 1)]
+    assert missing_draws(run, ["token"], draws) == []
+    assert missing_draws(run, ["token+caso"], draws) == [(1, 0), (2, 1)]
+    assert build_missing_arms(cfg, run, ["caso"], lambda m: None, draws=draws) == ["caso"]
+    dataset = load_dataset(cfg)
+    for k, seed in [(1, 0), (2, 1)]:
+        rows = pq.read_table(run.caso_draw(k, seed).manifests).to_pylist()
+        assert sorted(r["source_key"] for r in rows) == sorted(f"cub:train:{s.ref}" for s in dataset.kshot(k, seed))
+    assert not run.caso_draw(0, 0).path.exists() and not run.arm_dir("caso").manifests.exists()
+    assert missing_draws(run, ["caso"], draws) == []

@@ -81,6 +81,28 @@ def test_grid_reports_and_cache(tmp_path, run, digits):
     assert len(lines) == len(cells)
 
 
+def test_caso_arms_read_the_edits_of_each_cells_own_draw(tmp_path, run, digits):
+    """caso cells read OUT/caso/draws/k<K>-seed<S> of their own (k, seed), never another draw's; no
+    caso cell at k=0 (no reals to edit); token+caso pools the token arm and the draw's edits."""
+    from augment.io.rundir import RunDir
+
+    for (k, seed), per in {(1, 0): 1, (1, 1): 2, (2, 0): 3, (2, 1): 4}.items():
+        make_digit_run(RunDir(run).caso_draw(k, seed).path, per_class=per)
+    make_digit_run(RunDir(run).caso_draw(3, 0).path, per_class=5)  # a draw no cell of this grid uses
+    res = run_benchmark(run, digits, TINY, k_values=[0, 1, 2], seeds=[0, 1], arms=["caso", "token+caso"],
+                        synthetic_prob=None, progress=False).to_json()
+    by = {(c["arm_spec"]["source"], c["k"], c["seed"]): c for c in res["cells"]}
+    assert sorted(k for _, k, _ in by) == [1] * 4 + [2] * 4  # no k=0 cell
+    assert by["caso", 2, 1]["synthetic"] == 40
+    assert by["caso", 1, 0]["synthetic"] == 10 and by["caso", 1, 1]["synthetic"] == 20
+    assert by["caso", 2, 0]["real"] == 20 and by["caso", 2, 0]["synthetic"] == 30
+    assert by["token+caso", 1, 1]["synthetic"] == 20 + 20  # token arm: 2 per class
+    notes = {(r["arm_spec"]["source"], r["k"]): r["note"] for r in res["summary"]}
+    assert notes["caso", 0] == "no reals to edit (k=0)" and notes["caso", 1] is None
+    with pytest.raises(AugmentError, match="no caso arm shards.*k4-seed0"):
+        run_benchmark(run, digits, TINY, k_values=[4], seeds=[0], arms=["caso"], progress=False)
+
+
 def test_missing_baseline_arm_says_to_build(tmp_path, digits):
     out = make_digit_run(tmp_path / "run", per_class=1)
     with pytest.raises(AugmentError, match=r"no baseline arm shards .*augment build --baseline"):
@@ -159,9 +181,9 @@ def test_cell_worker_trains_from_the_images_a_cell_carries(tmp_path, run, digits
 
     arm = Arm("token", prob=0.5, weight=1.0, min_confidence=0.0)
     test = Payload(load_split(digits, "test", TINY.input_size))
-    synthetic = Payload(_read_arm(arm_sources(run), arm, digits, TINY.input_size, lambda m: None))
+    synthetic = Payload(_read_arm(arm_sources(run)["token"], 0.0, digits, TINY.input_size, lambda m: None))
     reals = Payload.lazy(partial(_kshot_reals, digits, 1, 0, TINY.input_size))
-    cell = CellUnit("key", 1, arm, 0, reals, test, synthetic)
+    cell = CellUnit("key", 1, arm, 0, reals, test, [synthetic])
     shutil.rmtree(run)  # the shards were read by the "driver" above; the worker must not need them
     worker = CellWorker(TINY, digits.class_names)
     row = worker.run(cell)

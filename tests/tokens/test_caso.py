@@ -19,11 +19,14 @@ def _images(n: int = 3) -> torch.Tensor:
 def test_learn_touches_only_new_rows_and_saves_multivector(micro_pipe, micro_classifier, micro_pipeline_dir, tmp_path):
     before = micro_pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     cfg = CasoConfig(n_vectors=2, max_steps=3, batch_size=2, lr=0.05)
-    res = CasoTrainer(micro_pipe, micro_classifier, cfg, run_seed=0).learn(_images(), source=0, target=2)
+    trainer = CasoTrainer(micro_pipe, micro_classifier, cfg, run_seed=0)
+    res = trainer.learn(_images(), target=2)
     after = micro_pipe.text_encoder.get_input_embeddings().weight
-    assert res.token == "<caso0000to0002>" and res.embedding.shape == (2, after.shape[1])
+    assert res.token == "<caso0002>" and res.embedding.shape == (2, after.shape[1])
     assert torch.equal(after[: before.shape[0]], before)
     assert len(res.history) == 3 and all(r[1] >= 0 for r in res.history)
+    again = trainer.learn(_images(), target=2)  # a worker learning it twice starts from the init token
+    assert torch.equal(again.embedding, res.embedding)
     path = tmp_path / "caso.safetensors"
     save_token(path, res.token, res.embedding.reshape(2, -1))
     from augment.models.backbone import load_backbone
