@@ -206,7 +206,7 @@ CASES = [
     case("grad-steps-zero", "tokens", "--grad-steps", "0", fragment="--grad-steps must be a positive integer"),
     case("caso-k-zero", "caso", "--k", "0", fragment="caso.k (--k) must be from 1"),
     case("caso-strength-zero", "caso", "--strength", "0", fragment="caso.strength (--strength) must be above 0"),
-    case("caso-target-out-of-range", "caso", "--target", "99", *FAST, fragment="caso.target 99 is out of range"),
+    case("caso-target-out-of-range", "caso", "--target", "99", *FAST, fragment="'99' is not a class index 0-9"),
     case("gpus-per-worker-1.5", "tokens", "--gpus-per-worker", "1.5", fragment="gpus_per_worker must be"),
     # --- flags click checks, in one line --------------------------------------------------------------
     case("image-format-gif", "generate", "--image-format", "gif", fragment="'gif' is not one of 'jpg', 'png', 'webp'"),

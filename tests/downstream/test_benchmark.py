@@ -209,7 +209,7 @@ def test_cell_worker_starts_from_the_checkpoint_the_driver_read(tmp_path, run, d
     arm = Arm("real")
     test = Payload(load_split(digits, "test", TINY.input_size))
     reals = Payload(_kshot_reals(digits, 1, 0, TINY.input_size))
-    cell = CellUnit("key", 1, arm, 0, reals, test, None)
+    cell = CellUnit("key", 1, arm, 0, reals, test, [])
     from_file = CellWorker(settings, digits.class_names).run(cell)
     shipped = Payload(read_checkpoint(settings))
     path.unlink()
