@@ -274,8 +274,7 @@ CASES = [
          marks=[pytest.mark.slow]),
     case("disk-full-at-shard", *MICRO_RUN, setup=_folder_data, fsize_limit=16 * 1024,
          fragment="cannot write shard 0 in {w}/run/baseline: [Errno 27] File too large; free space",
-         marks=[pytest.mark.slow, pytest.mark.xfail(
-             strict=True, reason="the stage's progress bar ignores TQDM_DISABLE (quiet logs: helper kills' fix)")]),
+         marks=[pytest.mark.slow]),
 ]
 
 
