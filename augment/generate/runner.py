@@ -25,6 +25,7 @@ from augment.generate.plan import ShardUnit, plan_shards
 from augment.generate.worker import GenSpec, make_worker
 from augment.io.rundir import ArmDir
 from augment.io.shards import SynthSample, cleanup_partial, done_shards, sample_key, write_info, write_shard
+from augment.io.tokens_table import read_token_rows
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
@@ -107,7 +108,7 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
         # token vectors from here, read once (see augment.shipping).
         source = read_classifier_source(cfg.classifier)
         check_classes(load_classifier(source), names)
-        tokens = {}
+        tokens, negatives = {}, {}
         if not self.baseline:
             arm = self.run.arm_dir("token")
             missing = [c for c in self.classes if not arm.token_file(c, names[c]).exists()]
@@ -118,7 +119,9 @@ class GenerateStage(stage.Stage[ShardUnit, list[SynthSample], GenerateSummary]):
                     "run `augment tokens` with the same --out first (or pass --baseline for plain prompts)"
                 )
             tokens = {c: read_token_embedding(arm.token_file(c, names[c])) for c in self.classes}
-        self.spec = Payload(GenSpec(names, tokens, self.baseline))
+            rows = read_token_rows(arm.tokens_parquet)
+            negatives = {c: rows[c].negative_prompt for c in self.classes if c in rows and rows[c].negative_prompt}
+        self.spec = Payload(GenSpec(names, tokens, self.baseline, negatives))
         self.classifier = Payload(source)
 
     def run_json_extra(self) -> dict[str, Any]:

@@ -23,17 +23,12 @@ import torch.nn.functional as F
 from augment.config import CasoConfig
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
-from augment.tokens.textual_inversion import add_token, single_token_id
+from augment.tokens.textual_inversion import add_token, single_token_id, vector_tokens
 from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
 def caso_token(source: int, target: int) -> str:
     return f"<caso{source:04d}>" if source == target else f"<caso{source:04d}to{target:04d}>"
-
-
-def vector_tokens(token: str, n: int) -> list[str]:
-    """The token strings diffusers uses for a multi-vector embedding: token, token_1, token_2, ..."""
-    return [token] + [f"{token}_{i}" for i in range(1, n)]
 
 
 @dataclass

@@ -29,6 +29,14 @@ def token_string(class_index: int) -> str:
     return f"<c{class_index:04d}>"
 
 
+def vector_tokens(token: str, n: int) -> list[str]:
+    """The token strings diffusers uses for a multi-vector embedding: token, token_1, token_2, ...
+
+    ``pipe.load_textual_inversion`` of an ``[n, D]`` tensor adds exactly these, and its prompt
+    conversion replaces ``token`` in a prompt by all of them, space-separated."""
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
 def single_token_id(tokenizer, word: str) -> int:
     """The id of ``word`` if it is exactly one token, else a one-line error."""
     ids = tokenizer.encode(word, add_special_tokens=False)

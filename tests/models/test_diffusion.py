@@ -108,6 +108,22 @@ def test_encode_decode_images(micro_pipe):
     assert float(out.min()) >= 0 and float(out.max()) <= 1
 
 
+def test_straight_through_decode_clamps_forward_and_passes_gradient(micro_pipe):
+    d = Diffusion(micro_pipe)
+    z = (d.encode_images(_images(2)) * 6).requires_grad_(True)  # pushed out of range: pixels past 0 and 1
+    hard, st = d.decode(z), d.decode(z, straight_through=True)
+    assert torch.equal(hard, st)
+    out_of_range = ((st.detach() == 0) | (st.detach() == 1)).float().mean()
+    assert out_of_range > 0
+    (g_hard,) = torch.autograd.grad(hard.sum(), z)
+    (g_st,) = torch.autograd.grad(d.decode(z, straight_through=True).sum(), z)
+    vae = micro_pipe.vae
+    unclamped = vae.decode(z / vae.config.scaling_factor).sample / 2 + 0.5
+    (g_raw,) = torch.autograd.grad(unclamped.sum(), z)
+    torch.testing.assert_close(g_st, g_raw)  # the clamp is the identity backwards
+    assert not torch.allclose(g_hard, g_raw)  # the hard clamp drops the clipped pixels' gradient
+
+
 def test_predict_x0_inverts_the_noising(micro_pipe):
     d = Diffusion(micro_pipe)
     z0 = d.encode_images(_images(2))
