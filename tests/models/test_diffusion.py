@@ -60,6 +60,15 @@ def test_generate_is_diffusers_own_call(micro_pipe, negative_prompt):
     assert torch.equal(got, again)
 
 
+def test_generate_takes_one_negative_prompt_per_image(micro_pipe):
+    d = Diffusion(micro_pipe)
+    kw = dict(steps=2, guidance_scale=3.0, resolution=RES)
+    mixed = d.generate(["a cat", "a dog"], [1, 2], negative_prompt=["", "a bird"], **kw)
+    torch.testing.assert_close(mixed[:1], d.generate(["a cat"], [1], negative_prompt=None, **kw))
+    torch.testing.assert_close(mixed[1:], d.generate(["a dog"], [2], negative_prompt="a bird", **kw))
+    assert not torch.allclose(mixed[1:], d.generate(["a dog"], [2], negative_prompt="", **kw))
+
+
 def test_grad_steps_0_has_no_gradient_and_1_has_one(micro_pipe):
     d = Diffusion(micro_pipe)
     d.pipe.unet.requires_grad_(False)
