@@ -16,7 +16,7 @@ from augment.tokens.runner import run_tokens
 
 
 def _cfg(out: Path, pipe_dir: Path, clf: Path, **tok) -> Config:
-    t = dict(batch_size=2, steps=2, max_steps=1, grad_steps=1, val_seeds=2)
+    t = dict(batch_size=2, steps=2, max_steps=1, grad_steps=1, val_seeds=2, acc_threshold=1.1)
     t.update(tok)
     return Config(dataset="cub", model=str(pipe_dir), classifier=f"timm:test_resnet@{clf}", judge=None, out=str(out),
                   workers=0, tokens=TokenConfig(**t), generate=GenerateConfig())
