@@ -29,23 +29,52 @@ __all__ = ["Config", "config_from_dict", "list_presets", "resolve_config", "run_
 
 @dataclass
 class TokenConfig:
-    """DisCo token training, the ``tokens`` stage (see ARCHITECTURE.md, "Stages")."""
+    """DisCo token training, the ``tokens`` stage (see ARCHITECTURE.md, "Stages").
+
+    The kept vector is chosen on a fixed validation set (``val_seeds`` seeds of their own, scored
+    with the generation sampler settings, no gradient), the initialiser included, so a token is
+    never worse than its starting word on validation; one noisy training batch decides nothing.
+    """
 
     init_token: str | None = None  # None: the class name's last word if it is one token, else init_fallback
     init_fallback: str = "a"
     prompts: list[str] = field(default_factory=lambda: ["A photo of a {token} {name}"])
-    lr: float = 0.00125
+    lr: float = 0.00125  # Adam's learning rate, unless step_size is set
+    # step_size: Adam's lr becomes step_size * |init| / sqrt(D), so one step moves the vector by
+    # about step_size of its initialiser's norm whatever the model's embedding scale
+    step_size: float | None = None
+    trust_radius: float | None = None  # keep |vector - init| <= trust_radius * |init| (None: unbounded)
+    lr_schedule: str = "constant"  # or "cosine" (to 0 at max_steps)
     weight_decay: float = 0.01
     batch_size: int = 5  # images per step, one batched forward
     grad_steps: int | str = 1  # final denoising steps the gradient flows through; "all" = every step
     max_steps: int = 50
-    patience: int = 15  # stop when the loss has not improved for this many steps
-    acc_threshold: float = 0.7  # stop when the batch accuracy is strictly above this
+    val_seeds: int = 32  # validation images per score (fixed seeds, disjoint from training and generation)
+    val_every: int = 5  # optimisation steps between validation scores
+    patience: int = 3  # stop after this many validation scores without a better one
+    acc_threshold: float = 0.95  # stop when the validation accuracy is strictly above this
     fresh_seeds: bool = False  # False: the same seeds every step (the reference code)
     grad_clip: float = 1.0
-    steps: int = 30  # sampler steps while training
-    guidance_scale: float = 7.0
+    steps: int | None = None  # sampler steps while training; None: generate.steps
+    guidance_scale: float | None = None  # None: generate.guidance_scale
     checkpointing: bool = True  # activation checkpointing per denoising step (memory for deep grad_steps)
+    n_vectors: int = 1  # vectors per token ([n, D] file; the token expands to n tokens in prompts)
+    # name in the negative prompt the (up to) this many classes the guide confuses the class with
+    # on the initialiser's validation images; used in training, validation and generation
+    negative_confusers: int = 0
+
+    def validate(self) -> None:
+        """Refuse settings no token can be trained with, naming the setting (AugmentError)."""
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise AugmentError(f"tokens.lr_schedule {self.lr_schedule!r} is not one of constant, cosine")
+        for name in ("val_seeds", "val_every", "patience", "n_vectors", "batch_size", "max_steps"):
+            if getattr(self, name) < 1:
+                raise AugmentError(f"tokens.{name} must be at least 1, got {getattr(self, name)}")
+        if self.negative_confusers < 0:
+            raise AugmentError(f"tokens.negative_confusers must be >= 0, got {self.negative_confusers}")
+        for name in ("step_size", "trust_radius"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise AugmentError(f"tokens.{name} must be positive or null, got {getattr(self, name)}")
 
 
 @dataclass
@@ -487,6 +516,7 @@ def validate(cfg: Config) -> None:
     Types were checked as the layers merged (:func:`_merge`); this checks ranges, choices and prompt
     templates of the resolved config, before any model loads or any folder is made."""
     cfg.tokens.grad_steps = parse_grad_steps(cfg.tokens.grad_steps)
+    cfg.tokens.validate()
     for key, (test, desc) in _RANGES.items():
         value = _get(cfg, key)
         if value is not None and not test(value):

@@ -23,6 +23,7 @@ SMALL = """
 tokens:
   max_steps: 2
   batch_size: 4
+  val_seeds: 4
   steps: 5
 generate:
   per_class: 4

@@ -31,6 +31,7 @@ TINY = """\
 tokens:
   max_steps: 2
   steps: 4
+  val_seeds: 4
 generate:
   steps: 4
 train:

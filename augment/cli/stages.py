@@ -64,6 +64,10 @@ def print_tokens(t, out: str | None = None) -> None:
     where = f" -> {RunDir(out).tokens}" if out else ""
     click.echo(f"tokens: {t.trained} trained, {t.skipped} already done, {len(t.failed)} failed "
                f"in {t.seconds:.0f}s{where}")
+    for r in t.rows:
+        if r.init_val_accuracy is not None and r.final_val_accuracy is not None:
+            click.echo(f"  class {r.class_index} {r.class_name}: guide accuracy on validation images "
+                       f"{r.init_val_accuracy:.2f} -> {r.final_val_accuracy:.2f} ({r.steps} steps, {r.seconds:.0f}s)")
     print_failed(t.failed)
 
 

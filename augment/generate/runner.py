@@ -34,6 +34,7 @@ from augment.io.shards import (
     write_info,
     write_shard,
 )
+from augment.io.tokens_table import read_token_rows
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
@@ -157,7 +158,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         # token vectors from here, read once (see augment.shipping).
         source = read_classifier_source(cfg.classifier)
         check_classes(load_classifier(source), names)
-        tokens = {}
+        tokens, negatives = {}, {}
         if not self.baseline:
             arm = self.run.arm_dir("token")
             missing = [c for c in self.classes if not arm.token_file(c, names[c]).exists()]
@@ -170,7 +171,9 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             width = text_width(cfg.model)
             tokens = {c: check_token(read_token_embedding(path := arm.token_file(c, names[c])), str(path),
                                      token_string(c), width) for c in self.classes}
-        self.spec = Payload(GenSpec(names, tokens, self.baseline))
+            rows = read_token_rows(arm.tokens_parquet)
+            negatives = {c: rows[c].negative_prompt for c in self.classes if c in rows and rows[c].negative_prompt}
+        self.spec = Payload(GenSpec(names, tokens, self.baseline, negatives))
         self.classifier = Payload(source)
 
     def run_json_extra(self) -> dict[str, Any]:

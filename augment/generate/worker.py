@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -84,6 +84,8 @@ class GenSpec:
     class_names: list[str]
     tokens: dict[int, TokenEmbedding]  # class index -> its token file's content
     baseline: bool
+    # class index -> the negative prompt its token was trained with (tokens.negative_confusers)
+    negative_prompts: dict[int, str] = field(default_factory=dict)
 
     def token_sha(self, c: int) -> str | None:
         """The sha256 of class ``c``'s token file (manifests' ``token_sha256``); None on the baseline arm."""
@@ -117,6 +119,10 @@ class GenerateWorker:
 
         return "" if self.spec.baseline else token_string(c)
 
+    def negative_prompt(self, c: int) -> str:
+        """The class's own negative prompt (token arm, from tokens.parquet), else generate.negative_prompt."""
+        return self.spec.negative_prompts.get(c, self.cfg.generate.negative_prompt)
+
     def prompt(self, c: int, i: int) -> str:
         templates = self.cfg.generate.prompts
         return render_prompt(templates[i % len(templates)], self.token(c), self.spec.class_names[c])
@@ -126,10 +132,11 @@ class GenerateWorker:
         """The sampler over the loaded pipeline (it holds nothing but the pipeline)."""
         return Diffusion(self.pipe)
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+    def sample(self, prompts: list[str], seeds: list[int], negatives: list[str] | None = None) -> torch.Tensor:
         """Images in [0,1] (N,3,H,W) from diffusers' own pipeline call, noise from per-sample seeds."""
         g = self.cfg.generate
-        return self.diffusion.generate(prompts, seeds, g.steps, g.guidance_scale, g.negative_prompt, self.resolution)
+        return self.diffusion.generate(prompts, seeds, g.steps, g.guidance_scale,
+                                       g.negative_prompt if negatives is None else negatives, self.resolution)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,7 +153,8 @@ class GenerateWorker:
         out: list[Drawn] = []
         for a in range(0, len(draws), self.batch_size):
             batch = draws[a : a + self.batch_size]
-            images = self.sample([self.prompt(c, i) for c, i, _ in batch], [s for _, _, s in batch])
+            images = self.sample([self.prompt(c, i) for c, i, _ in batch], [s for _, _, s in batch],
+                                 [self.negative_prompt(c) for c, _, _ in batch])
             conf, pred, probs = self.score(images, [c for c, _, _ in batch])
             arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
             for j, (c, i, s) in enumerate(batch):
@@ -168,7 +176,7 @@ class GenerateWorker:
         soft_classes, soft_probs = d.soft if d.soft is not None else (None, None)
         return {
             "class_name": self.spec.class_names[d.c], "prompt": self.prompt(d.c, d.i),
-            "negative_prompt": g.negative_prompt or None, "seed": d.seed, "token": self.token(d.c) or None,
+            "negative_prompt": self.negative_prompt(d.c) or None, "seed": d.seed, "token": self.token(d.c) or None,
             "token_sha256": self.spec.token_sha(d.c),
             "mode": "txt2img", "model_id": self.cfg.model, "scheduler": self.cfg.scheduler, "steps": g.steps,
             "guidance_scale": g.guidance_scale, "guide_confidence": d.confidence, "guide_pred": d.pred,

@@ -164,6 +164,13 @@ TOKENS_SCHEMA: pa.Schema = pa.schema(
         _field("lr", pa.float32(), "learning rate"),
         _field("seeds", pa.list_(pa.int64()), "noise seeds used during training"),
         _field("model_id", pa.string(), "diffusion backbone id the token was trained for"),
+        _field("init_val_accuracy", pa.float32(),
+               "the guide's accuracy on the validation images of the initialiser (generation settings)"),
+        _field("final_val_accuracy", pa.float32(),
+               "the guide's accuracy on the validation images of the kept embedding (never below init_val_accuracy)"),
+        _field("n_vectors", pa.int32(), "vectors in the token file ([n, D]); null in files written before it existed"),
+        _field("negative_prompt", pa.string(),
+               "negative prompt the token was trained with and is generated with (null: generate.negative_prompt)"),
     ],
     metadata={"description": "one row per class token; tokens/tokens.parquet"},
 )

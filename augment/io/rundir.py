@@ -176,6 +176,11 @@ class ArmDir:
         suffix = "" if target is None or target == class_index else f"-to-{target:04d}"
         return self.tokens / f"{class_index:04d}-{slugify(class_name)}{suffix}.safetensors"
 
+    def token_history(self, class_index: int, class_name: str) -> Path:
+        """``tokens/history/NNNN-<slug>.json``: one class's training record (per-step loss and batch
+        accuracy, every validation score), written just before its token file."""
+        return self.tokens / "history" / self.token_file(class_index, class_name).with_suffix(".json").name
+
     def has_manifests(self) -> bool:
         """Whether this arm has been generated into (its manifests folder exists)."""
         return self.manifests.is_dir()

@@ -45,6 +45,10 @@ class TokenRow:
     lr: float | None = None
     seeds: list[int] | None = None
     model_id: str | None = None
+    init_val_accuracy: float | None = None
+    final_val_accuracy: float | None = None
+    n_vectors: int | None = None
+    negative_prompt: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``write_parquet`` takes it (column -> value)."""

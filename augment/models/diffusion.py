@@ -72,12 +72,19 @@ class Diffusion:
                              truncation=True, return_tensors="pt")
         return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [0, 1], float32 (differentiable: the classifier's loss flows back)."""
+    def decode(self, latents: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        """Latents -> images in [0, 1], float32 (differentiable: the classifier's loss flows back).
+
+        ``straight_through``: the forward pass clamps to [0, 1] as always, the backward pass treats
+        the clamp as the identity, so pixels the decoder puts outside the range still get gradient
+        (a hard clamp gives none to the pixels below 0, exactly where ink would need adding)."""
         vae = self.pipe.vae
         with autocast(latents.device, vae.dtype):
             images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        images = images.float() / 2 + 0.5
+        if straight_through:
+            return images + (images.clamp(0, 1) - images).detach()
+        return images.clamp(0, 1)
 
     def encode_images(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> scaled latents (the VAE posterior mean: deterministic)."""
@@ -191,16 +198,17 @@ class Diffusion:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], steps: int, guidance_scale: float,
-                 negative_prompt: str | None, resolution: int) -> torch.Tensor:
+                 negative_prompt: str | list[str] | None, resolution: int) -> torch.Tensor:
         """Images in [0, 1] ``(N, 3, H, W)`` from diffusers' own pipeline call, noise from per-sample seeds.
 
         Synthetic data is what ``pipe(...)`` makes for these latents, byte for byte; the pipeline
         scales them by ``init_noise_sigma`` after ``set_timesteps`` and hands the per-sample step
         generators to ``scheduler.step`` itself, as :meth:`sample_latents` does. An empty
-        ``negative_prompt`` means none.
+        ``negative_prompt`` means none (diffusers encodes "" for none); a list gives one per prompt.
         """
         latents = self.initial_latents(seeds, resolution)
-        out = self.pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, list) else negative_prompt
+        out = self.pipe(prompt=prompts, negative_prompt=negatives if any(negatives) else None,
                         latents=latents, generator=step_generators(seeds), num_inference_steps=steps,
                         guidance_scale=guidance_scale, height=resolution, width=resolution, output_type="pt")
         return out.images.float().clamp(0, 1)

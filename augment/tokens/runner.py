@@ -18,7 +18,7 @@ from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
-from augment.io.atomic import remove_temp_files, sha256_file
+from augment.io.atomic import atomic_write_json, remove_temp_files, sha256_file
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
@@ -29,7 +29,9 @@ from augment.tokens.textual_inversion import check_names_hold_no_token, save_tok
 
 # Settings that make a token different: a folder with other values belongs to another run.
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
-               "tokens.lr", "tokens.steps", "tokens.guidance_scale", "tokens.batch_size", "resolution"]
+               "tokens.lr", "tokens.step_size", "tokens.trust_radius", "tokens.lr_schedule", "tokens.steps",
+               "tokens.guidance_scale", "tokens.batch_size", "tokens.n_vectors", "tokens.negative_confusers",
+               "tokens.val_seeds", "resolution"]
 
 
 class TokenWorker:
@@ -51,7 +53,8 @@ class TokenWorker:
         pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         clf = cache.classifier(classifier, pipe.unet.device)
         check_classes(clf, class_names)
-        self.trainer = DiscoTrainer(pipe, clf, cfg.tokens, cfg.seed, cfg.resolution or native_resolution(pipe))
+        self.trainer = DiscoTrainer(pipe, clf, cfg.tokens, cfg.seed, cfg.resolution or native_resolution(pipe),
+                                    generation=cfg.generate, class_names=class_names)
 
     def run(self, class_index: int) -> TokenResult:
         """The trainer's result as is: a failed training comes back with ``status`` failed, not raised."""
@@ -142,13 +145,16 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
     def _base_row(self, c: int) -> TokenRow:
         t = self.cfg.tokens
         return TokenRow(class_index=c, class_name=self.names[c], token=token_string(c), grad_steps=str(t.grad_steps),
-                        lr=t.lr, model_id=self.cfg.model)
+                        lr=t.lr, model_id=self.cfg.model, n_vectors=t.n_vectors)
 
     def on_result(self, c: int, res: TokenResult) -> str | None:
         row = replace(self._base_row(c), init_token=res.init_token, steps=res.steps,
                       best_loss=res.best_loss if math.isfinite(res.best_loss) else None,
                       final_accuracy=res.final_accuracy, seconds=res.seconds, status=res.status, error=res.error,
-                      seeds=res.seeds)
+                      seeds=res.seeds, init_val_accuracy=res.init_val_accuracy,
+                      final_val_accuracy=res.final_val_accuracy, negative_prompt=res.negative_prompt or None)
+        # the history first: the token file is the class's done marker
+        atomic_write_json(self.arm.token_history(c, self.names[c]), res.history_json())
         if res.status == "ok":
             path = self.token_file(c)
             row.token_sha256 = save_token(path, res.token, res.embedding)
@@ -166,10 +172,14 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         return f"the token of class {c} ({self.names[c]})"
 
     def progress_postfix(self, c: int, res: TokenResult) -> dict[str, Any]:
-        return {"cls": c, "loss": f"{res.best_loss:.3f}", "acc": f"{res.init_accuracy:.2f}->{res.final_accuracy:.2f}"}
+        return {"cls": c, "loss": f"{res.best_loss:.3f}", "val": f"{_pct(res.init_val_accuracy)}->{_pct(res.final_val_accuracy)}"}
 
     def summary(self, **common: Any) -> TokensSummary:
         return TokensSummary(**common, rows=[self.rows[k] for k in sorted(self.rows)])
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True, pool: Pool | None = None) -> TokensSummary:

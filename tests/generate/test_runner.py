@@ -24,7 +24,7 @@ def micro_config(out: Path, pipe_dir: Path, clf_path: Path, **gen) -> Config:
     g.update(gen)
     return Config(
         dataset="cub", model=str(pipe_dir), classifier=f"timm:test_resnet@{clf_path}", judge=None, out=str(out),
-        workers=0, tokens=TokenConfig(batch_size=2, steps=2, max_steps=1, grad_steps=1),
+        workers=0, tokens=TokenConfig(batch_size=2, steps=2, max_steps=1, grad_steps=1, val_seeds=2),
         generate=GenerateConfig(**g),
     )
 
@@ -86,6 +86,24 @@ def test_baseline_arm_same_seeds_no_token(trained):
     for r in t:
         assert tok[r["key"]]["seed"] == r["seed"]
         assert tok[r["key"]]["prompt"].replace(tok[r["key"]]["token"] + " ", "") == r["prompt"]
+
+
+def test_a_tokens_own_negative_prompt_is_used_in_generation(trained):
+    """tokens.negative_confusers records a per-class negative prompt in tokens.parquet; the token arm
+    generates that class with it (the baseline arm keeps generate.negative_prompt)."""
+    from augment.io.rundir import RunDir
+    from augment.io.tokens_table import read_token_rows, write_token_rows
+
+    path = RunDir(trained.out).tokens_parquet
+    rows = read_token_rows(path)
+    rows[1].negative_prompt = "a photo of a bird"
+    write_token_rows(path, rows)
+    trained.generate.per_class = 1
+    run_generate(trained, show_progress=False)
+    negatives = {r["class_index"]: r["negative_prompt"] for r in pq.read_table(Path(trained.out) / "manifests").to_pylist()}
+    assert negatives == {0: None, 1: "a photo of a bird", 2: None}
+    base = run_generate(trained, baseline=True, show_progress=False)
+    assert {r["negative_prompt"] for r in pq.read_table(Path(base.out) / "manifests").to_pylist()} == {None}
 
 
 def test_soft_labels_in_manifest_and_sidecar(trained):

@@ -46,3 +46,15 @@ def test_missing_file_and_unknown_columns(tmp_path):
     assert read_token_rows(tmp_path / "none.parquet") == {}
     with pytest.raises(ValueError, match="not in the schema: extra"):
         TokenRow.from_json({"class_index": 0, "class_name": "a", "token": "<c0000>", "extra": 1})
+
+
+def test_file_written_before_the_validation_columns_still_reads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    new = {"init_val_accuracy", "final_val_accuracy", "n_vectors", "negative_prompt"}
+    old_schema = pa.schema([f for f in TOKENS_SCHEMA if f.name not in new])
+    pq.write_table(pa.Table.from_pylist([{"class_index": 1, "class_name": "dog", "token": "<c0001>", "status": "ok",
+                                          "final_accuracy": 0.5}], schema=old_schema), tmp_path / "old.parquet")
+    row = read_token_rows(tmp_path / "old.parquet")[1]
+    assert row.final_accuracy == 0.5 and row.init_val_accuracy is None and row.n_vectors is None

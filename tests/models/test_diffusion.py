@@ -60,6 +60,15 @@ def test_generate_is_diffusers_own_call(micro_pipe, negative_prompt):
     assert torch.equal(got, again)
 
 
+def test_generate_takes_one_negative_prompt_per_image(micro_pipe):
+    d = Diffusion(micro_pipe)
+    kw = dict(steps=2, guidance_scale=3.0, resolution=RES)
+    mixed = d.generate(["a cat", "a dog"], [1, 2], negative_prompt=["", "a bird"], **kw)
+    torch.testing.assert_close(mixed[:1], d.generate(["a cat"], [1], negative_prompt=None, **kw))
+    torch.testing.assert_close(mixed[1:], d.generate(["a dog"], [2], negative_prompt="a bird", **kw))
+    assert not torch.allclose(mixed[1:], d.generate(["a dog"], [2], negative_prompt="", **kw))
+
+
 def test_grad_steps_0_has_no_gradient_and_1_has_one(micro_pipe):
     d = Diffusion(micro_pipe)
     d.pipe.unet.requires_grad_(False)
@@ -106,6 +115,22 @@ def test_encode_decode_images(micro_pipe):
         out = d.decode(z)
     assert out.shape == imgs.shape and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_straight_through_decode_clamps_forward_and_passes_gradient(micro_pipe):
+    d = Diffusion(micro_pipe)
+    z = (d.encode_images(_images(2)) * 6).requires_grad_(True)  # pushed out of range: pixels past 0 and 1
+    hard, st = d.decode(z), d.decode(z, straight_through=True)
+    assert torch.equal(hard, st)
+    out_of_range = ((st.detach() == 0) | (st.detach() == 1)).float().mean()
+    assert out_of_range > 0
+    (g_hard,) = torch.autograd.grad(hard.sum(), z)
+    (g_st,) = torch.autograd.grad(d.decode(z, straight_through=True).sum(), z)
+    vae = micro_pipe.vae
+    unclamped = vae.decode(z / vae.config.scaling_factor).sample / 2 + 0.5
+    (g_raw,) = torch.autograd.grad(unclamped.sum(), z)
+    torch.testing.assert_close(g_st, g_raw)  # the clamp is the identity backwards
+    assert not torch.allclose(g_hard, g_raw)  # the hard clamp drops the clipped pixels' gradient
 
 
 def test_predict_x0_inverts_the_noising(micro_pipe):

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from augment.config import TokenConfig
+from augment.config import GenerateConfig, TokenConfig
 from augment.errors import AugmentError
-from augment.tokens.disco import DiscoTrainer, choose_init_token
+from augment.tokens.disco import (
+    DiscoTrainer,
+    Validation,
+    choose_init_token,
+    learning_rate,
+    project_to_trust_region,
+)
 from augment.tokens.textual_inversion import (
     add_embeddings,
     add_token,
@@ -22,7 +28,7 @@ EMB_KEY = "embeddings.token_embedding.weight"
 
 def _cfg(**kw) -> TokenConfig:
     base = dict(batch_size=2, steps=3, max_steps=2, patience=5, acc_threshold=1.1, lr=0.05,
-                guidance_scale=3.0, grad_steps="all", checkpointing=True)
+                guidance_scale=3.0, grad_steps="all", checkpointing=True, val_seeds=2, val_every=1)
     base.update(kw)
     return TokenConfig(**base)
 
@@ -44,11 +50,11 @@ def test_only_the_new_row_changes(micro_pipe, micro_classifier):
     for k, v in micro_pipe.unet.state_dict().items():
         assert torch.equal(v, unet_before[k]), k
     assert res.embedding.shape == (1, emb.shape[1])
-    # the learned vector left in the table is the best one, and it moved away from its initialiser
+    # the vector left in the table is the kept one: the initialiser exactly when no validation beat it
     assert torch.equal(emb[n_rows], res.embedding[0])
     init_id = single_token_id(micro_pipe.tokenizer, "dog")
-    if res.history[1][0] < res.history[0][0]:
-        assert not torch.equal(emb[n_rows], emb[init_id])
+    assert [v.step for v in res.validations] == [0, 1, 2]
+    assert torch.equal(emb[n_rows], emb[init_id]) == (res.best_step == 0)
 
 
 def test_gradient_reaches_token_for_grad_steps_1_and_all(micro_pipe, micro_classifier):
@@ -202,3 +208,110 @@ def test_training_hands_the_sampler_unscaled_seeded_noise(micro_pipe, micro_clas
     assert calls
     for latents, seeds in calls:
         assert torch.equal(latents, trainer.diffusion.initial_latents(seeds, 32, torch.float32))
+
+
+def _scripted_scores(monkeypatch, trainer, accuracies):
+    """Validation accuracies in order (initialiser first), whatever the images: selection logic alone."""
+    scores = iter(accuracies)
+    monkeypatch.setattr(trainer, "_score", lambda logits, c, step: Validation(step, next(scores), 1.0 - 0.01 * step))
+
+
+def test_initialiser_kept_when_no_step_beats_it_and_patience_counts_validations(micro_pipe, micro_classifier,
+                                                                                  monkeypatch):
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=20, patience=2, val_every=3),
+                           run_seed=0, resolution=32)
+    _scripted_scores(monkeypatch, trainer, [0.5, 0.25, 0.5, 0.0, 0.0])
+    res = trainer.train(1, "dog")
+    assert res.status == "ok", res.error
+    # 0.5 at step 6 ties the initialiser's 0.5 but has the lower loss (1 - 0.06): it wins the tie
+    assert [(v.step, v.accuracy) for v in res.validations] == [(0, 0.5), (3, 0.25), (6, 0.5), (9, 0.0), (12, 0.0)]
+    assert res.best_step == 6 and res.steps == 12  # stopped after 2 validations without a better one
+    assert res.init_val_accuracy == 0.5 and res.final_val_accuracy == 0.5
+
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=20, patience=2, val_every=2),
+                           run_seed=0, resolution=32)
+    _scripted_scores(monkeypatch, trainer, [0.75, 0.5, 0.25])
+    res = trainer.train(2, "bird")
+    assert res.best_step == 0 and res.steps == 4 and res.final_val_accuracy == 0.75
+    init_row = micro_pipe.text_encoder.get_input_embeddings().weight[single_token_id(micro_pipe.tokenizer, "bird")]
+    assert torch.equal(res.embedding[0], init_row.detach().float())
+
+
+def test_threshold_on_validation_stops_before_any_step(micro_pipe, micro_classifier, monkeypatch):
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=5, acc_threshold=0.9), run_seed=0, resolution=32)
+    _scripted_scores(monkeypatch, trainer, [1.0])
+    res = trainer.train(0, "cat")
+    assert res.steps == 0 and res.history == [] and res.final_val_accuracy == 1.0
+
+
+def test_validation_seeds_are_fixed_and_disjoint(micro_pipe, micro_classifier):
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(val_seeds=8, fresh_seeds=True, batch_size=4),
+                           run_seed=0, resolution=32)
+    val = trainer.validation_seeds(3)
+    assert val == trainer.validation_seeds(3) and len(set(val)) == 8
+    train = {s for step in range(50) for s in trainer.seeds_for(3, step)}
+    assert not set(val) & train and set(val) != set(trainer.validation_seeds(4))
+
+
+def test_history_json_records_steps_and_validations(micro_pipe, micro_classifier):
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=2, val_every=2, lr_schedule="cosine"),
+                           run_seed=0, resolution=32)
+    h = trainer.train(1, "dog").history_json()
+    assert [s["step"] for s in h["steps"]] == [1, 2]
+    assert h["steps"][0]["lr"] == pytest.approx(0.05) and h["steps"][1]["lr"] == pytest.approx(0.025)
+    assert [v["step"] for v in h["validations"]] == [0, 2]
+    assert all(0.0 <= v["accuracy"] <= 1.0 and v["loss"] >= 0 for v in h["validations"])
+
+
+def test_relative_step_size_and_trust_region():
+    init = torch.tensor([[3.0, 4.0, 0.0, 0.0]])  # norm 5, D 4
+    cfg = TokenConfig(step_size=0.2, max_steps=10, lr_schedule="cosine")
+    assert learning_rate(cfg, init, 0) == pytest.approx(0.2 * 5 / 2)
+    assert learning_rate(cfg, init, 5) == pytest.approx(0.25)
+    assert learning_rate(TokenConfig(lr=0.01), init, 7) == 0.01
+    v = init[0] + torch.tensor([0.0, 0.0, 30.0, 40.0])
+    project_to_trust_region(v, init[0], 0.5)
+    assert float((v - init[0]).norm()) == pytest.approx(2.5)
+    inside = init[0] + 0.1
+    project_to_trust_region(inside, init[0], 0.5)
+    assert torch.equal(inside, init[0] + 0.1)
+
+
+def test_multi_vector_token_loads_with_diffusers(micro_pipe, micro_classifier, micro_pipeline_dir, tmp_path):
+    from augment.models.backbone import load_backbone
+
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(n_vectors=3), run_seed=0, resolution=32)
+    assert trainer.prompts_for("<c0001>", "dog")[0] == "A photo of a <c0001> <c0001>_1 <c0001>_2 dog"
+    res = trainer.train(1, "dog")
+    assert res.status == "ok" and res.embedding.shape == (3, micro_pipe.text_encoder.config.hidden_size)
+    path = tmp_path / "0001-dog.safetensors"
+    save_token(path, res.token, res.embedding)
+    fresh = load_backbone(str(micro_pipeline_dir))
+    fresh.load_textual_inversion([str(path)])
+    emb = fresh.text_encoder.get_input_embeddings().weight
+    ids = fresh.tokenizer.convert_tokens_to_ids(["<c0001>", "<c0001>_1", "<c0001>_2"])
+    torch.testing.assert_close(emb[ids], res.embedding, rtol=0, atol=0)
+    assert fresh.maybe_convert_prompt("a <c0001> dog", fresh.tokenizer) == "a <c0001> <c0001>_1 <c0001>_2 dog"
+
+
+def test_negative_prompt_names_the_confused_classes(micro_pipe, micro_classifier):
+    names = ["cat", "dog", "bird"]
+    gen = GenerateConfig(prompts=["a photo of a {token} {name}"], negative_prompt="blurry")
+    trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(negative_confusers=1), run_seed=0, resolution=32,
+                           generation=gen, class_names=names)
+    logits = torch.eye(3)[[0, 2, 2, 1, 0]]  # class 0's images: predicted 0, 2, 2, 1, 0
+    assert trainer.negative_prompt(logits, 0) == "blurry, a photo of a bird"
+    trainer.cfg.negative_confusers = 5
+    assert trainer.negative_prompt(logits, 0) == "blurry, a photo of a bird, a photo of a dog"
+    assert trainer.negative_prompt(torch.eye(3)[[0, 0]], 0) == "blurry"  # never confused: the plain one
+    trainer.cfg.negative_confusers = 0
+    assert trainer.negative_prompt(logits, 0) == "blurry"
+
+
+def test_token_settings_refused(tmp_path):
+    from augment.config import Config, validate
+
+    for bad, match in ((dict(lr_schedule="linear"), "lr_schedule"), (dict(val_seeds=0), "val_seeds"),
+                       (dict(trust_radius=-1.0), "trust_radius"), (dict(n_vectors=0), "n_vectors")):
+        with pytest.raises(AugmentError, match=match):
+            validate(Config(tokens=TokenConfig(**bad)))

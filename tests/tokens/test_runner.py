@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from augment.tokens.runner import run_tokens
 
 
 def _cfg(out: Path, pipe_dir: Path, clf: Path, **tok) -> Config:
-    t = dict(batch_size=2, steps=2, max_steps=1, grad_steps=1)
+    t = dict(batch_size=2, steps=2, max_steps=1, grad_steps=1, val_seeds=2, acc_threshold=1.1)
     t.update(tok)
     return Config(dataset="cub", model=str(pipe_dir), classifier=f"timm:test_resnet@{clf}", judge=None, out=str(out),
                   workers=0, tokens=TokenConfig(**t), generate=GenerateConfig())
@@ -30,6 +31,10 @@ def test_outputs_resume_and_force(tmp_path, micro_pipeline_dir, micro_classifier
     rows = pq.read_table(tmp_path / "run" / "tokens" / "tokens.parquet").to_pylist()
     assert [r["token"] for r in rows] == ["<c0000>", "<c0001>", "<c0002>"]
     assert all(r["status"] == "ok" and r["init_token"] in ("cat", "dog", "bird") and len(r["seeds"]) == 2 for r in rows)
+    assert all(r["final_val_accuracy"] >= r["init_val_accuracy"] and r["n_vectors"] == 1 for r in rows)
+    history = json.loads(RunDir(tmp_path / "run").token_history(1, "dog").read_text())
+    assert history["token"] == "<c0001>" and len(history["steps"]) == 1
+    assert [v["step"] for v in history["validations"]] == [0, 1]
     # a crash after class 0 and 2 were written: only class 1 is redone
     mtime0 = files[0].stat().st_mtime_ns
     files[1].unlink()
