@@ -67,7 +67,7 @@ class TokenConfig:
         """Refuse settings no token can be trained with, naming the setting (AugmentError)."""
         if self.lr_schedule not in ("constant", "cosine"):
             raise AugmentError(f"tokens.lr_schedule {self.lr_schedule!r} is not one of constant, cosine")
-        for name in ("val_seeds", "val_every", "patience", "n_vectors", "batch_size", "max_steps"):
+        for name in ("val_seeds", "val_every", "patience", "n_vectors", "batch_size"):
             if getattr(self, name) < 1:
                 raise AugmentError(f"tokens.{name} must be at least 1, got {getattr(self, name)}")
         if self.negative_confusers < 0:

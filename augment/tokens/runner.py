@@ -19,6 +19,7 @@ from augment.config import Config, config_from_dict, parse_grad_steps
 from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
 from augment.io.atomic import atomic_write_json, remove_temp_files, sha256_file
+from augment.io.jsonsafe import json_safe
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
@@ -154,7 +155,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
                       seeds=res.seeds, init_val_accuracy=res.init_val_accuracy,
                       final_val_accuracy=res.final_val_accuracy, negative_prompt=res.negative_prompt or None)
         # the history first: the token file is the class's done marker
-        atomic_write_json(self.arm.token_history(c, self.names[c]), res.history_json())
+        atomic_write_json(self.arm.token_history(c, self.names[c]), json_safe(res.history_json()))  # a failed class's NaN loss
         if res.status == "ok":
             path = self.token_file(c)
             row.token_sha256 = save_token(path, res.token, res.embedding)

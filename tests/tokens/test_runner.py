@@ -72,10 +72,10 @@ def test_failed_class_recorded_and_others_carry_on(tmp_path, micro_pipeline_dir,
 
     real = disco.DiscoTrainer._forward
 
-    def flaky(self, prompts, seeds, grad):
+    def flaky(self, prompts, seeds, grad, *args, **kwargs):
         if any("dog" in p for p in prompts):
             return torch.full((len(prompts), 3), float("nan"), requires_grad=True)
-        return real(self, prompts, seeds, grad)
+        return real(self, prompts, seeds, grad, *args, **kwargs)
 
     monkeypatch.setattr(disco.DiscoTrainer, "_forward", flaky)
     cfg = _cfg(tmp_path / "run", micro_pipeline_dir, micro_classifier_path)
@@ -150,8 +150,9 @@ def test_token_files_are_world_readable_like_every_output(tmp_path, micro_pipeli
     run_tokens(_cfg(tmp_path / "run", micro_pipeline_dir, micro_classifier_path, max_steps=0), show_progress=False)
     mask = os.umask(0)
     os.umask(mask)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run" / "tokens").iterdir()}
-    assert len(modes) == 4 and set(modes.values()) == {0o666 & ~mask}, modes
+    files = [p for p in (tmp_path / "run" / "tokens").rglob("*") if p.is_file()]  # history/ too
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in files}
+    assert len(modes) == 7 and set(modes.values()) == {0o666 & ~mask}, modes
 
 
 def _classifier_named(tmp_path: Path, names: list[str]) -> Path:
