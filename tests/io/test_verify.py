@@ -269,19 +269,23 @@ def test_an_arm_with_only_a_run_json_of_another_stage_is_not_present(run):
     assert not arm_present(caso)
 
 
-def test_a_baseline_only_folder_passes(clean, tmp_path):
-    """``augment generate --baseline`` alone: OUT holds nothing but OUT/baseline/."""
-    from augment.io.rundir import RunDir, write_run_json
+@pytest.mark.parametrize(("arm", "stage", "extra"), [("baseline", "generate", {"baseline": True}),
+                                                    ("caso", "caso", {})])
+def test_a_folder_with_only_another_arm_passes(clean, tmp_path, arm, stage, extra):
+    """``augment generate --baseline`` or ``augment caso`` alone: OUT holds nothing but OUT/<arm>/
+    (and the lock file); no token arm is expected of it."""
+    from augment.io.rundir import LOCK_NAME, RunDir, write_run_json
     from augment.io.verify import verify_arms
 
     out = tmp_path / "out"
-    baseline = RunDir(out).arm_dir("baseline").path
+    path = RunDir(out).arm_dir(arm).path
     for folder in ("shards", "manifests"):
-        shutil.copytree(clean / folder, baseline / folder)
-    write_run_json(baseline, {"dataset": "digits"}, "generate", extra={"baseline": True})
+        shutil.copytree(clean / folder, path / folder)
+    write_run_json(path, {"dataset": "digits"}, stage, extra=extra)
+    (out / LOCK_NAME).write_text("")
     s = verify_arms(out)
     assert s.exit_code == 0, {n: r.problems for n, r in s.reports.items()}
-    assert "baseline" in s.arms and s.reports["baseline"].summary["shards"] >= 1
+    assert list(s.arms) == [arm] and s.reports[arm].summary["shards"] >= 1
 
 
 def test_every_problem_names_its_arm(run):
