@@ -169,7 +169,7 @@ def test_one_pool_writes_the_same_bytes_as_a_pool_per_stage(tmp_path, micro_pipe
     every token file and shard is byte-identical to fresh pipelines', and the models load once."""
     cfg = partial(_micro, pipe=micro_pipeline_dir, clf=micro_classifier_path, workers=0)
     _build(cfg(tmp_path / "apart"), None)
-    with Pool(PoolSpec(workers=0)) as pool:
+    with Pool(PoolSpec(workers=0, threads=1)) as pool:  # the config's threads, as open_pool(cfg) gives
         _build(cfg(tmp_path / "shared"), pool)
         assert pool.loads() == [2]  # the backbone and the classifier, once for three stages
     apart, shared = _files(tmp_path / "apart"), _files(tmp_path / "shared")

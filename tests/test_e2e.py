@@ -63,9 +63,7 @@ def test_build_then_kill_and_resume(tmp_path):
 
     # same tokens, fresh generate: SIGKILL once the first shard is done, then the same command again
     b = tmp_path / "B"
-    (b / "tokens").mkdir(parents=True)
-    for f in (a / "tokens").iterdir():
-        shutil.copy2(f, b / "tokens" / f.name)
+    shutil.copytree(a / "tokens", b / "tokens")  # token files, tokens.parquet and history/
     cmd = [*AUGMENT, "generate", "--config", "small.yaml", "--out", str(b), "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

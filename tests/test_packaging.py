@@ -101,7 +101,7 @@ def test_wheel_resolves_the_same_config(wheel_python, tmp_path):
     editable = _augment(sys.executable, "config", "--dataset", "digits", cwd=tmp_path)
     assert wheel.returncode == 0 and editable.returncode == 0, wheel.stderr + editable.stderr
     assert wheel.stdout == editable.stdout
-    assert "grad_steps: all" in wheel.stdout and "lr: 0.02" in wheel.stdout  # the digits preset, not the defaults
+    assert "grad_steps: all" in wheel.stdout and "step_size: 0.25" in wheel.stdout  # the digits preset, not the defaults
 
 
 @pytest.mark.slow
