@@ -231,19 +231,6 @@ def test_a_stale_recorded_head_is_not_joined(monkeypatch):
 # --------------------------------------------------------------------------- on a private local Ray
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if ray.is_initialized():
-        ray.shutdown()
-    # "local": a Ray of our own even while a head (another test's, a developer's) runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def test_ray_pool_matches_inline(ray_local):
     assert _collect(PoolSpec(workers=2)) == _collect(PoolSpec(workers=0))
 

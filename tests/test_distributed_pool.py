@@ -65,18 +65,6 @@ def test_inline_stages_share_the_host_and_its_models(tmp_path):
     assert len(list(tmp_path.glob("load.*"))) == 2
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def test_ray_stages_share_the_actors_and_load_once(ray_local, tmp_path):
     """Three stages on one pool of two actors: two loads in all (one per actor), the same
     processes throughout, and each stage's thread count (2 cores: 1 each with 2 busy actors,
