@@ -470,7 +470,7 @@ _FLAGS = {"generate.soft_labels": None, "tokens.batch_size": None, "tokens.patie
           "tokens.steps": None, "tokens.weight_decay": None, "resolution": None, "caso.n_vectors": None,
           "caso.t0": None, "caso.lr": None, "caso.batch_size": None, "caso.recon_weight": None, "caso.edit_steps": None}
 _CHOICES = {"generate.image_format": ("jpg", "png", "webp"), "caso.image_format": ("jpg", "png", "webp"),
-            "dtype": ("auto", "float32", "float16", "bfloat16")}
+            "caso.edit_mode": ("ddim", "sdedit"), "dtype": ("auto", "float32", "float16", "bfloat16")}
 #: the placeholders a prompt template may use, and the ones each list's templates must contain
 _PLACEHOLDERS = ("token", "name")
 _TEMPLATES = {"tokens.prompts": ("token",), "generate.prompts": ("token", "name")}

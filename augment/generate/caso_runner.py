@@ -214,14 +214,9 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
                                f"(available: {dataset.splits() or 'none'}); pass --data-root")
         for c in self.classes:  # a bad target spec -> one line before any model loads
             edit_conditions(cc.target, c, self.classes, len(names))
-        if cc.edit_mode not in ("ddim", "sdedit"):
-            raise AugmentError(f"caso.edit_mode {cc.edit_mode!r} is not one of ddim, sdedit")
         if cc.edit_mode == "ddim" and cc.edits_per_image != 1:
             raise AugmentError(f"caso.edits_per_image {cc.edits_per_image}: a ddim edit is deterministic (every "
                                "edit of an image is the same); use 1, or --edit-mode sdedit for varied edits")
-        if cc.edits_per_image < 1 or cc.k < 1:
-            raise AugmentError(f"caso needs k >= 1 and edits_per_image >= 1 (got k={cc.k}, "
-                               f"edits_per_image={cc.edits_per_image})")
         n_run = cc.edit_steps - Diffusion.edit_start(cc.edit_steps, cc.strength)
         if cc.guided_step is not None and not 0 <= cc.guided_step < n_run:
             raise AugmentError(f"caso.guided_step {cc.guided_step} is outside the {n_run} steps an edit of strength "
