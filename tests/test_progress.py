@@ -9,7 +9,6 @@ import pytest
 
 from augment.distributed import PoolSpec, run_units
 from augment.progress import LiveBar, Sink
-from tests.test_distributed import ray_local  # noqa: F401  (the module's private Ray, re-registered here)
 
 
 class _Bar:
