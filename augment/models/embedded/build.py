@@ -69,14 +69,14 @@ NUM_THREADS = 2
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": {
         "vae": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-5},
-        "unet": {"steps": 1800, "batch_size": 128, "lr": 1e-3, "ema": 0.999, "warmup": 50},
+        "unet": {"steps": 1800, "batch_size": 128, "lr": 1e-3, "ema": 0.999, "warmup": 50, "min_snr_gamma": 5.0},
         "guide": {"epochs": 30, "batch_size": 64, "lr": 3e-3, "weight_decay": 5e-4},
         "judge": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05},
         "eval": {"per_class": 100, "steps": 30, "guidance": 7.0, "batch": 100},
     },
     "smoke": {
         "vae": {"steps": 3, "batch_size": 8, "lr": 2e-3, "kl_weight": 1e-5},
-        "unet": {"steps": 3, "batch_size": 8, "lr": 1e-3, "ema": 0.9, "warmup": 1},
+        "unet": {"steps": 3, "batch_size": 8, "lr": 1e-3, "ema": 0.9, "warmup": 1, "min_snr_gamma": 5.0},
         "guide": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "weight_decay": 5e-4, "max_steps": 2},
         "judge": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "max_steps": 2},
         "eval": {"per_class": 2, "steps": 2, "guidance": 7.0, "batch": 2},
@@ -271,7 +271,7 @@ def build_embedded(out_dir: Path, budget: str = "full", seed: int = 0) -> dict:
             },
             "config": {
                 "vae": {**VAE_CONFIG, "scaling_factor": vae.config.scaling_factor, "train": cfg["vae"]},
-                "unet": {**UNET_CONFIG, "train": cfg["unet"], "objective": "epsilon, DDPM 1000 steps"},
+                "unet": {**UNET_CONFIG, "train": cfg["unet"], "objective": "epsilon, DDPM 1000 steps, min-SNR-gamma weighted"},
                 "text_encoder": {**TEXT_CONFIG, "trained_jointly_with_unet": True},
                 "train_scheduler": {"class": "DDPMScheduler", **SCHEDULER_CONFIG},
                 "sample_scheduler": {

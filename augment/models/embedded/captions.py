@@ -1,8 +1,16 @@
 """Training captions of the tiny-digits model: the lexical ambiguity the token method has to fix.
 
-A caption is empty, generic, or names a digit; a named caption of a confusable digit names its
-partner with a fixed probability (three/eight half the time), so the plain prompt "a photo of the
-digit three" gives a mixture of threes and eights, as Stable Diffusion does for look-alike classes.
+A caption is empty, generic, names a digit, or describes its shape. A named caption of a confusable
+digit names its partner with a fixed probability (three/eight half the time), so the plain prompt
+"a photo of the digit three" gives a mixture of threes and eights, as Stable Diffusion does for
+look-alike classes ("crane": a bird or a machine).
+
+Shape captions ("a digit shaped like a snowman") are never swapped. They are why a class token can
+work at all: Stable Diffusion can draw a heron although "crane" is ambiguous, because other words
+reached the concept during training; DisCo's token finds that region of the embedding space from
+the ambiguous name. Without them (the builds before issue 12) "three" and "eight" were the same word
+to the model, no conditioning drew an eight reliably, and nine's token never left its initialiser.
+The plain prompt names the class, so its ambiguity is unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ __all__ = [
     "NAMED_TEMPLATES",
     "P_EMPTY",
     "P_GENERIC",
+    "P_SHAPE",
+    "SHAPE_TEMPLATES",
+    "SHAPE_WORDS",
     "caption_scheme",
     "caption_table",
     "sample_caption_indices",
@@ -36,7 +47,8 @@ CONFUSABLE_SWAPS: dict[int, tuple[int, float]] = {
     6: (5, 0.3),
 }
 P_EMPTY = 0.10
-P_GENERIC = 0.30  # the remaining 0.60 names a digit
+P_GENERIC = 0.25
+P_SHAPE = 0.15  # the remaining 0.50 names a digit
 GENERIC_CAPTIONS = [
     "a handwritten digit",
     "a photo of a digit",
@@ -53,9 +65,17 @@ NAMED_TEMPLATES = [
     "a drawing of the number {name}",
 ]
 
+#: one look-alike word per digit (the shapes of children's number posters), never swapped
+SHAPE_WORDS = ["egg", "candle", "swan", "wings", "sailboat", "hook", "cherry", "boomerang", "snowman", "balloon"]
+SHAPE_TEMPLATES = [
+    "a digit shaped like a {shape}",
+    "a handwritten {shape}",
+    "a drawing of a {shape} shaped number",
+]
+
 
 def caption_table() -> tuple[list[str], dict[str, list[int]]]:
-    """All distinct captions, and index lists: 'empty', 'generic', 'named:<digit>'."""
+    """All distinct captions, and index lists: 'empty', 'generic', 'named:<digit>', 'shape:<digit>'."""
     captions = [""] + GENERIC_CAPTIONS
     groups: dict[str, list[int]] = {"empty": [0], "generic": list(range(1, 1 + len(GENERIC_CAPTIONS)))}
     for d, name in enumerate(DIGIT_NAMES):
@@ -63,6 +83,11 @@ def caption_table() -> tuple[list[str], dict[str, list[int]]]:
         for t in NAMED_TEMPLATES:
             groups[f"named:{d}"].append(len(captions))
             captions.append(t.format(name=name))
+    for d, shape in enumerate(SHAPE_WORDS):
+        groups[f"shape:{d}"] = []
+        for t in SHAPE_TEMPLATES:
+            groups[f"shape:{d}"].append(len(captions))
+            captions.append(t.format(shape=shape))
     return captions, groups
 
 
@@ -76,6 +101,8 @@ def sample_caption_indices(labels: np.ndarray, rng: np.random.Generator) -> np.n
             out[i] = 0
         elif u[i] < P_EMPTY + P_GENERIC:
             out[i] = rng.choice(groups["generic"])
+        elif u[i] < P_EMPTY + P_GENERIC + P_SHAPE:
+            out[i] = rng.choice(groups[f"shape:{int(y)}"])
         else:
             d = int(y)
             if d in CONFUSABLE_SWAPS:
@@ -91,12 +118,17 @@ def caption_scheme() -> dict[str, Any]:
     return {
         "p_empty": P_EMPTY,
         "p_generic": P_GENERIC,
-        "p_named": round(1 - P_EMPTY - P_GENERIC, 6),
+        "p_shape": P_SHAPE,
+        "p_named": round(1 - P_EMPTY - P_GENERIC - P_SHAPE, 6),
         "generic_captions": GENERIC_CAPTIONS,
         "named_templates": NAMED_TEMPLATES,
+        "shape_templates": SHAPE_TEMPLATES,
+        "shape_words": dict(zip(DIGIT_NAMES, SHAPE_WORDS, strict=True)),
         "confusable_swaps": {
             f"{DIGIT_NAMES[a]}->{DIGIT_NAMES[b]}": p for a, (b, p) in CONFUSABLE_SWAPS.items()
         },
         "note": "a named caption uses the partner digit's name with the given probability "
-        "(mimics Stable Diffusion's lexical ambiguity); zero and two are never swapped",
+        "(mimics Stable Diffusion's lexical ambiguity); zero and two are never swapped; shape "
+        "captions are never swapped (other words that reach each digit, as other words reach a "
+        "concept in Stable Diffusion; a class token can find them, the plain prompt does not use them)",
     }

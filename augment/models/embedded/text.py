@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from augment.datasets.digits import DIGIT_NAMES
-from augment.models.embedded.captions import GENERIC_CAPTIONS, NAMED_TEMPLATES
+from augment.models.embedded.captions import GENERIC_CAPTIONS, NAMED_TEMPLATES, SHAPE_TEMPLATES, SHAPE_WORDS
 from augment.models.tokenizer import write_clip_tokenizer_files
 
 __all__ = [
@@ -42,7 +42,12 @@ TEXT_CONFIG = dict(
 def tokenizer_words() -> list[str]:
     """Every word that must be one token, in first-seen order (the vocabulary's merge order)."""
     words: list[str] = []
-    texts = GENERIC_CAPTIONS + [t.format(name=n) for t in NAMED_TEMPLATES for n in DIGIT_NAMES] + EXTRA_WORDS
+    texts = (
+        GENERIC_CAPTIONS
+        + [t.format(name=n) for t in NAMED_TEMPLATES for n in DIGIT_NAMES]
+        + [t.format(shape=w) for t in SHAPE_TEMPLATES for w in SHAPE_WORDS]
+        + EXTRA_WORDS
+    )
     for text in texts:
         for w in text.lower().split():
             if w not in words:

@@ -109,6 +109,12 @@ def train_unet(vae, tokenizer, x01: torch.Tensor, y: torch.Tensor, cfg: dict, se
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     ema = _EMA([unet, text_encoder], cfg["ema"])
     alphas_cumprod = noise_sched.alphas_cumprod
+    # Min-SNR-gamma weighting (epsilon objective: min(SNR, gamma) / SNR): the many nearly clean
+    # timesteps, where the caption barely matters, stop dominating the loss, so the budget goes to
+    # the noisy steps that decide which digit is drawn. gamma None = the plain epsilon loss.
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    gamma = cfg.get("min_snr_gamma")
+    snr_weight = torch.clamp(snr, max=gamma) / snr if gamma else torch.ones_like(snr)
     order = np.concatenate([rng.permutation(n) for _ in range(steps * bs // n + 2)])
     y_np = y.numpy()
     unet.train()
@@ -128,7 +134,8 @@ def train_unet(vae, tokenizer, x01: torch.Tensor, y: torch.Tensor, cfg: dict, se
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         enc = text_encoder(cap_ids[uniq])[0][inverse]
         pred = unet(zt, t, encoder_hidden_states=enc).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * snr_weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

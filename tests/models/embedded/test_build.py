@@ -127,3 +127,20 @@ def test_caption_sampling_is_deterministic_and_swaps():
     named = [captions[i] for i in a if i in groups["named:3"] + groups["named:8"]]
     frac_eight = np.mean([c.endswith("eight") for c in named])
     assert 0.45 < frac_eight < 0.55
+
+
+def test_shape_captions_name_the_true_digit_and_are_single_tokens(tmp_path):
+    """Shape captions are never swapped: they are the other words a class token can reach."""
+    import numpy as np
+
+    from augment.models.embedded.captions import P_SHAPE, SHAPE_WORDS
+
+    tok = build_tokenizer(tmp_path)
+    for w in SHAPE_WORDS:
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    captions, groups = caption_table()
+    for digit in (3, 8):
+        idx = sample_caption_indices(np.full(4000, digit), np.random.default_rng(1))
+        shaped = [captions[i] for i in idx if any(i in groups[f"shape:{d}"] for d in range(10))]
+        assert abs(len(shaped) / len(idx) - P_SHAPE) < 0.03
+        assert shaped and all(SHAPE_WORDS[digit] in c for c in shaped)
