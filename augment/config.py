@@ -473,7 +473,9 @@ _CHOICES = {"generate.image_format": ("jpg", "png", "webp"), "caso.image_format"
             "caso.edit_mode": ("ddim", "sdedit"), "dtype": ("auto", "float32", "float16", "bfloat16")}
 #: the placeholders a prompt template may use, and the ones each list's templates must contain
 _PLACEHOLDERS = ("token", "name")
-_TEMPLATES = {"tokens.prompts": ("token",), "generate.prompts": ("token", "name")}
+# ``{name}`` is optional: without it the token stands for the class, and the plain-prompt arm puts
+# the class name in the token's place (augment.prompts.render_prompt)
+_TEMPLATES = {"tokens.prompts": ("token",), "generate.prompts": ("token",)}
 
 
 def _get(cfg: Config, dotted: str) -> Any:

@@ -201,7 +201,8 @@ def build_config(args: argparse.Namespace, out: Path, workers: int):
 def plan_batches(cfg, class_names: list[str], batch_size: int, baseline: bool) -> list[tuple[list[str], list[int]]]:
     """(prompts, seeds) per sampler call, exactly as GenerateWorker.run forms them (first attempt)."""
     from augment.datasets.selection import select_classes
-    from augment.generate.plan import plan_shards, render_prompt, sample_seed
+    from augment.generate.plan import plan_shards, sample_seed
+    from augment.prompts import render_prompt
     from augment.tokens.textual_inversion import token_string
 
     g = cfg.generate

@@ -32,8 +32,3 @@ def sample_seed(run_seed: int, class_index: int, sample_index: int, attempt: int
     if attempt == 0:
         return derive_seed(run_seed, "generate", class_index, sample_index)
     return derive_seed(run_seed, "generate", class_index, sample_index, attempt)
-
-
-def render_prompt(template: str, token: str, name: str) -> str:
-    """Fill a prompt template; without a token (the baseline arm) the double space is folded."""
-    return " ".join(template.format(token=token, name=name).split())

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from augment.config import config_from_dict
-from augment.generate.plan import ShardUnit, render_prompt, sample_seed
+from augment.generate.plan import ShardUnit, sample_seed
 from augment.generate.rejection import RejectionStats, quotas, stream_seed
 from augment.io.images import encode_image
 from augment.io.shards import SynthSample, sample_key
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
 from augment.progress import Sink
+from augment.prompts import render_prompt
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.textual_inversion import TokenEmbedding
 

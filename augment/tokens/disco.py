@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from augment.config import GenerateConfig, TokenConfig
 from augment.models.diffusion import Diffusion
+from augment.prompts import render_prompt
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import (
     add_token,
@@ -158,7 +159,7 @@ class DiscoTrainer:
 
     def _prompts(self, templates: list[str], token: str, name: str, n: int) -> list[str]:
         words = " ".join(vector_tokens(token, self.cfg.n_vectors))
-        return [" ".join(templates[j % len(templates)].format(token=words, name=name).split()) for j in range(n)]
+        return [render_prompt(templates[j % len(templates)], words, name) for j in range(n)]
 
     def prompts_for(self, token: str, name: str) -> list[str]:
         return self._prompts(self.cfg.prompts, token, name, self.cfg.batch_size)
@@ -204,7 +205,7 @@ class DiscoTrainer:
         order = [int(i) for i in counts.argsort(descending=True, stable=True) if counts[i] > 0][:k]
         template = self.generation.prompts[0]
         parts = [base] if base else []
-        parts += [" ".join(template.format(token="", name=self.class_names[i]).split()) for i in order]
+        parts += [render_prompt(template, "", self.class_names[i]) for i in order]
         return ", ".join(parts)
 
     def train(self, class_index: int, class_name: str, progress=None) -> TokenResult:
