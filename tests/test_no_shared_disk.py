@@ -89,32 +89,50 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoSharedDisk]:
     if problem:
         pytest.skip(problem)
     clf = build_micro_classifier(ckpt / "x.safetensors", get_dataset("digits").class_names)
-    temp_dir = tempfile.mkdtemp(prefix="augray-", dir="/tmp")  # short: Ray's socket paths live under it
+    # Free ports are found by binding and releasing them, so another process can take one before
+    # Ray binds it and a node dies while starting: one more try, on new ports, before failing.
+    for attempt in range(2):
+        temp_dir = tempfile.mkdtemp(prefix="augray-", dir="/tmp")  # short: Ray's socket paths live under it
+        address, procs = _start_nodes(temp_dir, runs, ckpt, clf)
+        try:
+            _wait_for_worker_cpus(address, procs)
+        except AssertionError:
+            _stop_nodes(procs, temp_dir)
+            if attempt == 1:
+                raise
+            continue
+        try:
+            yield NoSharedDisk(address, runs, ckpt, f"timm:test_resnet@{clf}", procs)
+        finally:
+            _stop_nodes(procs, temp_dir)
+        return
+
+
+def _start_nodes(temp_dir: str, runs: Path, ckpt: Path, clf: Path) -> tuple[str, list[subprocess.Popen]]:
+    """A head without CPUs, and the worker node in its own mount namespace with empty tmpfs over
+    both folders (checked before it starts)."""
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
-    procs: list[subprocess.Popen] = []
-    try:
-        procs.append(subprocess.Popen(
-            [RAY, "start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false",
-             "--ray-client-server-port", str(_free_port()), *_node_args(temp_dir)],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        # The worker node: its own mount namespace, empty tmpfs over both folders, checked before it starts.
-        hide = (f"mount -t tmpfs tmpfs {runs} && mount -t tmpfs tmpfs {ckpt} && "
-                f"test -z \"$(ls -A {runs})\" && test -z \"$(ls -A {ckpt})\" && test ! -e {clf} && "
-                f"exec {RAY} start --address 127.0.0.1:{port} --num-cpus 2 {' '.join(_node_args(temp_dir))}")
-        procs.append(subprocess.Popen(["unshare", "-m", "sh", "-c", hide], env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = f"127.0.0.1:{port}"
-        _wait_for_worker_cpus(address, procs)
-        yield NoSharedDisk(address, runs, ckpt, f"timm:test_resnet@{clf}", procs)
-    finally:
-        for p in procs:  # each node is its own process group: every Ray process it started goes with it
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    procs = [subprocess.Popen(
+        [RAY, "start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false",
+         "--ray-client-server-port", str(_free_port()), *_node_args(temp_dir)],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    hide = (f"mount -t tmpfs tmpfs {runs} && mount -t tmpfs tmpfs {ckpt} && "
+            f"test -z \"$(ls -A {runs})\" && test -z \"$(ls -A {ckpt})\" && test ! -e {clf} && "
+            f"exec {RAY} start --address 127.0.0.1:{port} --num-cpus 2 {' '.join(_node_args(temp_dir))}")
+    procs.append(subprocess.Popen(["unshare", "-m", "sh", "-c", hide], env=env, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return f"127.0.0.1:{port}", procs
+
+
+def _stop_nodes(procs: list[subprocess.Popen], temp_dir: str) -> None:
+    for p in procs:  # each node is its own process group: every Ray process it started goes with it
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_worker_cpus(address: str, procs: list[subprocess.Popen]) -> None:
