@@ -62,10 +62,10 @@ GUIDE_NAME = "digits-guide"
 JUDGE_NAME = "digits-judge"
 NUM_THREADS = 2
 
-# The full budget is the shipped build's. On 2 idle cores a UNet step takes ~0.6 s and a VAE step
-# ~0.38 s; a shorter budget tried here (VAE 800 / UNet 1300 steps at lr 1.5e-3, judge 30 epochs,
-# 16 text positions) built in 23 min but its plain-prompt images were judged right only 37.6% of
-# the time (two 24%, four drawn as zero), so the shipped budget was kept.
+# The full budget is the shipped build's. The shipped build (2026-11-24) took 729 s on 2 idle cores:
+# UNet steps ~0.26 s, VAE steps ~0.12 s (earlier builds on a busier machine measured 0.6 / 0.38 s).
+# A shorter budget tried on the earlier captions (VAE 800 / UNet 1300 steps at lr 1.5e-3, judge 30
+# epochs, 16 text positions) under-trained the UNet (plain prompt 37.6%), so this budget was kept.
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": {
         "vae": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-5},
