@@ -36,6 +36,7 @@ def main() -> None:
     import torch
 
     from augment.config import resolve_config
+    from augment.datasets.digits import DIGIT_NAMES
     from augment.models.backbone import load_backbone
     from augment.models.classifier import load_classifier
     from augment.models.diffusion import Diffusion
@@ -46,7 +47,7 @@ def main() -> None:
     pipe = load_backbone(cfg.model, "cpu", "float32", cfg.scheduler)
     diffusion = Diffusion(pipe)
     guide, judge = load_classifier(cfg.classifier), load_classifier(cfg.judge)
-    names = [n for n in "zero one two three four five six seven eight nine".split()]
+    names = DIGIT_NAMES
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     seeds = [args.seed + i for i in range(args.per_class)]
     for template in templates:

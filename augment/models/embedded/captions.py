@@ -8,7 +8,7 @@ look-alike classes ("crane": a bird or a machine).
 Shape captions ("a digit shaped like a snowman") are never swapped. They are why a class token can
 work at all: Stable Diffusion can draw a heron although "crane" is ambiguous, because other words
 reached the concept during training; DisCo's token finds that region of the embedding space from
-the ambiguous name. Without them (the builds before issue 12) "three" and "eight" were the same word
+the ambiguous name. Without them (the builds before 2026-11-24) "three" and "eight" were the same word
 to the model, no conditioning drew an eight reliably, and nine's token never left its initialiser.
 The plain prompt names the class, so its ambiguity is unchanged.
 """
