@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import string
 import types
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from augment.errors import AugmentError
+from augment.prompts import template_fields
 from augment.resources import list_presets, read_preset
 
 __all__ = ["Config", "config_from_dict", "list_presets", "resolve_config", "run_settings", "validate"]
@@ -499,7 +499,7 @@ def check_templates(templates: Any, key: str, required: tuple[str, ...]) -> None
         raise AugmentError(f"{key} must list at least one prompt template, e.g. ['A photo of a {{token}} {{name}}']")
     for t in templates:
         try:
-            named = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+            named = template_fields(t)
             t.format(token="t", name="n")
         except (ValueError, KeyError, IndexError, AttributeError) as e:
             unknown = sorted(named - set(_PLACEHOLDERS)) if "named" in locals() else []

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import string
 
-__all__ = ["render_prompt"]
+__all__ = ["render_prompt", "template_fields"]
 
 
-def _fields(template: str) -> set[str]:
+def template_fields(template: str) -> set[str]:
+    """The placeholders a template names (ValueError on bad braces)."""
     return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
 
 
 def render_prompt(template: str, token: str, name: str) -> str:
     """Fill a template; spaces are folded (an empty token leaves none behind)."""
-    if not token and "name" not in _fields(template):
+    if not token and "name" not in template_fields(template):
         token = name
     return " ".join(template.format(token=token, name=name).split())

@@ -47,13 +47,12 @@ def main() -> None:
     pipe = load_backbone(cfg.model, "cpu", "float32", cfg.scheduler)
     diffusion = Diffusion(pipe)
     guide, judge = load_classifier(cfg.classifier), load_classifier(cfg.judge)
-    names = DIGIT_NAMES
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     seeds = [args.seed + i for i in range(args.per_class)]
     for template in templates:
         start = time.perf_counter()
         per_class = {}
-        for c, name in enumerate(names):
+        for c, name in enumerate(DIGIT_NAMES):
             prompt = template.format(name=name, shape=SHAPE_WORDS[c])
             with torch.no_grad():
                 latents = diffusion.initial_latents(seeds, size, torch.float32)
@@ -64,8 +63,8 @@ def main() -> None:
                 images = diffusion.decode(latents)
                 per_class[name] = (float((judge(images).argmax(1) == c).float().mean()),
                                    float((guide(images).argmax(1) == c).float().mean()))
-        judge_mean = sum(j for j, _ in per_class.values()) / len(names)
-        guide_mean = sum(g for _, g in per_class.values()) / len(names)
+        judge_mean = sum(j for j, _ in per_class.values()) / len(DIGIT_NAMES)
+        guide_mean = sum(g for _, g in per_class.values()) / len(DIGIT_NAMES)
         print(f"{template!r}: judge {100 * judge_mean:.1f}% (guide {100 * guide_mean:.1f}%), "
               f"{time.perf_counter() - start:.0f}s")
         print("  " + "  ".join(f"{n} {100 * j:.0f}" for n, (j, _) in per_class.items()), flush=True)
