@@ -38,8 +38,8 @@ from augment import stage
 from augment.config import Config, GenerateConfig, TokenConfig
 from augment.distributed import PoolSpec, run_units
 from augment.generate.runner import run_generate
-from augment.io.verify import verify_run
 from augment.tokens.runner import run_tokens
+from augment.verify import verify_run
 
 pytestmark = pytest.mark.slow
 

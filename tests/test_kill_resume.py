@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from augment.io.atomic import is_temp_name
-from augment.io.verify import verify_arms
+from augment.verify import verify_arms
 from tests.test_e2e import AUGMENT, _env
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from augment.cli.options import command
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(out: str, no_decode: bool, as_json: bool) -> None:
     """Check shards against manifests, _info.json and tokens; exit 1 naming any mismatch."""
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     summary = verify_arms(out, decode_images=not no_decode)
     for name, report in summary.reports.items():

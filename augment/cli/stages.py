@@ -19,7 +19,7 @@ from augment.io.rundir import RunDir
 
 if TYPE_CHECKING:
     from augment.config import Config
-    from augment.io.verify import VerifySummary
+    from augment.verify import VerifySummary
 
 generate_options = add_options([
     click.option("--per-class", type=int, help="Images per class (raising it later only adds samples)."),
@@ -158,9 +158,9 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
 def _build(cfg: Config, with_baseline: bool | None, force: bool, start: float) -> None:
     """``build``'s stages and verify, the run folder's lock kept throughout."""
     from augment.generate.runner import run_generate
-    from augment.io.verify import verify_arms
     from augment.stage import open_pool
     from augment.tokens.runner import run_tokens
+    from augment.verify import verify_arms
 
     baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
     with open_pool(cfg) as pool:  # one set of workers, models loaded once, for every stage

@@ -9,7 +9,7 @@ from augment.config import CasoConfig, Config
 from augment.errors import AugmentError
 from augment.generate.caso_runner import run_caso
 from augment.io.atomic import temp_path_for
-from augment.io.verify import verify_run
+from augment.verify import verify_run
 
 
 def test_caso_stage(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_path):

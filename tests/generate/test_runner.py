@@ -14,8 +14,8 @@ import pytest
 from augment.config import Config, GenerateConfig, TokenConfig
 from augment.errors import AugmentError
 from augment.generate.runner import run_generate
-from augment.io.verify import verify_run
 from augment.tokens.runner import run_tokens
+from augment.verify import verify_run
 
 
 def micro_config(out: Path, pipe_dir: Path, clf_path: Path, **gen) -> Config:

@@ -125,7 +125,7 @@ def test_a_kill_between_token_file_and_row_is_repaired_on_resume(tmp_path, micro
     import subprocess
     import sys
 
-    from augment.io.verify import verify_run
+    from augment.verify import verify_run
 
     out = tmp_path / "run"
     crashed = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_FILE_AND_ROW, str(out), str(micro_pipeline_dir),
@@ -190,7 +190,7 @@ def test_a_killed_token_write_is_cleaned_by_the_resume(tmp_path, micro_pipeline_
     """kill -9 while a token file (or tokens.parquet) was being written leaves its temp file; the
     re-run removes it, or verify would fail the folder for good (issue 13, kill harness)."""
     from augment.io.atomic import temp_path_for
-    from augment.io.verify import verify_run
+    from augment.verify import verify_run
 
     cfg = _cfg(tmp_path / "run", micro_pipeline_dir, micro_classifier_path, max_steps=1)
     cfg.classes = "0"

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from augment.io.manifest import TOKENS_SCHEMA, write_parquet
 from augment.io.shards import manifest_path, shard_path, write_shard
-from augment.io.verify import verify_run
+from augment.verify import verify_run
 from tests.io import encode, make_run, make_sample
 
 
@@ -178,7 +178,7 @@ def test_not_a_run(tmp_path):
 
 def test_verify_arms_checks_every_arm_and_gives_an_exit_code(run):
     from augment.io.rundir import RunDir
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     s = verify_arms(run)
     assert list(s.arms) == ["token"] and s.reports["token"].ok and (s.done, s.exit_code) == (1, 0)
@@ -192,7 +192,7 @@ def test_verify_arms_checks_every_arm_and_gives_an_exit_code(run):
 
 
 def test_verify_arms_of_a_folder_with_only_tokens(tmp_path):
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     s = verify_arms(tmp_path)
     assert list(s.arms) == ["token"] and s.exit_code == 1 and "no shards and no tokens" in s.reports["token"].problems[0]
@@ -212,7 +212,7 @@ def tokens_only(clean, tmp_path):
 
 
 def test_tokens_only_run_verifies_its_tokens_and_passes(tokens_only):
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     s = verify_arms(tokens_only)
     assert list(s.arms) == ["token"] and s.exit_code == 0 and s.reports["token"].summary["tokens"] == 4
@@ -222,7 +222,7 @@ def test_tokens_only_run_verifies_its_tokens_and_passes(tokens_only):
 
 def test_generate_that_wrote_no_shard_fails_verify(tokens_only):
     from augment.io.rundir import write_run_json
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     write_run_json(tokens_only, {"dataset": "digits"}, "generate")  # generate started (and then failed)
     r = verify_run(tokens_only)
@@ -248,7 +248,7 @@ def _caso_started(arm_path):
 )
 def test_every_present_arm_is_checked(run, arm, make, command):
     from augment.io.rundir import RunDir
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     make(RunDir(run).arm_dir(arm).path)
     s = verify_arms(run)
@@ -260,7 +260,7 @@ def test_every_present_arm_is_checked(run, arm, make, command):
 
 def test_an_arm_with_only_a_run_json_of_another_stage_is_not_present(run):
     from augment.io.rundir import RunDir, write_run_json
-    from augment.io.verify import arm_present, verify_arms
+    from augment.verify import arm_present, verify_arms
 
     caso = RunDir(run).arm_dir("caso")
     write_run_json(caso, {}, "tokens")
@@ -275,7 +275,7 @@ def test_a_folder_with_only_another_arm_passes(clean, tmp_path, arm, stage, extr
     """``augment generate --baseline`` or ``augment caso`` alone: OUT holds nothing but OUT/<arm>/
     (and the lock file); no token arm is expected of it."""
     from augment.io.rundir import LOCK_NAME, RunDir, write_run_json
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     out = tmp_path / "out"
     path = RunDir(out).arm_dir(arm).path
@@ -290,7 +290,7 @@ def test_a_folder_with_only_another_arm_passes(clean, tmp_path, arm, stage, extr
 
 def test_every_problem_names_its_arm(run):
     from augment.io.rundir import RunDir
-    from augment.io.verify import verify_arms
+    from augment.verify import verify_arms
 
     baseline = RunDir(run).arm_dir("baseline").path
     shutil.copytree(run / "shards", baseline / "shards")
