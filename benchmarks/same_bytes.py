@@ -28,7 +28,7 @@ from typing import Any
 #: JSON keys whose values are clocks, hosts or versions, not results
 VOLATILE = {"seconds", "created_at", "started", "finished", "started_at", "finished_at", "time", "elapsed",
             "versions", "git_sha", "host", "hostname", "pid", "stage_seconds", "times", "stages", "when"}
-SKIP_NAMES = {".lock", "run.lock"}
+SKIP_NAMES = {".lock", "run.lock", ".augment.lock"}
 
 TINY = """\
 tokens: {max_steps: 2, batch_size: 4, steps: 5, val_seeds: 4, val_every: 1}
