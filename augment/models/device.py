@@ -2,10 +2,19 @@
 
 ``auto`` picks CUDA when present, else CPU; half precision is only used where the device runs it
 (fp16/bf16 on CUDA; CPU always computes in float32, as half-precision convolutions on CPU are slow
-or unsupported).
+or unsupported). bf16 is chosen only where the card runs it natively: torch's default
+``is_bf16_supported()`` also counts emulation (a T4 says yes and then runs bf16 slowly).
+
+A machine with an NVIDIA driver whose GPU the installed torch cannot use (a CPU-only wheel, a CUDA
+line newer than the driver) is an error naming the mismatch, never a silent CPU run: a user who
+asked for ``auto`` on a GPU box expects the GPU, and a 100x slower run that "works" hides the fault.
 """
 
 from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,9 +22,55 @@ from augment.errors import AugmentError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+#: where the NVIDIA kernel module says which driver is loaded (present only when one is)
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver() -> str | None:
+    """The loaded NVIDIA driver's version (``"550.54.14"``), or None when no NVIDIA driver is loaded."""
+    try:
+        text = NVIDIA_DRIVER_FILE.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for word in text.split():
+        parts = word.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts):
+            return word
+    return "unknown"
+
+
+def _gpus_hidden() -> bool:
+    """The user hid every GPU on purpose (``CUDA_VISIBLE_DEVICES=""`` or ``-1``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible is not None and visible.strip() in ("", "-1")
+
+
+def unusable_gpu_error(spec: str) -> AugmentError | None:
+    """The one-line error for an NVIDIA GPU that is present but that torch cannot use, or None
+    (no driver, GPUs hidden on purpose, or CUDA works)."""
+    if torch.cuda.is_available() or _gpus_hidden():
+        return None
+    driver = nvidia_driver()
+    if driver is None:
+        return None
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        try:
+            torch.cuda.init()
+            why = "torch sees no device"
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError or AssertionError here
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+    return AugmentError(
+        f"--device {spec}: an NVIDIA driver ({driver}) is loaded but torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda or 'none'}) cannot use the GPU ({why}); install a torch build for this "
+        "driver's CUDA version, or pass --device cpu to run on the CPU on purpose")
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
+        if (err := unusable_gpu_error(spec)) is not None:
+            raise err
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(spec)
@@ -23,6 +78,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise AugmentError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
+            if (err := unusable_gpu_error(spec)) is not None:
+                raise err
             raise AugmentError(f"--device {spec} asked for CUDA but no GPU is visible; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise AugmentError(
@@ -48,7 +105,8 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """The compute dtype for the diffusion backbone on ``device``."""
     if spec == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            return torch.bfloat16 if native else torch.float16
         return torch.float32
     if spec not in DTYPES:
         raise AugmentError(f"--dtype {spec!r} is not one of auto, float32, float16, bfloat16")
@@ -62,3 +120,38 @@ def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
     """Mixed-precision context: active for half dtypes on CUDA, a no-op elsewhere."""
     enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a unit actually computed on: printed once per stage and recorded in run.json, so a run
+    says "cuda, NVIDIA A10G, bfloat16" rather than the "auto" the user typed."""
+
+    device: str
+    dtype: str
+    torch: str
+    gpu: str | None = None
+    gpu_memory_gb: float | None = None
+    driver: str | None = None
+    cuda: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """``cuda:0 (NVIDIA A10G, 22.5 GB, driver 550.54, CUDA 12.4), bfloat16, torch 2.14.1``."""
+        where = self.device
+        if self.gpu:
+            where += f" ({self.gpu}, {self.gpu_memory_gb:.1f} GB, driver {self.driver}, CUDA {self.cuda})"
+        return f"{where}, {self.dtype}, torch {self.torch}"
+
+
+def describe_device(device: torch.device, dtype: torch.dtype) -> DeviceInfo:
+    """The :class:`DeviceInfo` of ``device`` computing in ``dtype``."""
+    name = str(dtype).removeprefix("torch.")
+    if device.type != "cuda":
+        return DeviceInfo(device=str(device), dtype=name, torch=torch.__version__)
+    props = torch.cuda.get_device_properties(device)
+    return DeviceInfo(device=str(device), dtype=name, torch=torch.__version__, gpu=props.name,
+                      gpu_memory_gb=round(props.total_memory / 2**30, 2), driver=nvidia_driver(),
+                      cuda=torch.version.cuda)
