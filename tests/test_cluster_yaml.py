@@ -116,8 +116,9 @@ def test_installs_augment_from_this_tree_never_from_pypi(config):
     targets = [t for c in _commands(config) for t in _pip_install_targets(c)]
     named_augment = [t for t in targets if re.match(r"^augment\s*(\[.*\])?\s*($|[=<>!~@;])", t)]
     assert not named_augment, f"installs the PyPI project called augment: {named_augment}"
-    wheels = [t for t in targets if Path(t).name.startswith("augment-") and t.endswith(".whl")]
+    wheels = [t for t in targets if Path(t.split(")")[0]).name.startswith("augment_synth-") and ".whl" in t]
     assert wheels, targets
+    assert any(t.endswith(".whl)[cluster]") for t in wheels), wheels  # Ray's cluster parts for the head
     setup = " ".join(config["setup_commands"])
     assert "pip wheel" in setup and "cp -r ~/augment " in setup  # the wheel is built from the mounted tree
 
@@ -148,8 +149,11 @@ def test_rsync_excludes_drop_build_leftovers_but_never_run_outputs(config):
         assert not _rsync_excludes(path, patterns), path  # rsync_exclude applies to `ray rsync-down` too
 
 
-def test_torch_pins_match_pyproject(config):
+def test_torch_ranges_match_pyproject(config):
+    """The nodes install torch in the library's range, not a machine's pins: a GPU AMI needs its own
+    CUDA line, and the range is what augment-synth promises to work with."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = [d for d in deps if d.startswith(("torch==", "torchvision=="))]
+    ranges = [d for d in deps if d.startswith(("torch>=", "torchvision>="))]
     setup = " ".join(config["setup_commands"])
-    assert len(pins) == 2 and all(f'"{p}"' in setup for p in pins), pins
+    assert len(ranges) == 2 and all(f'"{r}"' in setup for r in ranges), ranges
+    assert not any(d.split(";")[0].replace(" ", "").count("==") for d in deps), deps  # no exact pin

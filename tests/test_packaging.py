@@ -51,13 +51,10 @@ def _augment(python: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.fixture(scope="module")
-def wheel_python(tmp_path_factory) -> str:
-    """A fresh venv with augment installed from a wheel built from this tree. Its dependencies come
-    from this interpreter's site-packages through a .pth line (which does not run the editable
-    install's finder), so only the wheel provides augment."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"  # setuptools writes build/ and *.egg-info next to the sources: build from a copy
+def _build_wheel(tmp: Path) -> Path:
+    """A wheel built from a copy of this tree (setuptools writes build/ and *.egg-info next to the
+    sources), named for the distribution ``augment-synth``, not the unrelated PyPI "augment"."""
+    src = tmp / "src"
     for name in ("augment", "pipelines", "manifests"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
@@ -66,7 +63,16 @@ def wheel_python(tmp_path_factory) -> str:
                             "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=600,
                            env=_env())
     assert build.returncode == 0, build.stderr[-2000:]
-    wheel = next((tmp / "dist").glob("augment-*.whl"))
+    return next((tmp / "dist").glob("augment_synth-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory) -> str:
+    """A fresh venv with augment installed from a wheel built from this tree. Its dependencies come
+    from this interpreter's site-packages through a .pth line (which does not run the editable
+    install's finder), so only the wheel provides augment."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = _build_wheel(tmp)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
@@ -112,3 +118,38 @@ def test_wheel_refuses_cub_without_classifier_like_editable(wheel_python, tmp_pa
     assert wheel.stderr.strip() == editable.stderr.strip()
     assert len(wheel.stderr.strip().splitlines()) == 1 and "no classifier given" in wheel.stderr
     assert not (tmp_path / "runs").exists()
+
+
+#: the lowest torch / torchvision the library declares (pyproject.toml), tested here once
+TORCH_FLOOR = ("torch==2.13.*", "torchvision==0.28.*")
+
+
+@pytest.mark.slow
+def test_wheel_keeps_a_users_torch_and_runs(tmp_path):
+    """A user's venv already holds another torch in range (the lowest): installing the wheel with
+    its dependencies keeps it (no exact pin forces a reinstall), ``pip check`` is clean, and a
+    one-class build runs on it."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "torch>=2.13" in deps and "torchvision>=0.28" in deps, deps
+    wheel = _build_wheel(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    first = subprocess.run([*pip, *TORCH_FLOOR], capture_output=True, text=True, timeout=1200, env=_env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([*pip, f"{wheel}[demo]"], capture_output=True, text=True, timeout=1800, env=_env())
+    assert second.returncode == 0, second.stderr[-2000:]
+    python = str(venv / "bin" / "python")
+    versions = subprocess.run([python, "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__)"],
+                              capture_output=True, text=True, check=True, env=_env()).stdout.split()
+    assert versions[0].startswith("2.13.") and versions[1].startswith("0.28."), versions
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=_env())
+    assert check.returncode == 0, check.stdout + check.stderr
+    (tmp_path / "tiny.yaml").write_text("tokens: {max_steps: 1, batch_size: 2, steps: 3, val_seeds: 2, val_every: 1}\n"
+                                        "generate: {per_class: 2, steps: 3, shard_size: 2, batch_size: 2}\n")
+    build = subprocess.run([str(venv / "bin" / "augment"), "build", "--classes", "0", "--config", "tiny.yaml",
+                            "--workers", "0", "--out", "run", "-q"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=900, env=_env())
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert "verify:    ok" in build.stdout, build.stdout
+    assert sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.tar")) == ["synth-000000.tar"]

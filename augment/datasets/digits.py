@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from augment.datasets.base import Dataset, Sample
+from augment.errors import AugmentError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_SIZE = 32
@@ -22,8 +23,12 @@ IMAGE_SIZE = 32
 @lru_cache(maxsize=1)
 def digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'train': (images uint8 [N,8,8], labels), 'test': ...}; images scaled 0..16 -> 0..255."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise AugmentError("the embedded digits dataset needs scikit-learn, the demo's extra; "
+                           "install it with: pip install 'augment-synth[demo]'") from None
 
     d = load_digits()
     images = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
