@@ -28,7 +28,7 @@ from typing import Any
 #: JSON keys whose values are clocks, hosts or versions, not results
 VOLATILE = {"seconds", "created_at", "started", "finished", "started_at", "finished_at", "time", "elapsed",
             "versions", "git_sha", "host", "hostname", "pid", "stage_seconds", "times", "stages", "when"}
-SKIP_NAMES = {".lock", "run.lock"}
+SKIP_NAMES = {".lock", "run.lock", ".augment.lock"}
 
 TINY = """\
 tokens: {max_steps: 2, batch_size: 4, steps: 5, val_seeds: 4, val_every: 1}
@@ -46,8 +46,14 @@ def _strip(obj: Any) -> Any:
     return obj
 
 
-def digest(path: Path) -> str:
-    """The sha256 of what in ``path`` is a result (see the module docstring)."""
+def digest(path: Path, root: Path | None = None) -> str:
+    """The sha256 of what in ``path`` is a result (see the module docstring); text naming the run
+    folder ``root`` names it ``OUT`` (two runs are made in two folders)."""
+    if root is not None and path.suffix in (".json", ".jsonl", ".md", ".csv", ".txt"):
+        text = path.read_text(encoding="utf-8").replace(str(root.resolve()), "OUT").replace(str(root), "OUT")
+        if path.suffix not in (".json", ".jsonl"):
+            return hashlib.sha256(text.encode()).hexdigest()
+        return _json_digest(text, path.suffix)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -59,13 +65,16 @@ def digest(path: Path) -> str:
         body = json.dumps({"rows": table.to_pylist(), "meta": meta}, sort_keys=True, default=str)
         return hashlib.sha256(body.encode()).hexdigest()
     if path.suffix in (".json", ".jsonl"):
-        text = path.read_text(encoding="utf-8")
-        try:
-            lines = [json.loads(text)] if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
-        except json.JSONDecodeError:
-            return hashlib.sha256(text.encode()).hexdigest()
-        return hashlib.sha256(json.dumps(_strip(lines), sort_keys=True).encode()).hexdigest()
+        return _json_digest(path.read_text(encoding="utf-8"), path.suffix)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _json_digest(text: str, suffix: str) -> str:
+    try:
+        lines = [json.loads(text)] if suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
+    except json.JSONDecodeError:
+        return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_strip(lines), sort_keys=True).encode()).hexdigest()
 
 
 def listing(root: Path) -> list[str]:
@@ -73,7 +82,7 @@ def listing(root: Path) -> list[str]:
     out = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name not in SKIP_NAMES and not p.name.endswith(".log"):
-            out.append(f"{digest(p)}  {p.relative_to(root)}")
+            out.append(f"{digest(p, root)}  {p.relative_to(root)}")
     return out
 
 

@@ -239,7 +239,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     from tqdm.auto import tqdm
 
     from augment.downstream.arms import build_missing_arms
-    from augment.downstream.benchmark import default_arms, render_text, run_benchmark
+    from augment.downstream.benchmark import default_treatments, render_text, run_benchmark
     # tiny CNNs at 32x32 gain nothing from a second intra-op thread and lose several-fold when
     # the cores are shared, so the grid runs single-threaded unless told otherwise
     cfg_over, only = _train_overrides(kwargs, default_threads=1)
@@ -259,11 +259,11 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     settings = _settings(cfg, only, seed=0)
     if build_missing:
         with keep_lock(out):  # one lock for all the stages it runs: nobody writes in between
-            build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo,
+            build_missing_arms(cfg, RunDir(out), arms or default_treatments(out, lambda m: None), click.echo,
                                draws=[(k, s) for k in ks for s in seed_list])
     if not Path(out).is_dir():
         raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
-    arms = arms or default_arms(out, click.echo)
+    arms = arms or default_treatments(out, click.echo)
     prob = None if only["natural"] else cfg.train.synthetic_prob
     dataset = _dataset(cfg)
     n_cells = len(ks) * len(arms) * len(seed_list)

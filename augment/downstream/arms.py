@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from augment.config import Config
-from augment.downstream.benchmark_result import PER_DRAW, Arm, parse_arm
+from augment.downstream.benchmark_result import PER_DRAW, Treatment, parse_treatment
 from augment.errors import AugmentError
 from augment.io.rundir import RunDir
 from augment.io.shards import shard_urls
@@ -22,25 +22,25 @@ from augment.io.shards import shard_urls
 __all__ = ["build_missing_arms", "missing_arms", "missing_draws"]
 
 
-def _arms(arms: Sequence[Arm | str]) -> list[Arm]:
-    return [x if isinstance(x, Arm) else parse_arm(x) for x in arms]
+def _arms(arms: Sequence[Treatment | str]) -> list[Treatment]:
+    return [x if isinstance(x, Treatment) else parse_treatment(x) for x in arms]
 
 
-def missing_arms(run: RunDir, arms: Sequence[Arm | str]) -> list[str]:
+def missing_arms(run: RunDir, arms: Sequence[Treatment | str]) -> list[str]:
     """The whole-run synthetic sources of ``arms`` (benchmark arm specs) whose run-folder arm has no
     complete shards, sorted by name (per-draw sources: :func:`missing_draws`)."""
     needed = sorted({s for a in _arms(arms) for s in a.sources if s not in PER_DRAW})
     return [s for s in needed if not shard_urls(run.arm_dir(s))]
 
 
-def missing_draws(run: RunDir, arms: Sequence[Arm | str], draws: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+def missing_draws(run: RunDir, arms: Sequence[Treatment | str], draws: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The (k, seed) draws (k > 0) a per-draw arm of ``arms`` needs and ``run`` has no shards for."""
     if not any(a.per_draw for a in _arms(arms)):
         return []
     return sorted({(k, s) for k, s in draws if k > 0 and not shard_urls(run.caso_draw(k, s))})
 
 
-def build_missing_arms(cfg: Config, run: RunDir, arms: Sequence[Arm | str], log: Callable[[str], None],
+def build_missing_arms(cfg: Config, run: RunDir, arms: Sequence[Treatment | str], log: Callable[[str], None],
                        draws: Sequence[tuple[int, int]] = ()) -> list[str]:
     """Build the arms of ``arms`` that ``run`` lacks (tokens, then shards; the caso arm of each
     (k, seed) in ``draws``); returns their names.

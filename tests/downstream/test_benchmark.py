@@ -10,12 +10,12 @@ import pytest
 
 from augment.datasets import get_dataset
 from augment.downstream.benchmark import (
-    Arm,
+    Treatment,
     CellUnit,
     CellWorker,
     _cell_key,
     _read_cache,
-    parse_arm,
+    parse_treatment,
     render_text,
     run_benchmark,
 )
@@ -40,13 +40,13 @@ def run(tmp_path):
 
 
 def test_parse_arm():
-    assert parse_arm("real") == Arm("real")
-    assert parse_arm("token:conf=0.9, w=0.5") == Arm("token", weight=0.5, min_confidence=0.9)
-    assert parse_arm("Baseline:prob=0.2") == Arm("baseline", prob=0.2)
+    assert parse_treatment("real") == Treatment("real")
+    assert parse_treatment("token:conf=0.9, w=0.5") == Treatment("token", weight=0.5, min_confidence=0.9)
+    assert parse_treatment("Baseline:prob=0.2") == Treatment("baseline", prob=0.2)
     for bad in ("tokens", "token:conf", "token:foo=1", "token:prob=2", "real:prob=0.5", "token:w=x"):
         with pytest.raises(AugmentError):
-            parse_arm(bad)
-    assert Arm("token", 0.5, 0.5, 0.9).label == "real + token synthetic (conf ≥ 0.9, p=0.5, w=0.5)"
+            parse_treatment(bad)
+    assert Treatment("token", 0.5, 0.5, 0.9).label == "real + token synthetic (conf ≥ 0.9, p=0.5, w=0.5)"
 
 
 def test_grid_reports_and_cache(tmp_path, run, digits):
@@ -179,7 +179,7 @@ def test_cell_worker_trains_from_the_images_a_cell_carries(tmp_path, run, digits
     from augment.downstream.mixing import load_split
     from augment.shipping import Payload
 
-    arm = Arm("token", prob=0.5, weight=1.0, min_confidence=0.0)
+    arm = Treatment("token", prob=0.5, weight=1.0, min_confidence=0.0)
     test = Payload(load_split(digits, "test", TINY.input_size))
     synthetic = Payload(_read_arm(arm_sources(run)["token"], 0.0, digits, TINY.input_size, lambda m: None))
     reals = Payload.lazy(partial(_kshot_reals, digits, 1, 0, TINY.input_size))
@@ -206,7 +206,7 @@ def test_cell_worker_starts_from_the_checkpoint_the_driver_read(tmp_path, run, d
     model, _ = create_classifier(TINY, 10)
     path = save_checkpoint(model, tmp_path / "init.safetensors", sidecar(TINY, digits.class_names))
     settings = dataclasses.replace(TINY, checkpoint=str(path))
-    arm = Arm("real")
+    arm = Treatment("real")
     test = Payload(load_split(digits, "test", TINY.input_size))
     reals = Payload(_kshot_reals(digits, 1, 0, TINY.input_size))
     cell = CellUnit("key", 1, arm, 0, reals, test, [])
@@ -231,13 +231,13 @@ OLD_CACHE_LINE = (
 def test_cell_keys_are_unchanged():
     """The cache key hashes TrainSettings.to_dict() (minus seed/device/eval cadence): its values
     for these settings were computed before TrainSettings became TrainConfig + seed + device."""
-    assert _cell_key(Arm("token", 0.5, 1.0, 0.9), 3, 1, TINY, "abc", "digits") == "d7140000535ad9f1412e95b9"
-    assert _cell_key(Arm("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
+    assert _cell_key(Treatment("token", 0.5, 1.0, 0.9), 3, 1, TINY, "abc", "digits") == "d7140000535ad9f1412e95b9"
+    assert _cell_key(Treatment("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
 
 
 def test_old_cache_lines_are_read_and_written_back_the_same(tmp_path):
     cell = BenchmarkCell.from_json(json.loads(OLD_CACHE_LINE))
-    assert cell.arm_spec == Arm("baseline", 0.5, 1.0, 0.0) and cell.arm == cell.arm_spec.label
+    assert cell.arm_spec == Treatment("baseline", 0.5, 1.0, 0.0) and cell.arm == cell.arm_spec.label
     assert json.dumps(cell.to_json(), sort_keys=True) == OLD_CACHE_LINE
     path = tmp_path / "cells.jsonl"
     path.write_text(OLD_CACHE_LINE + "\n" + '{"key": "cut by a cr' + "\n" + '{"key": "x", "arm": "other layout"}\n')
@@ -245,7 +245,7 @@ def test_old_cache_lines_are_read_and_written_back_the_same(tmp_path):
 
 
 def test_benchmark_result_round_trip():
-    real, token = Arm("real"), Arm("token", 0.5, 0.5, 0.9)
+    real, token = Treatment("real"), Treatment("token", 0.5, 0.5, 0.9)
     cells = [BenchmarkCell(f"k{s}", token.label, token, 1, s, 0.5 + s / 10, 0.9, float("nan"), 10, 20, 1.5)
              for s in (0, 1)]
     result = BenchmarkResult(
