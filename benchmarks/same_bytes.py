@@ -8,7 +8,8 @@ caso + benchmark before and after it, and diffing this script's listings::
     diff a.txt b.txt
 
 What is not expected to repeat is left out of the digest, and only that: wall-clock times
-(``seconds``, ``created_at``, ``started``/``finished`` stamps, ``*_seconds``), run.json's package
+(``seconds``, ``created_at``, ``created``/``updated`` stamps, ``*_seconds``), benchmark cells' cache keys
+(they hash the run folder's path), run.json's package
 versions and git sha, and the lock file. Parquet files are digested by their rows (the
 ``created_at`` column dropped) and their key-value metadata, not their bytes, since Parquet
 embeds the writer's version; everything else is digested as bytes (token files, shards, PNGs),
@@ -27,7 +28,10 @@ from typing import Any
 
 #: JSON keys whose values are clocks, hosts or versions, not results
 VOLATILE = {"seconds", "created_at", "started", "finished", "started_at", "finished_at", "time", "elapsed",
-            "versions", "git_sha", "host", "hostname", "pid", "stage_seconds", "times", "stages", "when"}
+            "versions", "git_sha", "host", "hostname", "pid", "stage_seconds", "times", "stages", "when",
+            "created", "updated"}
+#: cache keys of benchmark cells hash the run folder's path, which differs between two runs
+PATH_KEYED = {"benchmark.json": "key", "benchmark-cells.jsonl": "key"}
 SKIP_NAMES = {".lock", "run.lock", ".augment.lock"}
 
 TINY = """\
@@ -38,11 +42,12 @@ train: {epochs: 1, samples_per_epoch: 64, k_values: [0, 3], seeds: [0]}
 """
 
 
-def _strip(obj: Any) -> Any:
+def _strip(obj: Any, drop: str | None = None) -> Any:
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE and not k.endswith("_seconds")}
+        return {k: _strip(v, drop) for k, v in obj.items()
+                if k not in VOLATILE and k != drop and not k.endswith("_seconds")}
     if isinstance(obj, list):
-        return [_strip(v) for v in obj]
+        return [_strip(v, drop) for v in obj]
     return obj
 
 
@@ -53,13 +58,12 @@ def digest(path: Path, root: Path | None = None) -> str:
         text = path.read_text(encoding="utf-8").replace(str(root.resolve()), "OUT").replace(str(root), "OUT")
         if path.suffix not in (".json", ".jsonl"):
             return hashlib.sha256(text.encode()).hexdigest()
-        return _json_digest(text, path.suffix)
+        return _json_digest(text, path.suffix, PATH_KEYED.get(path.name))
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
-        if "created_at" in table.column_names:
-            table = table.drop(["created_at"])
+        table = table.drop([c for c in ("created_at", "seconds") if c in table.column_names])
         meta = {k.decode(): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()
                 if k != b"ARROW:schema"}
         body = json.dumps({"rows": table.to_pylist(), "meta": meta}, sort_keys=True, default=str)
@@ -69,12 +73,12 @@ def digest(path: Path, root: Path | None = None) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _json_digest(text: str, suffix: str) -> str:
+def _json_digest(text: str, suffix: str, drop: str | None = None) -> str:
     try:
         lines = [json.loads(text)] if suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
     except json.JSONDecodeError:
         return hashlib.sha256(text.encode()).hexdigest()
-    return hashlib.sha256(json.dumps(_strip(lines), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_strip(lines, drop), sort_keys=True).encode()).hexdigest()
 
 
 def listing(root: Path) -> list[str]:

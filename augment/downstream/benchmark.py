@@ -355,8 +355,8 @@ class BenchmarkStage(stage.Stage[CellUnit, BenchmarkCell, BenchmarkSummary]):
         return stage.Plan(todo, skipped=len(self.done), total=len(self.grid))
 
     def worker_factory(self) -> WorkerFactory:
-        # train.checkpoint's bytes, read by the driver when first shipped: actors need not see its disk
-        checkpoint = Payload.lazy(partial(read_checkpoint, self.settings))
+        # train.checkpoint's bytes, read by the driver (when a cell is to train): actors need not see its disk
+        checkpoint = Payload(read_checkpoint(self.settings)) if self.pending else None
         return partial(CellWorker, self.settings, self.dataset.class_names, checkpoint)
 
     def _finished(self, cell: CellUnit) -> None:

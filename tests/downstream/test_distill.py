@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from augment.datasets import get_dataset
 from augment.downstream.benchmark import DEFAULT_TREATMENTS, _cell_key, default_treatments
-from augment.downstream.benchmark_result import Treatment, BenchmarkCell, parse_treatment
+from augment.downstream.benchmark_result import BenchmarkCell, Treatment, parse_treatment
 from augment.downstream.mixing import MixedDataset, load_split, load_synthetic, make_mixed_dataset
 from augment.downstream.train import TrainSettings, distill_loss, train_classifier
 from augment.errors import AugmentError
