@@ -1,7 +1,7 @@
 """The skeleton every stage driver shares (ARCHITECTURE.md, "Stages").
 
-A stage (tokens, generate, caso) turns a config into files of one arm of a run folder, one work
-unit at a time, on a pool of workers (:mod:`augment.distributed`). What differs between stages is
+A stage (tokens, generate, caso; benchmark, which writes the run's report from its arms) turns a
+config into files of a run folder, one work unit at a time, on a pool of workers (:mod:`augment.distributed`). What differs between stages is
 the work; what must not differ is the order of the checks, how a re-run resumes and how a failure
 reaches the user. So a stage only describes itself (:class:`Stage`) and :func:`run_stage` runs it,
 always in this order:
@@ -22,6 +22,10 @@ line that says how to resume; any other exception, a worker's ``OSError`` includ
 the worker's node, not in the run folder), fails only its unit, reported as
 ``"<unit label>: <Type>: <first line>"``, and the other units carry on. A Ray cluster lost during
 the stage is the pool's one line (:class:`augment.distributed.Pool`), never a disk problem.
+
+A stage that only reads the arms (``records_run = False``: the benchmark) records nothing in
+``run.json`` and is held to no earlier settings; its done units are those its own cache holds
+(``plan``), like a shard whose manifest exists.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from augment.logs import progress_disabled, quietly, verbosity
 from augment.models.device import check_device
 from augment.progress import LiveBar, Sink
 
-__all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "run_stage"]
+__all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "pool_spec", "run_stage"]
 
 U = TypeVar("U")  # one work unit (a class index, a shard plan, ...)
 R = TypeVar("R")  # what a worker returns for one unit
@@ -114,6 +118,8 @@ class Stage(ABC, Generic[U, R, S]):
     compat_keys: ClassVar[list[str]]
     #: the progress bar's unit
     progress_unit: ClassVar[str] = "class"
+    #: False for a stage that writes no arm (it reads them): no run.json entry, no compat check
+    records_run: ClassVar[bool] = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -168,6 +174,10 @@ class Stage(ABC, Generic[U, R, S]):
         """What could not be written when writing the unit's result fails (``"shard 3"``)."""
         return self.unit_label(unit)
 
+    def failure_text(self, exc: BaseException) -> str:
+        """How a failed unit's exception reads after its label; default :func:`failure_line`."""
+        return failure_line(exc)
+
     def unit_size(self, unit: U) -> int:
         """How far the unit moves the progress bar."""
         return 1
@@ -195,8 +205,8 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
                         "then re-run the same command to resume")
 
 
-def _pool(cfg: Config) -> PoolSpec:
-    """The worker pool the config asks for (``--workers``, ``--address``, ``--gpus-per-worker``,
+def pool_spec(cfg: Config) -> PoolSpec:
+    """The worker pool the config asks for, for every stage (built here only) (``--workers``, ``--address``, ``--gpus-per-worker``,
     ``threads``: the same torch threads per unit inline and on actors, so the same bytes)."""
     return PoolSpec(cfg.workers, cfg.address, device=cfg.device, gpus_per_worker=cfg.gpus_per_worker,
                     placement_timeout=cfg.placement_timeout, threads=cfg.threads)
@@ -205,7 +215,7 @@ def _pool(cfg: Config) -> PoolSpec:
 def open_pool(cfg: Config) -> Pool:
     """A pool for several stages of one run (``augment build``): Ray joined, actors started and
     models loaded once. Close it (``with open_pool(cfg) as pool:``) when the last stage is done."""
-    return Pool(_pool(cfg))
+    return Pool(pool_spec(cfg))
 
 
 def _preflight(stage: Stage[Any, Any, Any]) -> None:
@@ -214,12 +224,14 @@ def _preflight(stage: Stage[Any, Any, Any]) -> None:
     check_out_in_ray_job(stage.run.path)  # before preflight loads models: a wrong --out costs nothing
     check_device(stage.cfg.device, inline=stage.cfg.workers == 0)
     stage.preflight()
-    check_pool(_pool(stage.cfg))
+    check_pool(pool_spec(stage.cfg))
 
 
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Step 2, under the run folder's lock: the folder's checks and ``run.json``."""
     arm, extra = stage.arm, stage.run_json_extra()
+    if not stage.records_run:
+        return
     if stage_ran(arm, stage.name):
         check_compatible(arm, stage.cfg_dict, stage.compat_keys, force, extra=extra, stage=stage.name)
     if arm.path != stage.run.path:
@@ -277,7 +289,7 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
     def on_error(unit: U, exc: BaseException) -> None:
         if isinstance(exc, AugmentError):
             raise exc
-        error = failure_line(exc)
+        error = stage.failure_text(exc)
         failed.append(f"{stage.unit_label(unit)}: {error}")
         guarded(unit, lambda: stage.on_failed(unit, error))
         live.finished(stage.progress_key(unit), stage.unit_size(unit))
@@ -289,10 +301,11 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
             if pool is not None:
                 pool.run(factory, plan.todo, on_result, on_error)
             else:
-                run_units(factory, plan.todo, _pool(stage.cfg), on_result, on_error)
+                run_units(factory, plan.todo, pool_spec(stage.cfg), on_result, on_error)
         try:  # only the driver's own writes: an OSError of Ray (ConnectionError) is not a disk problem
             stage.finish()
-            write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
+            if stage.records_run:
+                write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
         except OSError as e:
             raise _write_error(None, arm, e) from None
     finally:

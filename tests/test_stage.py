@@ -140,7 +140,7 @@ def test_a_ray_error_around_the_units_is_not_a_disk_problem(tmp_path, monkeypatc
 
     monkeypatch.setattr(Pool, "run", lost)
     with pytest.raises(ConnectionError, match="GCS has gone away"):
-        stage.run_stage(ToyStage(_cfg(tmp_path)), show_progress=False, pool=Pool(stage._pool(_cfg(tmp_path))))
+        stage.run_stage(ToyStage(_cfg(tmp_path)), show_progress=False, pool=Pool(stage.pool_spec(_cfg(tmp_path))))
 
 
 def test_augment_error_from_a_worker_is_raised_as_is(tmp_path):

@@ -7,32 +7,35 @@ the command line override them.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from augment.cli.options import add_options, build_config, command, common_options, int_list
 from augment.errors import AugmentError
-from augment.io.lock import keep_lock, run_lock
 from augment.io.rundir import RunDir
 
+if TYPE_CHECKING:
+    from augment.pipeline import TrainFlags
 
-def _prob(value: str | None) -> float | None | str:
-    """--synthetic-prob: a probability, or 'natural' (the synthetic share of the union)."""
+
+def _prob(value: str | None) -> tuple[float | None, bool]:
+    """--synthetic-prob: (a probability, or None when not given or 'natural'; whether it is
+    'natural', the synthetic share of the union)."""
     if value is None:
-        return "unset"
+        return None, False
     if value.strip().lower() in ("natural", "none"):
-        return None
+        return None, True
     try:
         p = float(value)
     except ValueError:
         raise AugmentError(f"--synthetic-prob {value!r} is not a number in [0, 1] or 'natural'") from None
     if not 0.0 <= p <= 1.0:
         raise AugmentError(f"--synthetic-prob must be in [0, 1], got {p}")
-    return p
+    return p, False
 
 
 #: classifier-training options shared by train and benchmark; unset ones come from cfg.train
@@ -65,8 +68,8 @@ def torch_threads_unset() -> bool:
     return not os.environ.get("OMP_NUM_THREADS")
 
 
-def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pop the training flags: (cfg overrides for train.*, TrainSettings-only overrides); set --threads
+def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None) -> tuple[dict[str, Any], TrainFlags]:
+    """Pop the training flags: (cfg overrides for train.*, the flags that are no config key); set --threads
     (``default_threads`` when neither --threads nor OMP_NUM_THREADS is given)."""
     vals = {k: kwargs.pop(k, None) for k in TRAIN_KEYS}
     threads = kwargs.pop("threads", None)
@@ -85,30 +88,14 @@ def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None)
             raise AugmentError(f"--arch-kwargs is not valid JSON ({e.msg}); e.g. '{{\"channels\": [16, 32, 64, 128]}}'") from None
         if not isinstance(vals["arch_kwargs"], dict):
             raise AugmentError("--arch-kwargs must be a JSON object of keyword arguments")
-    prob = _prob(vals.pop("synthetic_prob"))
+    from augment.pipeline import TrainFlags
+
+    prob, natural = _prob(vals.pop("synthetic_prob"))
     cfg_over = {f"train.{k}": vals[k] for k in ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "input_size",
                                                 "synthetic_weight", "min_confidence", "distill_temperature")}
-    if prob != "unset" and prob is not None:
+    if prob is not None:
         cfg_over["train.synthetic_prob"] = prob
-    only = {"samples_per_epoch": vals["samples_per_epoch"], "hflip": vals["hflip"],
-            "natural": prob is None}
-    return cfg_over, only
-
-
-def _settings(cfg, only: dict[str, Any], seed: int | None = None):
-    from augment.downstream.train import TrainSettings
-    from augment.models.device import resolve_device
-
-    return TrainSettings.from_config(
-        cfg.train, samples_per_epoch=only["samples_per_epoch"], hflip=only["hflip"],
-        seed=cfg.seed if seed is None else seed, device=str(resolve_device(cfg.device)),
-    )
-
-
-def _dataset(cfg):
-    from augment.datasets.selection import load_dataset
-
-    return load_dataset(cfg)
+    return cfg_over, TrainFlags(samples_per_epoch=vals["samples_per_epoch"], hflip=vals["hflip"], natural=natural)
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -134,42 +121,19 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     epoch's OUT/best.safetensors + best.json (load it with --classifier timm:ARCH@OUT/best.safetensors).
     OUT defaults to <run>/train/k<K>-<arms>-seed<S> next to the first --synthetic run.
     """
-    from augment.downstream.mixing import load_split, make_mixed_dataset
-    from augment.downstream.train import train_classifier
+    from augment import pipeline
 
     out_flag = kwargs.get("out")
-    cfg_over, only = _train_overrides(kwargs)
+    cfg_over, flags = _train_overrides(kwargs)
     run = str(RunDir.locate(synthetic[0])[0]) if synthetic else None
     kwargs["out"] = None
     cfg = build_config(kwargs, cfg_over | {"train.distill": distill}, run=run)
     if checkpoint:
         cfg.train.checkpoint = checkpoint
-    settings = _settings(cfg, only)
-    k = real_k if real_k is not None else max(cfg.train.k_values or [0])
-    dataset = _dataset(cfg)
-    prob = None if only["natural"] else cfg.train.synthetic_prob
-    mixed = make_mixed_dataset(dataset, k, cfg.seed, synthetic, prob, cfg.train.synthetic_weight,
-                               cfg.train.min_confidence, settings.input_size, split,
-                               distill_temperature=cfg.train.distill_temperature if cfg.train.distill else None)
-    test_images, test_labels = load_split(dataset, test_split, settings.input_size)
-    if out_flag:
-        out = Path(out_flag)
-    else:
-        located = [(s, RunDir.locate(s)[1]) for s in synthetic]
-        arms = [Path(s).name if name == "token" else name for s, name in located]
-        out = RunDir(cfg.out if run else f"runs/{cfg.dataset}").train_dir(k, arms, cfg.seed)
-    for s in mixed.sets:
-        dropped = ", ".join(f"{n} {r}" for r, n in s.dropped.items())
-        click.echo(f"synthetic {s.root}: {s.kept} of {s.total} images" + (f" (dropped {dropped})" if dropped else ""))
-    click.echo(f"training {settings.arch} on {mixed.n_real} real ({k}/class from {split}) + {mixed.n_synthetic} synthetic "
-               f"images (synthetic share {mixed.effective_prob:.2f}, weight {mixed.synthetic_weight:g}"
-               + (f", soft labels at T={mixed.distill_temperature:g}" if mixed.distill_temperature else "") + ") for "
-               f"{settings.epochs} epochs -> {out}")
-    extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split, "test_split": test_split,
-             "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
-             "distill_temperature": mixed.distill_temperature}
-    with run_lock(run) if run and not out_flag else contextlib.nullcontext():  # it writes <run>/train/
-        result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
+    request = pipeline.TrainRequest(synthetic, real_k, split, test_split, Path(out_flag) if out_flag else None, run,
+                                    flags)
+    done = pipeline.train(cfg, request, log=click.echo)
+    result, settings, out = done.result, done.settings, done.out
     final, best = result.metrics["final"], result.metrics["best"]
     click.echo(f"test top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}% after {settings.epochs} epochs; "
                f"best {100 * best['top1']:.2f}% at epoch {best['epoch']} ({result.seconds:.0f}s)")
@@ -193,6 +157,7 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
     Writes RUN/report/eval.json and RUN/report/eval.md and prints the table.
     """
     from augment.downstream.evaluate import render_eval_markdown, run_eval
+    from augment.inputs import resolve_inputs
     from augment.models.device import resolve_device
 
     run = run or kwargs.get("out")
@@ -203,7 +168,7 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
     kwargs["out"] = None
     cfg = build_config(kwargs, run=run)
     specs = specs or tuple(s for s in (cfg.classifier, cfg.judge) if s)
-    dataset = _dataset(cfg)
+    dataset = resolve_inputs(cfg).dataset
     result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device))
     click.echo(render_eval_markdown(result, dataset.class_names))
     click.echo(f"wrote {RunDir(run).eval_json} and eval.md")
@@ -238,46 +203,36 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     """
     from tqdm.auto import tqdm
 
-    from augment.downstream.arms import build_missing_arms
-    from augment.downstream.benchmark import default_arms, render_text, run_benchmark
+    from augment import pipeline
+    from augment.downstream.benchmark import render_text
     # tiny CNNs at 32x32 gain nothing from a second intra-op thread and lose several-fold when
     # the cores are shared, so the grid runs single-threaded unless told otherwise
-    cfg_over, only = _train_overrides(kwargs, default_threads=1)
+    cfg_over, flags = _train_overrides(kwargs, default_threads=1)
     out = kwargs.get("out")
     if out is None:
         out = build_config(dict(kwargs)).out
     kwargs["out"] = None
     cfg = build_config(kwargs, cfg_over, run=out)
     # every flag is checked before missing arms are built: a typo must not cost a build
-    ks = int_list(k_values, "--k") or list(cfg.train.k_values)
+    ks = int_list(k_values, "--k")
     seed_list = int_list(seeds, "--seeds")
     if seed_list is not None and len(seed_list) == 1 and seeds and "," not in seeds:
         if seed_list[0] < 1:
             raise AugmentError(f"--seeds {seeds}: give a count >= 1 or a list like 0,1,2")
         seed_list = list(range(seed_list[0]))
-    seed_list = seed_list or list(cfg.train.seeds)
-    settings = _settings(cfg, only, seed=0)
-    if build_missing:
-        with keep_lock(out):  # one lock for all the stages it runs: nobody writes in between
-            build_missing_arms(cfg, RunDir(out), arms or default_arms(out, lambda m: None), click.echo,
-                               draws=[(k, s) for k in ks for s in seed_list])
-    if not Path(out).is_dir():
-        raise AugmentError(f"run folder {out} does not exist; run `augment build --baseline --out {out}` first")
-    arms = arms or default_arms(out, click.echo)
-    prob = None if only["natural"] else cfg.train.synthetic_prob
-    dataset = _dataset(cfg)
-    n_cells = len(ks) * len(arms) * len(seed_list)
-    click.echo(f"benchmark: k={ks}, {len(arms)} arms, seeds {seed_list} (up to {n_cells} cells), "
-               f"{settings.arch} x {settings.epochs} epochs, run {out}, "
-               + (f"{cfg.workers} Ray workers" if cfg.workers > 0 else "inline"))
-    with run_lock(out):  # the grid writes report/: one writer per run folder
-        result = run_benchmark(out, dataset, settings, ks, seed_list, arms, prob,
-                               cfg.train.synthetic_weight, cfg.train.min_confidence, test_split,
-                               distill_temperature=cfg.train.distill_temperature, resume=not fresh,
-                               log=lambda m: tqdm.write(m), workers=cfg.workers, address=cfg.address,
-                               gpus_per_worker=cfg.gpus_per_worker, placement_timeout=cfg.placement_timeout)
+    flags.settings(cfg, seed=0)  # the training settings, checked
+    request = pipeline.BenchmarkRequest(ks, seed_list, arms, test_split, fresh, build_missing, flags)
+    done = pipeline.benchmark(cfg, request, log=click.echo, cell_log=lambda m: tqdm.write(m))
+    if done.exit_code:
+        for line in done.failed:
+            click.echo(f"failed: {line}", err=True)
+        if done.stopped:
+            click.echo(done.stopped, err=True)
+        sys.exit(done.exit_code)
+    assert done.grid is not None and done.grid.result is not None
+    result = done.grid.result
     click.echo("")
-    click.echo(f"real {test_split} top-1 (%), mean ± std over {len(seed_list)} seeds, after the last epoch:")
+    click.echo(f"real {test_split} top-1 (%), mean ± std over {len(done.seeds)} seeds, after the last epoch:")
     click.echo(render_text(result))
     click.echo(f"\nwrote {RunDir(out).benchmark_files()['json']}, .csv, .md, .png ({result.seconds:.0f}s)")
 

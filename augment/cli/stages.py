@@ -1,24 +1,25 @@
 """The commands that make a run folder: ``tokens``, ``generate``, ``caso`` and ``build`` (all of them).
 
 Each is a thin call into its stage (``augment.tokens.runner``, ``augment.generate.runner``,
-``augment.generate.caso_runner``): resolve the config, run, print the stage's summary, exit with
-its code (1 when some units failed; finished units are kept, a re-run resumes).
+``augment.generate.caso_runner``) or, for ``build``, into the composer (``augment.pipeline``):
+resolve the config, run, print the summary, exit with its code (1 when some units failed;
+finished units are kept, a re-run resumes).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from augment.cli.options import add_options, build_config, command, common_options, grad_steps_option
-from augment.io.lock import keep_lock
 from augment.io.rundir import RunDir
 
 if TYPE_CHECKING:
     from augment.config import Config
+    from augment.pipeline import BuildResult
+    from augment.stage import StageSummary
     from augment.verify import VerifySummary
 
 generate_options = add_options([
@@ -148,38 +149,33 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
 
     With no arguments it runs the embedded default end to end: digits, 10 classes x 100 images.
     """
-    start = time.perf_counter()
+    from augment import pipeline
+
     gs = grad_steps_option(grad_steps)
     cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs} | threads_override(kwargs))
-    with keep_lock(cfg.out):  # the first stage takes the run folder's lock; nobody writes between stages
-        _build(cfg, with_baseline, force, start)
+    result = pipeline.build(cfg, with_baseline, force, report=print_summary)
+    if result.stopped:
+        click.echo(result.stopped, err=True)
+        sys.exit(result.exit_code)
+    print_built(cfg, result)
+    sys.exit(result.exit_code)
 
 
-def _build(cfg: Config, with_baseline: bool | None, force: bool, start: float) -> None:
-    """``build``'s stages and verify, the run folder's lock kept throughout."""
-    from augment.generate.runner import run_generate
-    from augment.stage import open_pool
-    from augment.tokens.runner import run_tokens
-    from augment.verify import verify_arms
+def print_summary(summary: StageSummary) -> None:
+    """A stage's summary as its own command prints it."""
+    if summary.stage == "tokens":
+        print_tokens(summary)
+    else:
+        print_generate(summary)
 
-    baseline = with_baseline if with_baseline is not None else cfg.dataset == "digits"
-    with open_pool(cfg) as pool:  # one set of workers, models loaded once, for every stage
-        t = run_tokens(cfg, force=force, pool=pool)
-        print_tokens(t)
-        if t.exit_code:
-            click.echo("some tokens failed; fix and re-run (done classes are kept)", err=True)
-            sys.exit(t.exit_code)
-        s = run_generate(cfg, force=force, pool=pool)
-        print_generate(s)
-        failed = list(s.failed)
-        if baseline:
-            b = run_generate(cfg, baseline=True, force=force, pool=pool)
-            print_generate(b)
-            failed += b.failed
+
+def print_built(cfg: Config, result: BuildResult) -> None:
+    """``build``'s closing lines: what it made, where, and verify's verdict."""
+    s, checked = result.generate, result.verify
+    assert s is not None and checked is not None, "a build that ran to the end has both"
     run = RunDir(cfg.out)
-    checked = verify_arms(run.path)
     click.echo("")
-    click.echo(f"done in {time.perf_counter() - start:.0f}s: {s.classes} classes, {s.samples} samples, {s.shards} shards"
+    click.echo(f"done in {result.seconds:.0f}s: {s.classes} classes, {s.samples} samples, {s.shards} shards"
                + (f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""))
     click.echo(f"  tokens:    {run.tokens}  (pipe.load_textual_inversion)")
     click.echo(f"  shards:    {run.shards}  (+ _info.json for timm wds/)")
@@ -190,8 +186,6 @@ def _build(cfg: Config, with_baseline: bool | None, force: bool, start: float) -
     click.echo(f"  read it:   python -c \"import webdataset as wds; ds = wds.WebDataset('{run.shard_path(0).parent}/"
                f"synth-{{000000..{s.shards - 1:06d}}}.tar', shardshuffle=False).decode('pil')"
                f".to_tuple('{cfg.generate.image_format}', 'cls'); print(next(iter(ds)))\"")
-    if failed or checked.exit_code:
-        sys.exit(1)
 
 
 @command()

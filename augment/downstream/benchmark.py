@@ -1,7 +1,8 @@
 """``augment benchmark``: do the synthetic images help? (the paper's Table 2)
 
-The grid: k real train images per class (k in ``k_values``) x arms x seeds. An arm says what is
-added to the k reals and how it is mixed:
+The grid: k real train images per class (k in ``k_values``) x treatments x seeds. A treatment
+(``--arm``) says what is added to the k reals and how it is mixed (the images come from the run
+folder's arms, :data:`augment.io.rundir.ARMS`):
 
     real                          the k reals only (k=0: no data, shown as "–")
     baseline                      + the baseline arm's images (OUT/baseline: plain prompts, same seeds)
@@ -16,14 +17,15 @@ added to the k reals and how it is mixed:
                                     no cell at k=0)
     token+caso                    + both (one pool of synthetic images)
 
-Options combine (``token:conf=0.5,prob=0.25,weight=0.5``); an arm's unset options take the
+Options combine (``token:conf=0.5,prob=0.25,weight=0.5``); a treatment's unset options take the
 benchmark's defaults (``--synthetic-prob`` etc.). Each cell trains a fresh classifier with the
 same settings and seed-dependent k-shot draw, and reports the real test top-1 after the last
-epoch (not the best epoch: choosing epochs on the test split would flatter every arm). Cells are
+epoch (not the best epoch: choosing epochs on the test split would flatter every treatment). Cells are
 cached in ``OUT/report/benchmark-cells.jsonl`` keyed by their full settings, so an interrupted
 grid resumes where it stopped. Outputs: ``OUT/report/benchmark.{json,csv,md,png}``.
 
-This module runs the grid; the arms, cells and result are typed in
+This module runs the grid, as a stage of :mod:`augment.stage` (its progress, resume and failure
+policy; :class:`BenchmarkStage`); the treatments, cells and result are typed in
 :mod:`augment.downstream.benchmark_result` and rendered by :mod:`augment.downstream.benchmark_report`.
 
 The driver reads every image: the test split and each synthetic set once, each (k, seed) draw of
@@ -43,21 +45,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow.parquet as pq
 import torch
 
+from augment import stage
+from augment.config import Config
 from augment.datasets.base import Dataset
+from augment.distributed import WorkerFactory
 from augment.downstream.benchmark_report import render_markdown, render_text, write_reports
 from augment.downstream.benchmark_result import (
     PER_DRAW,
     SOURCES,
-    Arm,
     BenchmarkCell,
     BenchmarkResult,
     SummaryRow,
-    parse_arm,
+    Treatment,
+    parse_treatment,
 )
 from augment.downstream.mixing import (
     MixedDataset,
@@ -72,21 +77,20 @@ from augment.errors import AugmentError
 from augment.io.atomic import remove_temp_files
 from augment.io.rundir import ArmDir, RunDir, parse_shard_name
 from augment.io.shards import shard_urls
-from augment.logs import progress_disabled
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
 __all__ = [
-    "DEFAULT_ARMS",
+    "DEFAULT_TREATMENTS",
     "SOURCES",
-    "Arm",
+    "Treatment",
     "BenchmarkCell",
     "BenchmarkResult",
     "CellUnit",
     "CellWorker",
     "arm_sources",
-    "default_arms",
-    "parse_arm",
+    "default_treatments",
+    "parse_treatment",
     "render_markdown",
     "render_text",
     "run_benchmark",
@@ -95,7 +99,7 @@ __all__ = [
 #: real only; each synthetic arm as is; both filtered by the guide's confidence (the same filter on
 #: the baseline separates "the token helps" from "the filter helps"); loss weighting; and the token
 #: images distilled (trained on the guide's soft labels instead of their class)
-DEFAULT_ARMS = ("real", "baseline", "token", "baseline:conf=0.9", "token:conf=0.9", "token:weight=0.5",
+DEFAULT_TREATMENTS = ("real", "baseline", "token", "baseline:conf=0.9", "token:conf=0.9", "token:weight=0.5",
                 "token:distill")
 
 #: uint8 images (N,3,H,W) and int64 labels (N,)
@@ -109,15 +113,15 @@ class CellUnit:
 
     key: str
     k: int
-    arm: Arm
+    treatment: Treatment
     seed: int
     reals: Payload[Images]  # the (k, seed) draw of real train images; empty for k=0
     test: Payload[Images]  # the real test split (one copy shared by every cell)
-    synthetic: list[Payload[tuple[SyntheticSet, torch.Tensor]]]  # the arm's kept images, per source
+    synthetic: list[Payload[tuple[SyntheticSet, torch.Tensor]]]  # the treatment's kept images, per source
 
     @property
     def label(self) -> str:
-        return f"k={self.k} {self.arm.label} seed={self.seed}"
+        return f"k={self.k} {self.treatment.label} seed={self.seed}"
 
 
 def arm_sources(out: str | Path) -> dict[str, ArmDir]:
@@ -132,13 +136,13 @@ def _arm_dir(run: RunDir, source: str, k: int, seed: int) -> ArmDir:
     return run.caso_draw(k, seed) if source in PER_DRAW else run.arm_dir(source)
 
 
-def _has_cell(arm: Arm, k: int) -> bool:
-    """Real only needs reals; an arm of edits needs reals to edit (k=0: no cell)."""
-    return (arm.synthetic and not arm.per_draw) or k > 0
+def _has_cell(treatment: Treatment, k: int) -> bool:
+    """Real only needs reals; a treatment of edits needs reals to edit (k=0: no cell)."""
+    return (treatment.synthetic and not treatment.per_draw) or k > 0
 
 
-def default_arms(out: str | Path, log: Callable[[str], None]) -> tuple[str, ...]:
-    """:data:`DEFAULT_ARMS`, less the distilled arm when the token arm's manifests carry no soft
+def default_treatments(out: str | Path, log: Callable[[str], None]) -> tuple[str, ...]:
+    """:data:`DEFAULT_TREATMENTS`, less the distilled treatment when the token arm's manifests carry no soft
     labels (a run generated before they existed, or with ``soft_labels: 0``): the default grid of
     such a run still runs."""
     token = RunDir(out).arm_dir("token")
@@ -150,8 +154,8 @@ def default_arms(out: str | Path, log: Callable[[str], None]) -> tuple[str, ...]
         if not has:
             log(f"benchmark: {token.manifests} has no soft labels (generated before them); skipping the "
                 "distilled arm (regenerate the token arm into a fresh --out to add it)")
-            return tuple(a for a in DEFAULT_ARMS if not parse_arm(a).distill)
-    return DEFAULT_ARMS
+            return tuple(a for a in DEFAULT_TREATMENTS if not parse_treatment(a).distill)
+    return DEFAULT_TREATMENTS
 
 
 def _fingerprint(arm: ArmDir) -> str:
@@ -163,11 +167,11 @@ def _fingerprint(arm: ArmDir) -> str:
     return h.hexdigest()[:16]
 
 
-def _cell_key(arm: Arm, k: int, seed: int, settings: TrainSettings, fp: str | None, dataset: str) -> str:
+def _cell_key(treatment: Treatment, k: int, seed: int, settings: TrainSettings, fp: str | None, dataset: str) -> str:
     s = settings.to_dict()
     for volatile in ("seed", "device", "eval_every", "eval_batch_size"):
         s.pop(volatile, None)
-    blob = json.dumps({"arm": arm.to_json(), "k": k, "seed": seed, "settings": s, "data": fp, "dataset": dataset},
+    blob = json.dumps({"arm": treatment.to_json(), "k": k, "seed": seed, "settings": s, "data": fp, "dataset": dataset},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -211,22 +215,22 @@ class CellWorker:
 
     def run(self, cell: CellUnit) -> BenchmarkCell:
         """Train one cell."""
-        k, arm, seed, settings = cell.k, cell.arm, cell.seed, self.settings
+        k, t, seed, settings = cell.k, cell.treatment, cell.seed, self.settings
         test_images, test_labels = self.shared(cell.test)
         real_images, real_labels = cell.reals.get()
         if len(real_labels) == 0:
             real_images = torch.zeros(0, *test_images.shape[1:], dtype=torch.uint8)
         sets = [self.shared(p) for p in cell.synthetic]
         mixed = MixedDataset(real_images, real_labels, sets, self.class_names,
-                             arm.prob if arm.synthetic else None, arm.weight if arm.weight is not None else 1.0,
-                             distill_temperature=(arm.temperature or 1.0) if arm.distill else None)
+                             t.prob if t.synthetic else None, t.weight if t.weight is not None else 1.0,
+                             distill_temperature=(t.temperature or 1.0) if t.distill else None)
         # only the last epoch counts here, so skip the per-epoch test passes (~15% of a cell)
         s = dataclasses.replace(settings, seed=seed, eval_every=0)
         result = train_classifier(mixed, test_images, test_labels, s, out=None, progress=False,
-                                  desc=f"k={k} {arm.source} s{seed}",
+                                  desc=f"k={k} {t.source} s{seed}",
                                   checkpoint=self.shared(self.checkpoint) if self.checkpoint is not None else None)
         final = result.metrics["final"]
-        return BenchmarkCell(key=cell.key, arm=arm.label, arm_spec=arm, k=k, seed=seed, top1=result.final_top1,
+        return BenchmarkCell(key=cell.key, arm=t.label, arm_spec=t, k=k, seed=seed, top1=result.final_top1,
                              top5=final["top5"], mean_class_top1=final["mean_class_top1"], real=mixed.n_real,
                              synthetic=mixed.n_synthetic, seconds=result.seconds)
 
@@ -246,13 +250,198 @@ def _read_arm(where: ArmDir, conf: float, dataset: Dataset, size: int | None,
     return syn, images
 
 
+@dataclass
+class BenchmarkSummary(stage.StageSummary):
+    """What the grid did (the stage skeleton's summary): ``result`` is benchmark.json's content,
+    None when a cell failed (no report is written then; the finished cells are cached)."""
+
+    result: BenchmarkResult | None = None
+
+
+class BenchmarkStage(stage.Stage[CellUnit, BenchmarkCell, BenchmarkSummary]):
+    """The grid as a stage (:mod:`augment.stage`): units are cells, results trained cells. It writes
+    no arm (``records_run`` False): only ``OUT/report/``. A cell is done when the cells cache holds
+    its key; ``force`` (``--fresh``) retrains every cell."""
+
+    name = "benchmark"
+    compat_keys: ClassVar[list[str]] = []
+    progress_unit = "cell"
+    records_run = False
+
+    def __init__(self, cfg: Config, dataset: Dataset, settings: TrainSettings, k_values: Sequence[int],
+                 seeds: Sequence[int], treatments: Sequence[Treatment], test_split: str = "test",
+                 log: Callable[[str], None] | None = None) -> None:
+        super().__init__(cfg)
+        self.start = time.perf_counter()
+        self.dataset, self.settings, self.test_split = dataset, settings, test_split
+        self.k_values, self.seeds, self.treatments = list(k_values), list(seeds), list(treatments)
+        self.log = log or (lambda msg: None)
+        self.done: dict[str, BenchmarkCell] = {}
+        self.grid: list[CellUnit] = []
+        self.pending: dict[tuple[int, int], int] = {}
+        self.failures: list[str] = []
+        self.result: BenchmarkResult | None = None
+
+    @property
+    def arm(self) -> ArmDir:
+        return self.run.arm_dir("token")  # the run folder: report/ is written there
+
+    @property
+    def needs(self) -> set[tuple[str, int | None, int | None]]:
+        """(source, k, seed) of every arm folder a cell reads; k and seed are None for whole-run arms."""
+        return {(s, k if s in PER_DRAW else None, seed if s in PER_DRAW else None)
+                for t in self.treatments for k in self.k_values for seed in self.seeds if _has_cell(t, k)
+                for s in t.sources}
+
+    def preflight(self) -> None:
+        """The grid's values, its arms' shards, then every synthetic set and the test split read (and
+        checked) by the driver before the first cell trains."""
+        if not self.k_values or min(self.k_values) < 0:
+            raise AugmentError(f"--k needs values >= 0, got {self.k_values}")
+        if not self.seeds:
+            raise AugmentError("--seeds needs at least one seed")
+        dataset, out, run = self.dataset, self.run.path, self.run
+        if max(self.k_values) > 0:
+            dataset.kshot(max(self.k_values), self.seeds[0])  # the largest k must fit the smallest class
+        needs = self.needs
+        where = {n: _arm_dir(run, n[0], n[1] or 0, n[2] or 0) for n in needs}
+        absent = sorted((n for n in needs if not shard_urls(where[n])), key=str)
+        missing = sorted({n[0] for n in absent})
+        if missing:
+            shown = [str(where[n].shards) for n in absent]
+            raise AugmentError(
+                f"no {' and no '.join(missing)} arm shards in {out} (looked in "
+                f"{', '.join(shown[:3])}{f' and {len(shown) - 3} more' if len(shown) > 3 else ''}); "
+                f"run `augment benchmark --build` or `augment build --baseline --out {out}` first, or drop those "
+                "arms with --arm"
+            )
+        size = self.settings.input_size
+        self.test = Payload(load_split(dataset, self.test_split, size))
+        confs = {n: sorted({float(t.min_confidence or 0.0) for t in self.treatments if n[0] in t.sources})
+                 for n in needs}
+        self.syn_sets = {(n, c): Payload(_read_arm(where[n], c, dataset, size, self.log))
+                         for n in sorted(needs, key=str) for c in confs[n]}
+        for t in self.treatments:  # a set without soft labels fails here, once, not in every distilled cell
+            if t.distill:
+                for n in needs:
+                    if n[0] in t.sources:
+                        self.syn_sets[n, float(t.min_confidence or 0.0)].get()[0].soft_targets(
+                            len(dataset.class_names), 1.0)
+        self.fps = {n: _fingerprint(where[n]) for n in needs}
+
+    def _cell(self, treatment: Treatment, k: int, seed: int,
+              reals: dict[tuple[int, int], Payload[Images]]) -> CellUnit:
+        ns = [(s, k if s in PER_DRAW else None, seed if s in PER_DRAW else None) for s in treatment.sources]
+        fp = "+".join(self.fps[n] for n in ns) or None
+        conf = float(treatment.min_confidence or 0.0)
+        return CellUnit(_cell_key(treatment, k, seed, self.settings, fp, self.dataset.name), k, treatment, seed,
+                        reals[k, seed], self.test, [self.syn_sets[n, conf] for n in ns])
+
+    def plan(self, force: bool) -> stage.Plan[CellUnit]:
+        cache_path = self.run.benchmark_cells
+        # a killed run's half-written reports (the cells cache is appended to, and skips a cut line)
+        remove_temp_files(cache_path.parent, [p.name for p in self.run.benchmark_files().values()])
+        cache = {} if force else _read_cache(cache_path)
+        size = self.settings.input_size
+        reals = {(k, seed): Payload.lazy(partial(_kshot_reals, self.dataset, k, seed, size))
+                 for k in self.k_values for seed in self.seeds}
+        self.grid = [self._cell(t, k, seed, reals) for k in self.k_values for t in self.treatments
+                     for seed in self.seeds if _has_cell(t, k)]
+        self.done = {cell.key: cache[cell.key] for cell in self.grid if cell.key in cache}
+        todo = [cell for cell in self.grid if cell.key not in self.done]
+        # a (k, seed) draw of reals is released once its last cell is done
+        for cell in todo:
+            self.pending[cell.k, cell.seed] = self.pending.get((cell.k, cell.seed), 0) + 1
+        return stage.Plan(todo, skipped=len(self.done), total=len(self.grid))
+
+    def worker_factory(self) -> WorkerFactory:
+        # train.checkpoint's bytes, read by the driver (when a cell is to train): actors need not see its disk
+        checkpoint = Payload(read_checkpoint(self.settings)) if self.pending else None
+        return partial(CellWorker, self.settings, self.dataset.class_names, checkpoint)
+
+    def _finished(self, cell: CellUnit) -> None:
+        self.pending[cell.k, cell.seed] -= 1
+        if self.pending[cell.k, cell.seed] == 0:
+            cell.reals.release()
+
+    def on_result(self, cell: CellUnit, row: BenchmarkCell) -> str | None:
+        self._finished(cell)
+        self.done[row.key] = row
+        _append_cache(self.run.benchmark_cells, row)
+        self.log(f"k={row.k:<3d} {row.arm:<45s} seed={row.seed}: top-1 {100 * row.top1:5.1f}% ({row.seconds:.0f}s)")
+        return None
+
+    def on_failed(self, cell: CellUnit, error: str) -> None:
+        self._finished(cell)
+        self.failures.append(f"{cell.label}: {error}")
+
+    def failure_text(self, exc: BaseException) -> str:
+        return str(exc)
+
+    def unit_label(self, cell: CellUnit) -> str:
+        return cell.label
+
+    def write_label(self, cell: CellUnit) -> str:
+        return f"the cells cache {self.run.benchmark_cells.name} (cell {cell.label})"
+
+    def progress_key(self, cell: CellUnit) -> str:
+        return cell.key
+
+    def finish(self) -> None:
+        """The summary rows and the report files, when every cell of the grid is done."""
+        if self.failures:
+            return
+        done, grid = self.done, self.grid
+        summary = []
+        for t in self.treatments:
+            for k in self.k_values:
+                values = [done[cell.key].top1 for cell in grid if cell.treatment == t and cell.k == k]
+                note = ("no data (k=0, real only)" if not t.synthetic and k == 0 else
+                        "no reals to edit (k=0)" if t.per_draw and k == 0 else None)
+                summary.append(SummaryRow.of(t, k, values, note))
+        result = BenchmarkResult(
+            run=str(self.run.path),
+            dataset=self.dataset.name,
+            test_split=self.test_split,
+            test_images=int(len(self.test.get()[1])),
+            k_values=self.k_values,
+            seeds=self.seeds,
+            arms=self.treatments,
+            metric="real test top-1 after the last epoch; mean ± sample std over seeds",
+            settings=self.settings.to_dict(),
+            workers=self.cfg.workers,
+            summary=summary,
+            cells=[done[cell.key] for cell in grid],
+            seconds=time.perf_counter() - self.start,
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
+        self.result = BenchmarkResult.from_json(result.to_json())  # NaN -> None: the object equals the file
+        write_reports(self.run, self.result)
+
+    def summary(self, **common: Any) -> BenchmarkSummary:
+        return BenchmarkSummary(**common, result=self.result)
+
+
+def grid_values(k_values: Sequence[int], seeds: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``--k`` sorted without repeats, ``--seeds`` in order without repeats."""
+    return sorted(set(int(k) for k in k_values)), list(dict.fromkeys(int(s) for s in seeds))
+
+
+def resolve_treatments(treatments: Sequence[Treatment | str], synthetic_prob: float | None, synthetic_weight: float,
+                       min_confidence: float, distill_temperature: float) -> list[Treatment]:
+    """Parsed, their unset options taken from the benchmark's defaults, without repeats."""
+    parsed = [t if isinstance(t, Treatment) else parse_treatment(t) for t in treatments]
+    return list(dict.fromkeys(t.resolved(synthetic_prob, synthetic_weight, min_confidence, distill_temperature)
+                              for t in parsed))
+
+
 def run_benchmark(
     out: str | Path,
     dataset: Dataset,
     settings: TrainSettings,
     k_values: Sequence[int] = (0, 3, 9, 15),
     seeds: Sequence[int] = (0, 1, 2),
-    arms: Sequence[Arm | str] = DEFAULT_ARMS,
+    treatments: Sequence[Treatment | str] = DEFAULT_TREATMENTS,
     synthetic_prob: float | None = 0.5,
     synthetic_weight: float = 1.0,
     min_confidence: float = 0.0,
@@ -261,141 +450,21 @@ def run_benchmark(
     resume: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    workers: int = 0,
-    address: str | None = None,
-    gpus_per_worker: float = 1.0,
-    placement_timeout: float = 300.0,
-) -> BenchmarkResult:
-    """Run the grid (see the module docstring) on the arms of run folder ``out``; writes the report
-    files into ``out/report/`` and returns the result as written to benchmark.json.
+    cfg: Config | None = None,
+) -> BenchmarkSummary:
+    """Run the grid (see the module docstring) on the arms of run folder ``out`` through the stage
+    skeleton (:func:`augment.stage.run_stage`: its lock, progress bar, failure policy); writes the
+    report files into ``out/report/`` and returns the summary, whose ``result`` is benchmark.json's.
 
-    ``workers`` > 0 trains cells on that many Ray actors (each asking for ``gpus_per_worker`` GPUs
-    on CUDA; ``placement_timeout``: see :class:`augment.distributed.PoolSpec`); each cell carries its
-    own seed and images and cells train single-threaded, so the figures do not depend on it. Actors
+    ``cfg`` gives the pool (``workers``, ``address``, ``gpus_per_worker``, ``placement_timeout``,
+    ``threads``: :func:`augment.stage.pool_spec`); None: inline, with this process's torch threads.
+    Each cell carries its own seed and images, so the figures do not depend on the pool. Actors
     receive nothing large at construction (only settings and class names): an object-store
     constructor argument breaks actor restarts (ray-project/ray#53727)."""
-    start = time.perf_counter()
-    out = Path(out)
-    run = RunDir(out)
-    log = log or (lambda msg: None)
-    arms = [a if isinstance(a, Arm) else parse_arm(a) for a in arms]
-    arms = list(dict.fromkeys(a.resolved(synthetic_prob, synthetic_weight, min_confidence, distill_temperature)
-                              for a in arms))
-    k_values = sorted(set(int(k) for k in k_values))
-    if not k_values or min(k_values) < 0:
-        raise AugmentError(f"--k needs values >= 0, got {k_values}")
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
-    if not seeds:
-        raise AugmentError("--seeds needs at least one seed")
-    if max(k_values) > 0:
-        dataset.kshot(max(k_values), seeds[0])  # the largest k must fit the smallest class
-    # (source, k, seed) -> the arm folder a cell reads; k and seed are None for whole-run arms
-    needs = {(s, k if s in PER_DRAW else None, seed if s in PER_DRAW else None)
-             for arm in arms for k in k_values for seed in seeds if _has_cell(arm, k) for s in arm.sources}
-    where = {n: _arm_dir(run, n[0], n[1] or 0, n[2] or 0) for n in needs}
-    absent = sorted((n for n in needs if not shard_urls(where[n])), key=str)
-    missing = sorted({n[0] for n in absent})
-    if missing:
-        shown = [str(where[n].shards) for n in absent]
-        raise AugmentError(
-            f"no {' and no '.join(missing)} arm shards in {out} (looked in "
-            f"{', '.join(shown[:3])}{f' and {len(shown) - 3} more' if len(shown) > 3 else ''}); "
-            f"run `augment benchmark --build` or `augment build --baseline --out {out}` first, or drop those "
-            "arms with --arm"
-        )
-    # the driver reads (and checks) every synthetic set and the test split before the first cell trains
-    size = settings.input_size
-    test = Payload(load_split(dataset, test_split, size))
-    confs = {n: sorted({float(a.min_confidence or 0.0) for a in arms if n[0] in a.sources}) for n in needs}
-    syn_sets = {(n, c): Payload(_read_arm(where[n], c, dataset, size, log)) for n in sorted(needs, key=str)
-                for c in confs[n]}
-    for a in arms:  # a set without soft labels fails here, once, not in every distilled cell
-        if a.distill:
-            for n in needs:
-                if n[0] in a.sources:
-                    syn_sets[n, float(a.min_confidence or 0.0)].get()[0].soft_targets(len(dataset.class_names), 1.0)
-    fps = {n: _fingerprint(where[n]) for n in needs}
-
-    def cell(arm: Arm, k: int, seed: int) -> CellUnit:
-        ns = [(s, k if s in PER_DRAW else None, seed if s in PER_DRAW else None) for s in arm.sources]
-        fp = "+".join(fps[n] for n in ns) or None
-        conf = float(arm.min_confidence or 0.0)
-        return CellUnit(_cell_key(arm, k, seed, settings, fp, dataset.name), k, arm, seed, reals[k, seed], test,
-                        [syn_sets[n, conf] for n in ns])
-
-    cache_path = run.benchmark_cells
-    # a killed run's half-written reports (the cells cache is appended to, and skips a cut line)
-    remove_temp_files(cache_path.parent, [p.name for p in run.benchmark_files().values()])
-    cache = _read_cache(cache_path) if resume else {}
-    reals = {(k, seed): Payload.lazy(partial(_kshot_reals, dataset, k, seed, size)) for k in k_values for seed in seeds}
-    grid = [cell(arm, k, seed) for k in k_values for arm in arms for seed in seeds if _has_cell(arm, k)]
-    done = {cell.key: cache[cell.key] for cell in grid if cell.key in cache}
-    todo = [cell for cell in grid if cell.key not in done]
-    # a (k, seed) draw of reals is released once its last cell is done
-    pending: dict[tuple[int, int], int] = {}
-    for cell in todo:
-        pending[cell.k, cell.seed] = pending.get((cell.k, cell.seed), 0) + 1
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(grid), initial=len(done), desc="benchmark", unit="cell", disable=progress_disabled(progress))
-    failures: list[str] = []
-
-    def finished(cell: CellUnit) -> None:
-        pending[cell.k, cell.seed] -= 1
-        if pending[cell.k, cell.seed] == 0:
-            cell.reals.release()
-
-    def on_result(cell: CellUnit, row: BenchmarkCell) -> None:
-        finished(cell)
-        done[row.key] = row
-        _append_cache(cache_path, row)
-        bar.update(1)
-        log(f"k={row.k:<3d} {row.arm:<45s} seed={row.seed}: top-1 {100 * row.top1:5.1f}% ({row.seconds:.0f}s)")
-
-    def on_error(cell: CellUnit, exc: BaseException) -> None:
-        finished(cell)
-        failures.append(f"{cell.label}: {exc}")
-
-    if todo:
-        from augment.distributed import PoolSpec, run_units
-
-        checkpoint = Payload(read_checkpoint(settings))  # actors need not see the driver's disk
-        worker = CellWorker(settings, dataset.class_names, checkpoint)
-        factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names, checkpoint)
-        # cells on actors train with this process's thread count (--threads), as inline cells do
-        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
-                                          gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout,
-                                          threads=torch.get_num_threads()),
-                  on_result, on_error)
-    bar.close()
-    if failures:
-        raise AugmentError(f"{len(failures)} benchmark cell(s) failed, first: {failures[0]}; the "
-                           f"{len(done)} finished cells are cached, re-run to retry the rest")
-    cells = [done[cell.key] for cell in grid]
-
-    summary = []
-    for arm in arms:
-        for k in k_values:
-            values = [done[cell.key].top1 for cell in grid if cell.arm == arm and cell.k == k]
-            note = ("no data (k=0, real only)" if not arm.synthetic and k == 0 else
-                    "no reals to edit (k=0)" if arm.per_draw and k == 0 else None)
-            summary.append(SummaryRow.of(arm, k, values, note))
-    result = BenchmarkResult(
-        run=str(out),
-        dataset=dataset.name,
-        test_split=test_split,
-        test_images=int(len(test.get()[1])),
-        k_values=k_values,
-        seeds=seeds,
-        arms=arms,
-        metric="real test top-1 after the last epoch; mean ± sample std over seeds",
-        settings=settings.to_dict(),
-        workers=workers,
-        summary=summary,
-        cells=cells,
-        seconds=time.perf_counter() - start,
-        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    )
-    result = BenchmarkResult.from_json(result.to_json())  # NaN -> None: the object equals what the file holds
-    write_reports(run, result)
-    return result
+    if cfg is None:
+        cfg = Config(out=str(out), workers=0, device=settings.device, threads=torch.get_num_threads())
+    cfg = dataclasses.replace(cfg, out=str(out))
+    k_values, seeds = grid_values(k_values, seeds)
+    chosen = resolve_treatments(treatments, synthetic_prob, synthetic_weight, min_confidence, distill_temperature)
+    grid = BenchmarkStage(cfg, dataset, settings, k_values, seeds, chosen, test_split, log)
+    return stage.run_stage(grid, force=not resume, show_progress=progress)

@@ -28,13 +28,13 @@ def _fmt(cell: SummaryRow) -> str:
 
 
 def table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the arm x k table of mean ± std top-1 (%)."""
+    """(header, rows) of the treatment x k table of mean ± std top-1 (%)."""
     ks = result.k_values
     header = ["arm"] + [f"k={k}" for k in ks]
     rows = []
-    for arm in result.arms:
-        cells = result.summary_of(arm)
-        rows.append([arm.label] + [_fmt(cells[k]) for k in ks])
+    for treatment in result.arms:
+        cells = result.summary_of(treatment)
+        rows.append([treatment.label] + [_fmt(cells[k]) for k in ks])
     return header, rows
 
 
@@ -68,7 +68,7 @@ def render_text(result: BenchmarkResult) -> str:
 
 
 def render_csv(result: BenchmarkResult) -> str:
-    """One line per summary row: arm, k, number of seeds, mean and std top-1, the values."""
+    """One line per summary row: treatment (column ``arm``), k, number of seeds, mean and std top-1, the values."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["arm", "k", "n_seeds", "mean_top1", "std_top1", "values"])
@@ -79,18 +79,18 @@ def render_csv(result: BenchmarkResult) -> str:
 
 
 def plot(result: BenchmarkResult, path: Path) -> Path:
-    """Accuracy vs k, one line per arm with ±std error bars (matplotlib, Agg backend)."""
+    """Accuracy vs k, one line per treatment with ±std error bars (matplotlib, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for arm in result.arms:
-        pts = [c for c in result.summary_of(arm).values() if c.mean is not None]
+    for treatment in result.arms:
+        pts = [c for c in result.summary_of(treatment).values() if c.mean is not None]
         if pts:
             ax.errorbar([c.k for c in pts], [100 * c.mean for c in pts], yerr=[100 * (c.std or 0) for c in pts],
-                        marker="o", capsize=3, label=arm.label)
+                        marker="o", capsize=3, label=treatment.label)
     ax.set_xlabel("real images per class (k)")
     ax.set_ylabel(f"real {result.test_split} top-1 (%)")
     ax.set_xticks(result.k_values)

@@ -27,9 +27,9 @@ from PIL import Image
 from augment import stage
 from augment.config import Config, config_from_dict
 from augment.datasets.base import Dataset
-from augment.datasets.selection import load_dataset, select_classes
-from augment.distributed import WorkerFactory
+from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
+from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import remove_temp_files
 from augment.io.images import encode_image
 from augment.io.rundir import ArmDir
@@ -180,9 +180,10 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
     name = "caso"
     compat_keys = COMPAT_KEYS
 
-    def __init__(self, cfg: Config, arm: ArmDir | None = None) -> None:
+    def __init__(self, cfg: Config, arm: ArmDir | None = None, inputs: RunInputs | None = None) -> None:
         super().__init__(cfg)
         self._arm = arm
+        self.inputs = inputs or resolve_inputs(cfg)
         self.names: list[str] = []
         self.classes: list[int] = []
         self.token_rows: dict[int, TokenRow] = {}
@@ -201,14 +202,11 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         return self.cfg.seed if cc.kshot_seed is None else int(cc.kshot_seed)
 
     def preflight(self) -> None:
-        from augment.models.backbone import resolve_backbone_path
-        from augment.models.classifier import check_classes, load_classifier, read_classifier_source
-
-        cfg, cc = self.cfg, self.cfg.caso
-        self.dataset = dataset = load_dataset(cfg)
+        cfg, cc, inputs = self.cfg, self.cfg.caso, self.inputs  # inputs: the run's set-up, resolved once
+        self.dataset = dataset = inputs.dataset
         self.names = names = dataset.class_names
         check_names_hold_no_token(names)
-        self.classes = select_classes(cfg.classes, len(names), names)
+        self.classes = inputs.classes
         if cc.split not in dataset.splits():
             raise AugmentError(f"caso learns from real images but {cfg.dataset} has no split {cc.split!r} "
                                f"(available: {dataset.splits() or 'none'}); pass --data-root")
@@ -225,10 +223,8 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         # one error naming it before any model loads or the run folder is made
         for sample in dataset.kshot(cc.k, self.kshot_seed, cc.split):
             dataset.load_image(sample)
-        resolve_backbone_path(cfg.model)
-        source = read_classifier_source(cfg.classifier)  # read once here: workers may not see this disk
-        check_classes(load_classifier(source), names)
-        self.classifier = Payload(source)
+        _ = inputs.backbone
+        self.classifier = inputs.classifier  # read once on the driver: workers may not see this disk
 
     def run_json_extra(self) -> dict[str, Any]:
         return {"class_names": self.names}
@@ -285,6 +281,9 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         return CasoSummary(**common, rows=self.rows)
 
 
-def run_caso(cfg: Config, force: bool = False, show_progress: bool = True, arm: ArmDir | None = None) -> CasoSummary:
-    """Learn and edit the selected classes into the run folder's caso arm (or ``arm``)."""
-    return stage.run_stage(CasoStage(cfg, arm), force, show_progress)
+def run_caso(cfg: Config, force: bool = False, show_progress: bool = True, arm: ArmDir | None = None,
+             pool: Pool | None = None, inputs: RunInputs | None = None) -> CasoSummary:
+    """Learn and edit the selected classes into the run folder's caso arm (or ``arm``), on ``pool``
+    (one shared by the stages of a chain, else one of its own); ``inputs``: the run's set-up when
+    another stage resolved it already."""
+    return stage.run_stage(CasoStage(cfg, arm, inputs), force, show_progress, pool)

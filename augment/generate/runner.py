@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 
 from augment import stage
 from augment.config import MAX_SAMPLES, Config, GenerateConfig
-from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
 from augment.generate.rejection import RejectionStats, quotas
 from augment.generate.worker import GenSpec, ShardResult, make_worker
+from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import atomic_write_json
 from augment.io.rundir import ArmDir
 from augment.io.shards import (
@@ -110,9 +110,10 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
     compat_keys = COMPAT_KEYS
     progress_unit = "img"
 
-    def __init__(self, cfg: Config, baseline: bool) -> None:
+    def __init__(self, cfg: Config, baseline: bool, inputs: RunInputs | None = None) -> None:
         super().__init__(cfg)
         self.baseline = baseline
+        self.inputs = inputs or resolve_inputs(cfg)
         self.names: list[str] = []
         self.classes: list[int] = []
         self.fingerprint: str | None = None
@@ -134,8 +135,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         return f"{self.cfg.dataset}-{'baseline' if self.baseline else 'tokens'}"
 
     def preflight(self) -> None:
-        from augment.models.backbone import model_fingerprint, resolve_backbone_path, text_width
-        from augment.models.classifier import check_classes, load_classifier, read_classifier_source
+        from augment.models.backbone import text_width
         from augment.tokens.textual_inversion import (
             check_names_hold_no_token,
             check_token,
@@ -143,21 +143,20 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             token_string,
         )
 
-        cfg, g = self.cfg, self.cfg.generate
-        self.names = names = load_dataset(cfg).class_names
+        cfg, g, inputs = self.cfg, self.cfg.generate, self.inputs  # inputs: the run's set-up, resolved once
+        self.names = names = inputs.class_names
         check_names_hold_no_token(names)
-        self.classes = select_classes(cfg.classes, len(names), names)
+        self.classes = inputs.classes
         if g.per_class * len(self.classes) > MAX_SAMPLES:  # the plan holds one entry per sample
             raise AugmentError(
                 f"--per-class {g.per_class} x {len(self.classes)} classes is {g.per_class * len(self.classes):,} "
                 f"samples, more than one run plans ({MAX_SAMPLES:,}); lower --per-class or split --classes "
                 "over several runs")
-        resolve_backbone_path(cfg.model)
-        self.fingerprint = model_fingerprint(cfg.model)
+        _ = inputs.backbone
+        self.fingerprint = inputs.fingerprint
         # Workers may share no disk with this machine: they get the classifier's files and the
         # token vectors from here, read once (see augment.shipping).
-        source = read_classifier_source(cfg.classifier)
-        check_classes(load_classifier(source), names)
+        self.classifier = inputs.classifier
         tokens, negatives = {}, {}
         if not self.baseline:
             arm = self.run.arm_dir("token")
@@ -174,7 +173,6 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             rows = read_token_rows(arm.tokens_parquet)
             negatives = {c: rows[c].negative_prompt for c in self.classes if c in rows and rows[c].negative_prompt}
         self.spec = Payload(GenSpec(names, tokens, self.baseline, negatives))
-        self.classifier = Payload(source)
 
     def run_json_extra(self) -> dict[str, Any]:
         return {"class_names": self.names, "baseline": self.baseline, "model_fingerprint": self.fingerprint}
@@ -236,10 +234,11 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
 
 
 def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_progress: bool = True,
-                 pool: Pool | None = None) -> GenerateSummary:
+                 pool: Pool | None = None, inputs: RunInputs | None = None) -> GenerateSummary:
     """Generate the token arm (or, with ``baseline``, the plain-prompt arm) of ``cfg.out`` (on
-    ``pool``, the one ``augment build`` shares between its stages, else on a pool of its own)."""
-    return stage.run_stage(GenerateStage(cfg, baseline), force, show_progress, pool)
+    ``pool``, the one ``augment build`` shares between its stages, else on a pool of its own;
+    ``inputs``: the run's set-up when another stage resolved it already)."""
+    return stage.run_stage(GenerateStage(cfg, baseline, inputs), force, show_progress, pool)
 
 
 def _mean_confidence(arm: ArmDir) -> float | None:

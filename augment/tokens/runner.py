@@ -16,13 +16,12 @@ from typing import Any
 
 from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
-from augment.datasets.selection import load_dataset, select_classes
 from augment.distributed import Pool, WorkerFactory
+from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import atomic_write_json, remove_temp_files, sha256_file
 from augment.io.jsonsafe import json_safe
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
-from augment.models.backbone import model_fingerprint
 from augment.models.classifier import ClassifierSource
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.disco import TokenResult
@@ -85,8 +84,9 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
     name = "tokens"
     compat_keys = COMPAT_KEYS
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, inputs: RunInputs | None = None) -> None:
         super().__init__(cfg)
+        self.inputs = inputs or resolve_inputs(cfg)
         self.names: list[str] = []
         self.classes: list[int] = []
         self.fingerprint: str | None = None
@@ -98,20 +98,15 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         return self.run.arm_dir("token")
 
     def preflight(self) -> None:
-        from augment.models.backbone import resolve_backbone_path
-        from augment.models.classifier import check_classes, load_classifier, read_classifier_source
-
-        cfg = self.cfg
-        self.names = load_dataset(cfg).class_names
+        inputs = self.inputs  # the run's set-up, resolved once for all its stages (augment.inputs)
+        self.names = inputs.class_names
         check_names_hold_no_token(self.names)
-        self.classes = select_classes(cfg.classes, len(self.names), self.names)
+        self.classes = inputs.classes
         # fail on the driver, with one clear line, before any actor starts loading models
-        resolve_backbone_path(cfg.model)
-        parse_grad_steps(cfg.tokens.grad_steps)
-        source = read_classifier_source(cfg.classifier)  # read once here: workers may not see this disk
-        check_classes(load_classifier(source), self.names)
-        self.classifier = Payload(source)
-        self.fingerprint = model_fingerprint(cfg.model)
+        _ = inputs.backbone
+        parse_grad_steps(self.cfg.tokens.grad_steps)
+        self.classifier = inputs.classifier
+        self.fingerprint = inputs.fingerprint
 
     def run_json_extra(self) -> dict[str, Any]:
         return {"class_names": self.names, "model_fingerprint": self.fingerprint}
@@ -183,7 +178,9 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True, pool: Pool | None = None) -> TokensSummary:
+def run_tokens(cfg: Config, force: bool = False, show_progress: bool = True, pool: Pool | None = None,
+               inputs: RunInputs | None = None) -> TokensSummary:
     """Train the tokens of the selected classes into the run folder's ``tokens/`` (on ``pool``,
-    the one ``augment build`` shares between its stages, else on a pool of its own)."""
-    return stage.run_stage(TokensStage(cfg), force, show_progress, pool)
+    the one ``augment build`` shares between its stages, else on a pool of its own; ``inputs``:
+    the run's set-up when another stage resolved it already)."""
+    return stage.run_stage(TokensStage(cfg, inputs), force, show_progress, pool)

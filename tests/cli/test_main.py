@@ -137,10 +137,10 @@ def _fake_stages(monkeypatch, token_shards: bool):
     from augment.tokens.runner import TokensSummary
     from tests.io import make_run
 
-    def run_tokens(cfg, force=False, pool=None):
+    def run_tokens(cfg, force=False, pool=None, inputs=None):
         return TokensSummary(stage="tokens", out=Path(cfg.out), done=0, skipped=10, failed=[], seconds=0.0, rows=[])
 
-    def run_generate(cfg, baseline=False, force=False, pool=None):
+    def run_generate(cfg, baseline=False, force=False, pool=None, inputs=None):
         arm = RunDir(cfg.out).arm_dir("baseline" if baseline else "token")
         write_run_json(arm, cfg.to_dict(), "generate")
         failed = []

@@ -1,4 +1,4 @@
-"""build_missing_arms: only the arms a run folder lacks are built, tokens before the token arm."""
+"""augment.pipeline.build_missing_arms: only the arms a run folder lacks are built, tokens before the token arm."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from augment.config import Config
-from augment.downstream.arms import build_missing_arms, missing_arms
-from augment.errors import AugmentError
+from augment.downstream.arms import missing_arms
 from augment.io.rundir import RunDir
+from augment.pipeline import build_missing_arms
 from tests.downstream import make_digit_run
 
 
@@ -42,28 +42,29 @@ def test_builds_only_the_missing_arm(tmp_path, stages):
     run = RunDir(make_digit_run(tmp_path / "run", per_class=1))  # token arm present
     messages: list[str] = []
     built = build_missing_arms(Config(out=str(run)), run, ["real", "baseline:conf=0.9", "token"], messages.append)
-    assert built == ["baseline"] and stages.calls == [("generate", "baseline")]
+    assert built.built == ["baseline"] and built.exit_code == 0 and stages.calls == [("generate", "baseline")]
     assert messages == [f"benchmark: baseline arm missing in {run}; building it first "
                         "(as `augment build --baseline`; --no-build refuses instead)"]
     assert missing_arms(run, ["baseline", "token"]) == []
-    assert build_missing_arms(Config(out=str(run)), run, ["baseline"], messages.append) == [] and len(messages) == 1
+    assert build_missing_arms(Config(out=str(run)), run, ["baseline"], messages.append).built == [] and len(messages) == 1
 
 
 def test_empty_run_gets_tokens_then_both_arms(tmp_path, stages):
     run = RunDir(tmp_path / "run")
-    assert build_missing_arms(Config(out=str(run)), run, ["token", "baseline"], lambda m: None) == ["baseline", "token"]
+    assert build_missing_arms(Config(out=str(run)), run, ["token", "baseline"], lambda m: None).built == ["baseline", "token"]
     assert stages.calls == [("tokens",), ("generate", "baseline"), ("generate", "token")]
 
 
 def test_a_failed_stage_stops_the_build(tmp_path, stages):
     run = RunDir(tmp_path / "run")
     stages.failed["tokens"] = ["0003-three: out of memory"]
-    with pytest.raises(AugmentError, match=r"1 token\(s\) failed, first: 0003-three"):
-        build_missing_arms(Config(out=str(run)), run, ["token"], lambda m: None)
+    chain = build_missing_arms(Config(out=str(run)), run, ["token", "baseline"], lambda m: None)
+    assert chain.exit_code == 1 and chain.stopped.startswith("1 token(s) failed, first: 0003-three")
+    assert stages.calls == [("tokens",)]  # the shards need every token: the chain stops
     stages.failed.clear()
     stages.failed["baseline"] = ["synth-000000"]
-    with pytest.raises(AugmentError, match="baseline arm: 1 shard"):
-        build_missing_arms(Config(out=str(run)), run, ["baseline"], lambda m: None)
+    chain = build_missing_arms(Config(out=str(run)), run, ["baseline"], lambda m: None)
+    assert chain.exit_code == 1 and chain.failed == ["synth-000000"] and "baseline arm: 1 shard" in chain.stopped
 
 
 def test_caso_arm_is_built_per_draw_from_exactly_its_reals(tmp_path, fake_cub, micro_pipeline_dir,
@@ -83,7 +84,7 @@ def test_caso_arm_is_built_per_draw_from_exactly_its_reals(tmp_path, fake_cub, m
     draws = [(0, 0), (1, 0), (2, 1)]
     assert missing_draws(run, ["token"], draws) == []
     assert missing_draws(run, ["token+caso"], draws) == [(1, 0), (2, 1)]
-    assert build_missing_arms(cfg, run, ["caso"], lambda m: None, draws=draws) == ["caso"]
+    assert build_missing_arms(cfg, run, ["caso"], lambda m: None, draws=draws).built == ["caso"]
     dataset = load_dataset(cfg)
     for k, seed in [(1, 0), (2, 1)]:
         rows = pq.read_table(run.caso_draw(k, seed).manifests).to_pylist()

@@ -1,4 +1,4 @@
-"""The few-shot grid: arms, k=0 real-only as no data, caching, reports, missing arms."""
+"""The few-shot grid: treatments, k=0 real-only as no data, caching, reports, missing arms."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 
 from augment.datasets import get_dataset
 from augment.downstream.benchmark import (
-    Arm,
     CellUnit,
     CellWorker,
+    Treatment,
     _cell_key,
     _read_cache,
-    parse_arm,
+    parse_treatment,
     render_text,
     run_benchmark,
 )
@@ -40,19 +40,19 @@ def run(tmp_path):
 
 
 def test_parse_arm():
-    assert parse_arm("real") == Arm("real")
-    assert parse_arm("token:conf=0.9, w=0.5") == Arm("token", weight=0.5, min_confidence=0.9)
-    assert parse_arm("Baseline:prob=0.2") == Arm("baseline", prob=0.2)
+    assert parse_treatment("real") == Treatment("real")
+    assert parse_treatment("token:conf=0.9, w=0.5") == Treatment("token", weight=0.5, min_confidence=0.9)
+    assert parse_treatment("Baseline:prob=0.2") == Treatment("baseline", prob=0.2)
     for bad in ("tokens", "token:conf", "token:foo=1", "token:prob=2", "real:prob=0.5", "token:w=x"):
         with pytest.raises(AugmentError):
-            parse_arm(bad)
-    assert Arm("token", 0.5, 0.5, 0.9).label == "real + token synthetic (conf ≥ 0.9, p=0.5, w=0.5)"
+            parse_treatment(bad)
+    assert Treatment("token", 0.5, 0.5, 0.9).label == "real + token synthetic (conf ≥ 0.9, p=0.5, w=0.5)"
 
 
 def test_grid_reports_and_cache(tmp_path, run, digits):
     arms = ["real", "baseline", "token", "token:conf=0.8,weight=0.5"]
-    result = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
-                           progress=False)
+    result = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], treatments=arms, synthetic_prob=0.5,
+                           progress=False).result
     res = result.to_json()
     cells = res["cells"]
     assert len(cells) == 2 * 4 * 2 - 2  # no k=0 real-only cells
@@ -73,8 +73,8 @@ def test_grid_reports_and_cache(tmp_path, run, digits):
     assert "| real only | – |" in md
     assert "real only" in render_text(result) and "±" in render_text(result)
     # a re-run reuses every cached cell (same numbers, no training)
-    again = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], arms=arms, synthetic_prob=0.5,
-                          progress=False).to_json()
+    again = run_benchmark(run, digits, TINY, k_values=[0, 1], seeds=[0, 1], treatments=arms, synthetic_prob=0.5,
+                          progress=False).result.to_json()
     assert [c["top1"] for c in again["cells"]] == [c["top1"] for c in cells]
     assert again["seconds"] < res["seconds"]
     lines = (report / "benchmark-cells.jsonl").read_text().splitlines()
@@ -89,8 +89,8 @@ def test_caso_arms_read_the_edits_of_each_cells_own_draw(tmp_path, run, digits):
     for (k, seed), per in {(1, 0): 1, (1, 1): 2, (2, 0): 3, (2, 1): 4}.items():
         make_digit_run(RunDir(run).caso_draw(k, seed).path, per_class=per)
     make_digit_run(RunDir(run).caso_draw(3, 0).path, per_class=5)  # a draw no cell of this grid uses
-    res = run_benchmark(run, digits, TINY, k_values=[0, 1, 2], seeds=[0, 1], arms=["caso", "token+caso"],
-                        synthetic_prob=None, progress=False).to_json()
+    res = run_benchmark(run, digits, TINY, k_values=[0, 1, 2], seeds=[0, 1], treatments=["caso", "token+caso"],
+                        synthetic_prob=None, progress=False).result.to_json()
     by = {(c["arm_spec"]["source"], c["k"], c["seed"]): c for c in res["cells"]}
     assert sorted(k for _, k, _ in by) == [1] * 4 + [2] * 4  # no k=0 cell
     assert by["caso", 2, 1]["synthetic"] == 40
@@ -100,28 +100,28 @@ def test_caso_arms_read_the_edits_of_each_cells_own_draw(tmp_path, run, digits):
     notes = {(r["arm_spec"]["source"], r["k"]): r["note"] for r in res["summary"]}
     assert notes["caso", 0] == "no reals to edit (k=0)" and notes["caso", 1] is None
     with pytest.raises(AugmentError, match="no caso arm shards.*k4-seed0"):
-        run_benchmark(run, digits, TINY, k_values=[4], seeds=[0], arms=["caso"], progress=False)
+        run_benchmark(run, digits, TINY, k_values=[4], seeds=[0], treatments=["caso"], progress=False)
 
 
 def test_missing_baseline_arm_says_to_build(tmp_path, digits):
     out = make_digit_run(tmp_path / "run", per_class=1)
     with pytest.raises(AugmentError, match=r"no baseline arm shards .*augment build --baseline"):
-        run_benchmark(out, digits, TINY, k_values=[1], seeds=[0], arms=["real", "baseline"], progress=False)
+        run_benchmark(out, digits, TINY, k_values=[1], seeds=[0], treatments=["real", "baseline"], progress=False)
 
 
 def test_k_too_large_is_refused_before_training(run, digits):
     with pytest.raises(AugmentError, match="smallest class"):
-        run_benchmark(run, digits, TINY, k_values=[1, 5000], seeds=[0], arms=["real"], progress=False)
+        run_benchmark(run, digits, TINY, k_values=[1, 5000], seeds=[0], treatments=["real"], progress=False)
 
 
 def test_filter_that_empties_an_arm(run, digits):
     with pytest.raises(AugmentError, match="20 of 20 dropped"):
-        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["baseline:conf=0.5"], progress=False)
+        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], treatments=["baseline:conf=0.5"], progress=False)
 
 
 def test_bad_arm_is_found_before_any_cell_trains(run, digits):
     with pytest.raises(AugmentError, match="dropped"):
-        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["real", "token:conf=0.99"], progress=False)
+        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], treatments=["real", "token:conf=0.99"], progress=False)
     assert not (run / "report" / "benchmark-cells.jsonl").exists()
 
 
@@ -136,12 +136,13 @@ def test_failed_cell_is_reported_and_finished_cells_stay_cached(run, digits, mon
         return real_train(mixed, *args, **kwargs)
 
     monkeypatch.setattr(bm, "train_classifier", flaky)
-    with pytest.raises(AugmentError, match=r"1 benchmark cell\(s\) failed, first: k=1 real only seed=1: out of memory"):
-        run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], arms=["real"], progress=False)
+    failed = run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], treatments=["real"], progress=False)
+    assert failed.failed == ["k=1 real only seed=1: out of memory"] and failed.exit_code == 1
+    assert failed.result is None and not (run / "report" / "benchmark.json").exists()  # no partial report
     lines = (run / "report" / "benchmark-cells.jsonl").read_text().splitlines()
     assert [json.loads(line)["seed"] for line in lines] == [0]
     monkeypatch.setattr(bm, "train_classifier", real_train)
-    res = run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], arms=["real"], progress=False).to_json()
+    res = run_benchmark(run, digits, TINY, k_values=[1], seeds=[0, 1], treatments=["real"], progress=False).result.to_json()
     assert [c["seed"] for c in res["cells"]] == [0, 1]
 
 
@@ -150,18 +151,20 @@ def test_ray_workers_give_the_inline_figures(tmp_path, run, digits):
     """Cells carry their own seeds and train single-threaded: two Ray actors reproduce the inline grid."""
     import torch
 
+    from augment.config import Config
     from augment.distributed import shutdown
 
-    args = dict(k_values=[1], seeds=[0, 1], arms=["real", "token"], synthetic_prob=0.5, progress=False)
+    args = dict(k_values=[1], seeds=[0, 1], treatments=["real", "token"], synthetic_prob=0.5, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two actors on a 2-core machine (and the CLI's inline default)
     try:
-        inline = run_benchmark(run, digits, TINY, resume=False, **args).to_json()
+        inline = run_benchmark(run, digits, TINY, resume=False, **args).result.to_json()
     finally:
         torch.set_num_threads(threads)
     try:
         # the actors get every image from the driver, by reference (none opens a file)
-        ray = run_benchmark(run, digits, TINY, resume=False, workers=2, **args).to_json()
+        cfg = Config(workers=2, device=TINY.device, threads=1)  # the pool comes from the config
+        ray = run_benchmark(run, digits, TINY, resume=False, cfg=cfg, **args).result.to_json()
     finally:
         shutdown()
     assert ray["workers"] == 2
@@ -179,7 +182,7 @@ def test_cell_worker_trains_from_the_images_a_cell_carries(tmp_path, run, digits
     from augment.downstream.mixing import load_split
     from augment.shipping import Payload
 
-    arm = Arm("token", prob=0.5, weight=1.0, min_confidence=0.0)
+    arm = Treatment("token", prob=0.5, weight=1.0, min_confidence=0.0)
     test = Payload(load_split(digits, "test", TINY.input_size))
     synthetic = Payload(_read_arm(arm_sources(run)["token"], 0.0, digits, TINY.input_size, lambda m: None))
     reals = Payload.lazy(partial(_kshot_reals, digits, 1, 0, TINY.input_size))
@@ -206,7 +209,7 @@ def test_cell_worker_starts_from_the_checkpoint_the_driver_read(tmp_path, run, d
     model, _ = create_classifier(TINY, 10)
     path = save_checkpoint(model, tmp_path / "init.safetensors", sidecar(TINY, digits.class_names))
     settings = dataclasses.replace(TINY, checkpoint=str(path))
-    arm = Arm("real")
+    arm = Treatment("real")
     test = Payload(load_split(digits, "test", TINY.input_size))
     reals = Payload(_kshot_reals(digits, 1, 0, TINY.input_size))
     cell = CellUnit("key", 1, arm, 0, reals, test, [])
@@ -231,13 +234,13 @@ OLD_CACHE_LINE = (
 def test_cell_keys_are_unchanged():
     """The cache key hashes TrainSettings.to_dict() (minus seed/device/eval cadence): its values
     for these settings were computed before TrainSettings became TrainConfig + seed + device."""
-    assert _cell_key(Arm("token", 0.5, 1.0, 0.9), 3, 1, TINY, "abc", "digits") == "d7140000535ad9f1412e95b9"
-    assert _cell_key(Arm("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
+    assert _cell_key(Treatment("token", 0.5, 1.0, 0.9), 3, 1, TINY, "abc", "digits") == "d7140000535ad9f1412e95b9"
+    assert _cell_key(Treatment("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
 
 
 def test_old_cache_lines_are_read_and_written_back_the_same(tmp_path):
     cell = BenchmarkCell.from_json(json.loads(OLD_CACHE_LINE))
-    assert cell.arm_spec == Arm("baseline", 0.5, 1.0, 0.0) and cell.arm == cell.arm_spec.label
+    assert cell.arm_spec == Treatment("baseline", 0.5, 1.0, 0.0) and cell.arm == cell.arm_spec.label
     assert json.dumps(cell.to_json(), sort_keys=True) == OLD_CACHE_LINE
     path = tmp_path / "cells.jsonl"
     path.write_text(OLD_CACHE_LINE + "\n" + '{"key": "cut by a cr' + "\n" + '{"key": "x", "arm": "other layout"}\n')
@@ -245,7 +248,7 @@ def test_old_cache_lines_are_read_and_written_back_the_same(tmp_path):
 
 
 def test_benchmark_result_round_trip():
-    real, token = Arm("real"), Arm("token", 0.5, 0.5, 0.9)
+    real, token = Treatment("real"), Treatment("token", 0.5, 0.5, 0.9)
     cells = [BenchmarkCell(f"k{s}", token.label, token, 1, s, 0.5 + s / 10, 0.9, float("nan"), 10, 20, 1.5)
              for s in (0, 1)]
     result = BenchmarkResult(
@@ -274,5 +277,5 @@ def test_a_killed_report_write_leaves_nothing_after_the_rerun(run, digits):
     report.mkdir(exist_ok=True)
     ours, theirs = temp_path_for(report / "benchmark.json"), temp_path_for(report / "eval.json")
     ours.write_text("{"), theirs.write_text("{")
-    run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], arms=["real"], progress=False)
+    run_benchmark(run, digits, TINY, k_values=[1], seeds=[0], treatments=["real"], progress=False)
     assert [p for p in report.iterdir() if is_temp_name(p.name)] == [theirs]

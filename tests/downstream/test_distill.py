@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from augment.datasets import get_dataset
-from augment.downstream.benchmark import DEFAULT_ARMS, _cell_key, default_arms
-from augment.downstream.benchmark_result import Arm, BenchmarkCell, parse_arm
+from augment.downstream.benchmark import DEFAULT_TREATMENTS, _cell_key, default_treatments
+from augment.downstream.benchmark_result import BenchmarkCell, Treatment, parse_treatment
 from augment.downstream.mixing import MixedDataset, load_split, load_synthetic, make_mixed_dataset
 from augment.downstream.train import TrainSettings, distill_loss, train_classifier
 from augment.errors import AugmentError
@@ -92,27 +92,27 @@ def test_distilled_training_learns_the_soft_labels(tmp_path, digits):
 
 
 def test_distilled_arm_parses_labels_and_keeps_old_cache_keys():
-    assert parse_arm("token:distill") == Arm("token", distill=True)
-    assert parse_arm("token:distill=2,conf=0.9") == Arm("token", min_confidence=0.9, distill=True, temperature=2.0)
-    resolved = parse_arm("token:distill").resolved(0.5, 1.0, 0.0, 3.0)
+    assert parse_treatment("token:distill") == Treatment("token", distill=True)
+    assert parse_treatment("token:distill=2,conf=0.9") == Treatment("token", min_confidence=0.9, distill=True, temperature=2.0)
+    resolved = parse_treatment("token:distill").resolved(0.5, 1.0, 0.0, 3.0)
     assert resolved.temperature == 3.0 and resolved.label == "real + token synthetic (p=0.5, distilled T=3)"
-    assert parse_arm("token").resolved(0.5, 1.0, 0.0, 3.0).temperature is None
+    assert parse_treatment("token").resolved(0.5, 1.0, 0.0, 3.0).temperature is None
     with pytest.raises(AugmentError, match="temperature must be > 0"):
-        parse_arm("token:distill=0")
-    assert "token:distill" in DEFAULT_ARMS
+        parse_treatment("token:distill=0")
+    assert "token:distill" in DEFAULT_TREATMENTS
     # an arm without distillation hashes as before the fields existed; a line written then still reads
-    assert _cell_key(Arm("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
-    assert _cell_key(Arm("token", distill=True, temperature=1.0), 0, 0, TrainSettings(), None, "digits") != \
-        _cell_key(Arm("token"), 0, 0, TrainSettings(), None, "digits")
+    assert _cell_key(Treatment("real"), 0, 0, TrainSettings(), None, "digits") == "f6f6b8f1625a794d42206f34"
+    assert _cell_key(Treatment("token", distill=True, temperature=1.0), 0, 0, TrainSettings(), None, "digits") != \
+        _cell_key(Treatment("token"), 0, 0, TrainSettings(), None, "digits")
     old = {"key": "k", "arm": "real only", "arm_spec": {"source": "real", "prob": None, "weight": None,
            "min_confidence": None}, "k": 3, "seed": 0, "top1": 0.5, "top5": 0.9, "mean_class_top1": 0.5,
            "real": 30, "synthetic": 0, "seconds": 1.0}
-    assert BenchmarkCell.from_json(old).arm_spec == Arm("real")
+    assert BenchmarkCell.from_json(old).arm_spec == Treatment("real")
 
 
 def test_default_arms_skip_distillation_for_runs_without_soft_labels(tmp_path):
     old = make_digit_run(tmp_path / "old", per_class=1)
     new = make_digit_run(tmp_path / "new", per_class=1, soft=_next)
     notes: list[str] = []
-    assert "token:distill" not in default_arms(old, notes.append) and "no soft labels" in notes[0]
-    assert default_arms(new, notes.append) == DEFAULT_ARMS
+    assert "token:distill" not in default_treatments(old, notes.append) and "no soft labels" in notes[0]
+    assert default_treatments(new, notes.append) == DEFAULT_TREATMENTS

@@ -1,0 +1,101 @@
+"""What the writing stages of one run resolve from its config: resolved once, shared by them all.
+
+The tokens, generate and caso stages each need the same set-up before any work: the dataset, the
+selected classes and their names, the diffusion backbone's spec (checked on the driver, and its
+fingerprint), and the guidance classifier's source (its files read once on the driver, since
+workers may not see this disk), loaded once to check that it has one output per class.
+:class:`RunInputs` holds them for one run; :mod:`augment.pipeline` builds it once and passes it to
+every stage it chains, so ``augment build`` reads the dataset and loads the classifier once on the
+driver, not once per stage. A stage run alone builds its own.
+
+Each piece is resolved on first use, in the order a stage's preflight asks for it: a stage's own
+cheap checks (a bad ``--classes``, a bad target) still come before any model is loaded, and
+nothing is resolved before the stage skeleton's own preflight (``augment.stage``) ran.
+
+This module sits above the stages (they import it) and below :mod:`augment.pipeline`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from augment.config import Config
+from augment.datasets import get_dataset
+from augment.datasets.base import Dataset
+from augment.datasets.selection import select_classes
+from augment.errors import AugmentError
+from augment.models.classifier import Classifier, ClassifierSource
+from augment.shipping import Payload
+
+__all__ = ["RunInputs", "resolve_inputs"]
+
+
+class RunInputs:
+    """The set-up every writing stage of one run shares, each piece resolved once (see the module doc).
+
+    Valid for configs with the same dataset, classes, model and classifier as ``cfg`` (the other
+    sections, e.g. a benchmark draw's ``caso``, may differ)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    @cached_property
+    def _source(self) -> ClassifierSource:
+        from augment.models.classifier import read_classifier_source
+
+        return read_classifier_source(self.cfg.classifier)  # read once here: workers may not see this disk
+
+    @cached_property
+    def _loaded(self) -> Classifier:
+        from augment.models.classifier import load_classifier
+
+        return load_classifier(self._source)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The config's dataset; with no data root, names only, from the classifier's label map."""
+        cfg = self.cfg
+        try:
+            return get_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        except AugmentError:
+            if cfg.data_root is None and cfg.dataset != "digits":
+                names = self._loaded.class_names
+                if names:
+                    return get_dataset(cfg.dataset, None, class_names=names)
+            raise
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset.class_names
+
+    @cached_property
+    def classes(self) -> list[int]:
+        """``--classes`` as sorted indices into :attr:`class_names`."""
+        return select_classes(self.cfg.classes, len(self.class_names), self.class_names)
+
+    @cached_property
+    def backbone(self) -> str:
+        """The backbone's resolved path or id; one line naming the fix when the spec is wrong."""
+        from augment.models.backbone import resolve_backbone_path
+
+        return str(resolve_backbone_path(self.cfg.model))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The backbone's fingerprint (``run.json``'s ``model_fingerprint``)."""
+        from augment.models.backbone import model_fingerprint
+
+        return model_fingerprint(self.cfg.model)
+
+    @cached_property
+    def classifier(self) -> Payload[ClassifierSource]:
+        """The classifier's source, checked to have one output per class, for the workers (by reference)."""
+        from augment.models.classifier import check_classes
+
+        check_classes(self._loaded, self.class_names)
+        return Payload(self._source)
+
+
+def resolve_inputs(cfg: Config) -> RunInputs:
+    """The inputs of the run ``cfg`` describes; build it once per run and pass it to every stage."""
+    return RunInputs(cfg)
