@@ -11,10 +11,13 @@ prints the resolved object.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 import os
 import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -25,7 +28,130 @@ from augment.errors import AugmentError
 from augment.prompts import template_fields
 from augment.resources import list_presets, read_preset
 
-__all__ = ["Config", "config_from_dict", "list_presets", "resolve_config", "run_settings", "validate"]
+__all__ = ["Config", "Setting", "compat_keys", "config_from_dict", "list_presets", "resolve_config", "setting",
+           "settings_of", "validate"]
+
+#: the commands that resolve a config: each takes the common settings' flags and --set
+CONFIG_COMMANDS = ("tokens", "generate", "caso", "build", "train", "eval", "benchmark", "config")
+#: the commands that take the generation flags (build and config show what build would run with)
+_GENERATE_CMDS = ("generate", "build", "config")
+_STAGES = ("tokens", "generate", "caso", "build", "config")
+_TRAIN_CMDS = ("train", "benchmark")
+_INF = math.inf
+#: the most samples one arm of a run may plan (its plan is held in memory, one entry per sample):
+#: ten million is ten times ImageNet-1k's training set; a larger set is several runs (--classes)
+MAX_SAMPLES = 10_000_000
+
+
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Any, str]:
+    """A range test and how an error says it (``from 1 to 10000``); NaN never passes."""
+    def test(v: float) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    def num(x: float) -> str:
+        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+    if hi == math.inf:
+        return test, f"{'greater than' if lo_open else 'at least'} {num(lo)}"
+    return test, f"{'above' if lo_open else 'from'} {num(lo)} {'and below' if hi_open else 'to'} {num(hi)}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a config field declares about itself, once: everything else (the click options of every
+    command, the range and choice checks, the keys that block a resume) is generated from it.
+
+    ``range``: a (test, description) pair from :func:`_between` (or any test); ``error``: the
+    message when the test fails, with ``{key}`` and ``{value}`` (default: ``<key> (<flag>) must be
+    <description>, got <value>``). ``flag``: the command-line flag (None: none); ``commands``: the
+    commands that take it; ``order``: its place in their ``--help`` (default: declaration order);
+    ``cli_type``: what the flag takes when it is not the annotation's type (``str``, or ``"path"`` / ``"file"``); ``parse``: turns the flag's text
+    into the value (and refuses bad text, naming the flag). ``resume``: the stages whose resume it
+    blocks when changed (their ``COMPAT_KEYS``, :func:`compat_keys`); ``templates``: the placeholders
+    each prompt template must hold; ``trainer``: whether one training run reads it
+    (:meth:`TrainConfig.trainer_fields`)."""
+
+    help: str | None = None
+    flag: str | None = None
+    commands: tuple[str, ...] = ()
+    order: float | None = None
+    cli_type: Any = None
+    parse: Callable[[str], Any] | None = None
+    range: tuple[Callable[[Any], bool], str] | None = None
+    error: str | None = None
+    choices: tuple[str, ...] | None = None
+    templates: tuple[str, ...] | None = None
+    resume: tuple[str, ...] = ()
+    trainer: bool = True
+
+    def flag_of(self, key: str) -> str | None:
+        """The setting's flag: the declared one, else ``--<leaf-with-dashes>`` when a command takes
+        it (``generate.per_class`` -> ``--per-class``), else None."""
+        if self.flag or not self.commands:
+            return self.flag
+        return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+    def key_name(self, key: str) -> str:
+        """``generate.per_class (--per-class)``: the key, and the flag that sets it where there is one."""
+        flag = self.flag_of(key)
+        return f"{key} ({flag})" if flag else key
+
+    def check(self, key: str, value: Any) -> None:
+        """Refuse ``value`` outside the declared choices, range or template rules (AugmentError
+        naming the key, its flag, the value and what is valid)."""
+        if self.choices is not None and value not in self.choices:
+            raise AugmentError(f"{self.key_name(key)} {value!r} is not one of {', '.join(self.choices)}")
+        if self.range is not None and value is not None and not self.range[0](value):
+            if self.error:
+                raise AugmentError(self.error.format(key=key, value=value))
+            raise AugmentError(f"{self.key_name(key)} must be {self.range[1]}, got {value!r}")
+        if self.templates is not None:
+            check_templates(value, key, self.templates)
+
+
+def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            range: tuple[Callable[[Any], bool], str] | None = None, choices: tuple[str, ...] | None = None,
+            help: str | None = None, flag: str | None = None, commands: tuple[str, ...] = (), **more: Any) -> Any:
+    """A dataclass field declaring one setting (:class:`Setting`). A flag defaults to
+    ``--<name-with-dashes>`` when ``commands`` are given; list and dict defaults are copied per
+    instance. Adding a setting is adding one of these (ARCHITECTURE.md, "Adding a setting")."""
+    if isinstance(default, list | dict):
+        default_factory, default = (lambda d=default: copy.deepcopy(d)), dataclasses.MISSING
+    meta = Setting(help=help, flag=flag, commands=commands, range=range, choices=choices, **more)
+    return field(default=default, default_factory=default_factory, metadata={"setting": meta})
+
+
+def _grad_steps_flag(value: str) -> int | str:
+    return parse_grad_steps(value, "--grad-steps")
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    """--arch-kwargs: a JSON object of keyword arguments."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise AugmentError(f"--arch-kwargs is not valid JSON ({e.msg}); e.g. '{{\"channels\": [16, 32, 64, 128]}}'") from None
+    if not isinstance(parsed, dict):
+        raise AugmentError("--arch-kwargs must be a JSON object of keyword arguments")
+    return parsed
+
+
+def synthetic_prob_flag(value: str) -> float | None:
+    """--synthetic-prob: a probability, or None for 'natural' (the synthetic share of the union)."""
+    if value.strip().lower() in ("natural", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise AugmentError(f"--synthetic-prob {value!r} is not a number in [0, 1] or 'natural'") from None
+
+
+def _gpus_fit(g: float) -> bool:
+    """Ray places fractions of one GPU or whole GPUs, nothing in between."""
+    return 0 < g <= 1 or (g > 1 and g == int(g))
+
+
+_RUN_STAGES = ("tokens", "generate", "caso")
+_TEMPLATE_HELP = ["A photo of a {token} {name}"]
+
 
 @dataclass
 class TokenConfig:
@@ -38,65 +164,78 @@ class TokenConfig:
 
     init_token: str | None = None  # None: the class name's last word if it is one token, else init_fallback
     init_fallback: str = "a"
-    prompts: list[str] = field(default_factory=lambda: ["A photo of a {token} {name}"])
-    lr: float = 0.00125  # Adam's learning rate, unless step_size is set
+    prompts: list[str] = setting(_TEMPLATE_HELP, templates=("token",), resume=("tokens",))
+    # Adam's learning rate, unless step_size is set
+    lr: float = setting(0.00125, range=_between(0, _INF, lo_open=True), resume=("tokens",),
+                        help="Learning rate of the token embedding.", commands=("tokens",))
     # step_size: Adam's lr becomes step_size * |init| / sqrt(D), so one step moves the vector by
     # about step_size of its initialiser's norm whatever the model's embedding scale
-    step_size: float | None = None
-    trust_radius: float | None = None  # keep |vector - init| <= trust_radius * |init| (None: unbounded)
-    lr_schedule: str = "constant"  # or "cosine" (to 0 at max_steps)
-    weight_decay: float = 0.01
-    batch_size: int = 5  # images per step, one batched forward
-    grad_steps: int | str = 1  # final denoising steps the gradient flows through; "all" = every step
-    max_steps: int = 50
-    val_seeds: int = 32  # validation images per score (fixed seeds, disjoint from training and generation)
-    val_every: int = 5  # optimisation steps between validation scores
-    patience: int = 3  # stop after this many validation scores without a better one
-    acc_threshold: float = 0.95  # stop when the validation accuracy is strictly above this
+    step_size: float | None = setting(None, range=(lambda v: v > 0, ""), resume=("tokens",),
+                                      error="tokens.step_size must be positive or null, got {value}")
+    # keep |vector - init| <= trust_radius * |init| (None: unbounded)
+    trust_radius: float | None = setting(None, range=(lambda v: v > 0, ""), resume=("tokens",),
+                                         error="tokens.trust_radius must be positive or null, got {value}")
+    lr_schedule: str = setting("constant", choices=("constant", "cosine"), resume=("tokens",))  # cosine: to 0 at max_steps
+    weight_decay: float = setting(0.01, range=_between(0, _INF))
+    batch_size: int = setting(5, range=_between(1, 4096), resume=("tokens",))  # images per step, one batched forward
+    # final denoising steps the gradient flows through; "all" = every step
+    grad_steps: int | str = setting(1, resume=("tokens",), cli_type=str, parse=_grad_steps_flag, order=-1,
+                                    help="Final denoising steps the gradient flows through: an integer or 'all'.",
+                                    commands=("tokens", "build", "config"))
+    max_steps: int = setting(50, range=_between(0, 1_000_000), help="Most optimisation steps per class.",
+                             commands=("tokens",))
+    # validation images per score (fixed seeds, disjoint from training and generation)
+    val_seeds: int = setting(32, range=_between(1, _INF), resume=("tokens",))
+    val_every: int = setting(5, range=_between(1, _INF))  # optimisation steps between validation scores
+    patience: int = setting(3, range=_between(1, 1_000_000))  # stop after this many validation scores without a better one
+    # stop when the validation accuracy is strictly above this; above 1: never stop early (tests use 1.1)
+    acc_threshold: float = setting(0.95, range=_between(0, _INF))
     fresh_seeds: bool = False  # False: the same seeds every step (the reference code)
-    grad_clip: float = 1.0
-    steps: int | None = None  # sampler steps while training; None: generate.steps
-    guidance_scale: float | None = None  # None: generate.guidance_scale
+    grad_clip: float = setting(1.0, range=_between(0, _INF))
+    steps: int | None = setting(None, range=_between(1, 10_000), resume=("tokens",))  # sampler steps while training; None: generate.steps
+    guidance_scale: float | None = setting(None, resume=("tokens",))  # None: generate.guidance_scale
     checkpointing: bool = True  # activation checkpointing per denoising step (memory for deep grad_steps)
-    n_vectors: int = 1  # vectors per token ([n, D] file; the token expands to n tokens in prompts)
+    # vectors per token ([n, D] file; the token expands to n tokens in prompts)
+    n_vectors: int = setting(1, range=_between(1, _INF), resume=("tokens",))
     # name in the negative prompt the (up to) this many classes the guide confuses the class with
     # on the initialiser's validation images; used in training, validation and generation
-    negative_confusers: int = 0
+    negative_confusers: int = setting(0, range=_between(0, _INF), resume=("tokens",),
+                                      error="tokens.negative_confusers must be >= 0, got {value}")
 
     def validate(self) -> None:
         """Refuse settings no token can be trained with, naming the setting (AugmentError)."""
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise AugmentError(f"tokens.lr_schedule {self.lr_schedule!r} is not one of constant, cosine")
-        for name in ("val_seeds", "val_every", "patience", "n_vectors", "batch_size"):
-            if getattr(self, name) < 1:
-                raise AugmentError(f"tokens.{name} must be at least 1, got {getattr(self, name)}")
-        if self.negative_confusers < 0:
-            raise AugmentError(f"tokens.negative_confusers must be >= 0, got {self.negative_confusers}")
-        for name in ("step_size", "trust_radius"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise AugmentError(f"tokens.{name} must be positive or null, got {getattr(self, name)}")
+        check_section(self, "tokens.")
 
 
 @dataclass
 class GenerateConfig:
     """Mass generation into shards."""
 
-    prompts: list[str] = field(default_factory=lambda: ["A photo of a {token} {name}"])
-    negative_prompt: str = ""
-    per_class: int = 100
-    steps: int = 30
-    guidance_scale: float = 7.0
-    batch_size: int | None = None  # None: chosen per device
-    shard_size: int = 1000
-    image_format: str = "jpg"
-    min_confidence: float = 0.0  # > 0: rejection sampling, only images the guide gives this confidence are kept
-    max_attempts: int = 5  # with --min-confidence: a class may draw max_attempts x its images (per shard), then stops
-    soft_labels: int = 5  # top-k of the guide's probabilities stored per sample (0: none; >= classes: the full vector)
-
-
-#: metadata of the TrainConfig fields that say how synthetic images are mixed in and which grid
-#: ``augment benchmark`` runs; one training run does not read them (see TrainConfig.trainer_fields)
-_MIX_OR_GRID = {"trainer": False}
+    prompts: list[str] = setting(_TEMPLATE_HELP, templates=("token",), resume=("generate",))
+    negative_prompt: str = setting("", resume=("generate",))
+    per_class: int = setting(100, range=_between(1, MAX_SAMPLES), commands=_GENERATE_CMDS,
+                             help="Images per class (raising it later only adds samples).")
+    steps: int = setting(30, range=_between(1, 10_000), resume=("generate",), commands=_GENERATE_CMDS,
+                         help="Denoising steps.")
+    guidance_scale: float = setting(7.0, resume=("generate",), commands=_GENERATE_CMDS,
+                                    help="Classifier-free guidance scale.")
+    batch_size: int | None = setting(None, range=_between(1, 4096), resume=("generate",),  # None: chosen per device
+                                     commands=_GENERATE_CMDS, order=2.3,
+                                     help="Images per sampler call (default: chosen per device).")
+    shard_size: int = setting(1000, range=_between(1, 1_000_000), resume=("generate",), commands=_GENERATE_CMDS,
+                              order=2.1, help="Samples per shard (default 1000).")
+    image_format: str = setting("jpg", choices=("jpg", "png", "webp"), resume=("generate",), commands=_GENERATE_CMDS,
+                                order=2.2, help="Encoding of the images in the shards.")
+    # > 0: rejection sampling, only images the guide gives this confidence are kept
+    min_confidence: float = setting(
+        0.0, range=_between(0, 1, hi_open=True), resume=("generate",), commands=_GENERATE_CMDS,
+        help="Rejection sampling: keep only images the guide gives at least this confidence; each class "
+             "draws new seeds until it has --per-class images or its budget is spent (0 = keep all).")
+    # with --min-confidence: a class may draw max_attempts x its images (per shard), then stops
+    max_attempts: int = setting(5, range=_between(1, 1000), resume=("generate",), commands=_GENERATE_CMDS,
+                                help="Under --min-confidence: a class's budget, in draws per requested image (default 5).")
+    # top-k of the guide's probabilities stored per sample (0: none; >= classes: the full vector)
+    soft_labels: int = setting(5, range=_between(0, 100_000), resume=("generate",))
 
 
 @dataclass
@@ -106,21 +245,36 @@ class TrainConfig:
     Every setting of a training run is declared here, once: the trainer takes this object plus a
     seed and a device (:class:`augment.downstream.train.TrainSettings`), so a field added here
     is settable from a preset, a ``--config`` file and run.json without a second list to update.
+    Fields with ``trainer=False`` say how synthetic images are mixed in and which grid ``augment
+    benchmark`` runs; one training run does not read them (see :meth:`trainer_fields`).
     """
 
-    arch: str = "resnet18"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
+    arch: str = setting("resnet18", commands=_TRAIN_CMDS,
+                        help="timm architecture of the classifier to train (default: train.arch).")
+    arch_kwargs: dict[str, Any] = setting({}, commands=_TRAIN_CMDS, cli_type=str, parse=_json_object,
+                                          help='JSON of extra timm.create_model kwargs, e.g. \'{"channels": [16,32,64,128]}\'.')
+    checkpoint: str | None = setting(None, commands=("train",), order=100,
+                                     cli_type="file",
+                                     help="Start from this state dict (.safetensors/.pth) instead of scratch.")
+    epochs: int = setting(30, range=_between(1, _INF), error="--epochs must be at least 1, got {value}",
+                          commands=_TRAIN_CMDS, help="Training epochs (default: train.epochs).")
+    batch_size: int = setting(64, range=_between(1, _INF), commands=_TRAIN_CMDS,
+                              help="Batch size (default: train.batch_size).")
+    lr: float = setting(1e-3, commands=_TRAIN_CMDS, help="Learning rate (default: train.lr).")
     weight_decay: float = 0.05
     opt: str = "adamw"
     sched: str = "cosine"
     warmup_epochs: int = 0
-    input_size: int = 32
-    samples_per_epoch: int | None = None  # None: the mixed set's size, at least 1000 (equal compute per arm)
-    hflip: float = 0.0  # off: a mirrored digit is another glyph
+    input_size: int = setting(32, range=_between(8, _INF), commands=_TRAIN_CMDS, order=5.6,
+                              help="Image side the classifier is trained at (default: train.input_size).")
+    # None: the mixed set's size, at least 1000 (equal compute per arm)
+    samples_per_epoch: int | None = setting(
+        None, range=_between(1, _INF), error="--samples-per-epoch must be at least 1, got {value}",
+        commands=_TRAIN_CMDS, order=3.5, help="Samples drawn per epoch (default: the mixed set's size, at least 1000).")
+    # off: a mirrored digit is another glyph
+    hflip: float = setting(0.0, range=_between(0, 1), error="--hflip must be a probability in [0, 1], got {value}",
+                           commands=_TRAIN_CMDS, order=5.5,
+                           help="Horizontal-flip probability (default 0: digits must not be mirrored).")
     pad: int = 2
     degrees: float = 10.0
     # lists, not tuples: the config is dumped as YAML (`augment config`) and round-trips through run.json
@@ -129,37 +283,41 @@ class TrainConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # input normalisation, per channel
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     eval_batch_size: int = 500
-    eval_every: int = 1  # test every N epochs (0: only after the last one); the best epoch is among these
-    synthetic_prob: float = field(default=0.5, metadata=_MIX_OR_GRID)
-    synthetic_weight: float = field(default=1.0, metadata=_MIX_OR_GRID)
-    min_confidence: float = field(default=0.0, metadata=_MIX_OR_GRID)
-    distill: bool = field(default=False, metadata=_MIX_OR_GRID)  # synthetic samples learn the guide's soft labels
-    distill_temperature: float = field(default=1.0, metadata=_MIX_OR_GRID)  # softens the stored targets (p ** 1/T)
-    k_values: list[int] = field(default_factory=lambda: [0, 3, 9, 15], metadata=_MIX_OR_GRID)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=_MIX_OR_GRID)
+    # test every N epochs (0: only after the last one); the best epoch is among these
+    eval_every: int = setting(1, range=_between(0, _INF),
+                              error="train.eval_every must be >= 0 (0: only after the last epoch), got {value}")
+    synthetic_prob: float = setting(
+        0.5, trainer=False, range=_between(0, 1), error="--synthetic-prob must be in [0, 1], got {value}",
+        commands=_TRAIN_CMDS, cli_type=str, parse=synthetic_prob_flag,
+        help="Probability that a drawn sample is synthetic, or 'natural' (default: train.synthetic_prob).")
+    synthetic_weight: float = setting(
+        1.0, trainer=False, range=_between(0, _INF), error="--synthetic-weight must be >= 0, got {value}",
+        commands=_TRAIN_CMDS, help="Loss weight of synthetic samples (default: train.synthetic_weight).")
+    min_confidence: float = setting(
+        0.0, trainer=False, range=_between(0, 1), error="--min-confidence must be in [0, 1], got {value}",
+        commands=_TRAIN_CMDS, help="Drop synthetic images whose guide_confidence is lower (default: train.min_confidence).")
+    # synthetic samples learn the guide's soft labels
+    distill: bool = setting(
+        False, trainer=False, commands=("train",), order=101,
+        help="Train the synthetic images on the guide's soft labels (their manifests' top-k) instead of their "
+             "class; real images keep their labels (default: train.distill).")
+    # softens the stored targets (p ** 1/T)
+    distill_temperature: float = setting(
+        1.0, trainer=False, range=(lambda v: v > 0, ""), error="--distill-temperature must be > 0, got {value}",
+        commands=_TRAIN_CMDS,
+        help="Temperature of the soft labels synthetic images learn with distillation (default: train.distill_temperature).")
+    k_values: list[int] = setting([0, 3, 9, 15], trainer=False)
+    seeds: list[int] = setting([0, 1, 2], trainer=False)
 
     @classmethod
     def trainer_fields(cls) -> tuple[str, ...]:
         """The fields one training run reads (not the mixing and grid ones): what metrics.json
         records under ``config.train`` and what a benchmark cell's cache key hashes."""
-        return tuple(f.name for f in fields(cls) if f.metadata.get("trainer", True))
+        return tuple(f.name for f in fields(cls) if f.metadata.get("setting", Setting()).trainer)
 
     def validate(self) -> None:
         """Refuse settings no run can use, naming the flag to change (AugmentError)."""
-        if self.epochs < 1:
-            raise AugmentError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise AugmentError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.input_size < 8:
-            raise AugmentError(f"input size must be at least 8 pixels, got {self.input_size}")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise AugmentError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
-        if self.eval_every < 0:
-            raise AugmentError(f"eval_every must be >= 0 (0: only after the last epoch), got {self.eval_every}")
-        if not self.distill_temperature > 0:
-            raise AugmentError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
-        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-            raise AugmentError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
+        check_section(self, "train.")
 
 
 @dataclass
@@ -173,13 +331,17 @@ class CasoConfig:
     replaces its 20 epochs over the training folder (see the field's note).
     """
 
-    k: int = 5  # real images per class: the embeddings learn from all classes' k reals; each real is edited
+    # real images per class: the embeddings learn from all classes' k reals; each real is edited
+    k: int = setting(5, range=_between(1, 100_000), commands=("caso",),
+                     help="Real images per class: the embeddings learn from all classes' k reals, each is edited.")
     split: str = "train"
     kshot_seed: int | None = None  # seed of the k-shot draw (None: the run seed); the benchmark sets its cell's
-    n_vectors: int = 1  # embedding vectors injected in place of the first tokens of an empty prompt
+    # embedding vectors injected in place of the first tokens of an empty prompt
+    n_vectors: int = setting(1, range=_between(1, 64))
     init_token: str = "a"
-    t0: float = 0.4  # noise level (fraction of the diffusion timesteps) the reals are noised to
-    lr: float = 0.01
+    # noise level (fraction of the diffusion timesteps) the reals are noised to
+    t0: float = setting(0.4, range=_between(0, 1, lo_open=True, hi_open=True))
+    lr: float = setting(0.01, range=_between(0, _INF, lo_open=True))
     weight_decay: float = 0.01
     # The official code runs 20 epochs (20 x N/2 steps: 300 for k=3 on 10 classes, 1500 for k=15);
     # a fixed count bounds the per-draw cost of the benchmark's caso arm on a CPU. Measured on the
@@ -187,47 +349,85 @@ class CasoConfig:
     # the target on the reals, mean of the 10 targets, first -> last 5 batches: 0.07 -> 0.18 after
     # 20 steps, 0.07 -> 0.29 after 100 (~22 s per target on one shared CPU thread); more steps
     # were not measured.
-    max_steps: int = 100
-    batch_size: int = 2
-    recon_weight: float = 0.0  # latent reconstruction loss weight (the paper's lambda; the code's 0)
+    max_steps: int = setting(100, range=_between(0, 1_000_000), commands=("caso",), order=100,
+                             help="Optimisation steps per embedding.")
+    batch_size: int = setting(2, range=_between(1, 4096))
+    # latent reconstruction loss weight (the paper's lambda; the code's 0)
+    recon_weight: float = setting(0.0, range=_between(0, _INF))
     guidance_scale: float = 10.0  # CFG scale of the one-step x0 prediction while learning
     # which embeddings edit which reals: "self" (each real towards its own class), "all" (each real
     # towards every class), "B" or "A->B" (every real / the reals of A towards B, labelled B);
     # "+" concatenates embeddings in one condition ("A->B+C", the multi-attribute edit)
-    target: str = "self"
-    edit_mode: str = "ddim"  # ddim: the paper's DDIM inversion + guided denoising; sdedit: noise + denoise
-    strength: float = 0.5  # editing: fraction of the schedule the real image is inverted / noised to
-    edit_steps: int = 50  # the official code's NUM_DDIM_STEPS
-    edit_guidance: float = 10.0  # negative values reverse the edit (the edit keeps the source's label)
-    guided_step: int | None = None  # guide one denoising step only (index among the steps that run)
-    edits_per_image: int = 1  # per condition; > 1 needs sdedit (a ddim edit is deterministic)
-    image_format: str = "png"
+    target: str = setting("self", commands=("caso",),
+                          help="Which embeddings edit which reals: self (default), all, B, A->B (counterfactual, "
+                               "label B); B+C concatenates embeddings in one condition.")
+    # ddim: the paper's DDIM inversion + guided denoising; sdedit: noise + denoise
+    edit_mode: str = setting("ddim", choices=("ddim", "sdedit"), commands=("caso",),
+                             help="ddim: DDIM inversion then guided denoising (the paper's); sdedit: noise then denoise.")
+    # editing: fraction of the schedule the real image is inverted / noised to
+    strength: float = setting(0.5, range=_between(0, 1, lo_open=True), commands=("caso",),
+                              help="Editing: fraction of the schedule the real image is inverted/noised to.")
+    edit_steps: int = setting(50, range=_between(1, 10_000))  # the official code's NUM_DDIM_STEPS
+    # negative values reverse the edit (the edit keeps the source's label)
+    edit_guidance: float = setting(10.0, commands=("caso",), order=99,
+                                   help="Guidance scale of the edit (negative reverses it; the label stays the source's).")
+    # guide one denoising step only (index among the steps that run)
+    guided_step: int | None = setting(None, commands=("caso",),
+                                      help="Guide this denoising step only (single-step edit; 0 = the first that runs).")
+    # per condition; > 1 needs sdedit (a ddim edit is deterministic)
+    edits_per_image: int = setting(1, range=_between(1, 10_000), commands=("caso",),
+                                   help="Edits written per real image and condition (> 1 needs sdedit).")
+    image_format: str = setting("png", choices=("jpg", "png", "webp"))
 
 
 @dataclass
 class Config:
-    dataset: str = "digits"
-    data_root: str | None = None
+    dataset: str = setting("digits", commands=CONFIG_COMMANDS,
+                           help="Dataset name: digits, cub, inat, imagenet, folder (selects pipelines/<name>.yaml).")
+    data_root: str | None = setting(None, commands=CONFIG_COMMANDS, cli_type="path",
+                                    help="Folder holding the dataset's images.")
     dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. inat: {class_list: FILE}
-    model: str = "embedded:tiny-digits"
-    classifier: str | None = "embedded:digits-guide"
+    model: str = setting("embedded:tiny-digits", resume=_RUN_STAGES, commands=CONFIG_COMMANDS,
+                         help="Diffusion backbone: embedded:<name>, a pipeline folder, or a hub id.")
+    classifier: str | None = setting("embedded:digits-guide", resume=_RUN_STAGES, commands=CONFIG_COMMANDS,
+                                     help="Guidance classifier: embedded:<name>, timm:<arch>[@ckpt], hf:<repo-or-folder>.")
     judge: str | None = "embedded:digits-judge"
-    out: str | None = None  # None: runs/<dataset>
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    workers: int = 2
-    address: str | None = None
-    gpus_per_worker: float = 1.0  # GPUs each Ray actor asks for when the device wants CUDA (0.5: two per GPU)
-    placement_timeout: float = 300.0  # seconds to wait for a Ray node that can take an actor, then one error
-    threads: int = 1  # torch CPU threads per work unit, inline and on every actor: the same bytes whatever --workers
-    classes: str | None = None  # "3,8" or "0-9"; None = all
-    resolution: int | None = None  # None: the backbone's native size
-    scheduler: str = "ddim"
+    out: str | None = setting(None, commands=CONFIG_COMMANDS,  # None: runs/<dataset>
+                              help="Run folder (default: runs/<dataset>).")
+    seed: int = setting(0, range=_between(0, 2**63 - 1), resume=_RUN_STAGES, commands=CONFIG_COMMANDS,
+                        help="Run seed; every sample's seed derives from it.")
+    device: str = setting("auto", commands=CONFIG_COMMANDS, help="auto, cpu, cuda or cuda:N.")
+    dtype: str = setting("auto", choices=("auto", "float32", "float16", "bfloat16"), commands=CONFIG_COMMANDS,
+                         help="Compute dtype (CPU always uses float32).")
+    workers: int = setting(2, range=_between(0, 100_000), commands=CONFIG_COMMANDS,
+                           help="Ray actors to run (each asks for --gpus-per-worker GPUs when the device wants CUDA); "
+                                "0 runs inline.")
+    address: str | None = setting(None, commands=CONFIG_COMMANDS,
+                                  help="Ray cluster address (default: $RAY_ADDRESS, else a Ray head running here, "
+                                       "else a private local Ray).")
+    # GPUs each Ray actor asks for when the device wants CUDA (0.5: two per GPU)
+    gpus_per_worker: float = setting(
+        1.0, range=(_gpus_fit, ""), commands=CONFIG_COMMANDS,
+        error="gpus_per_worker must be a fraction of one GPU (0 < x <= 1) or a whole number, got {value!r}",
+        help="GPUs each Ray actor asks for on --device cuda (or auto on a GPU cluster); 0.5 puts two on a GPU.")
+    # seconds to wait for a Ray node that can take an actor, then one error
+    placement_timeout: float = setting(
+        300.0, range=(lambda t: t > 0, ""), commands=CONFIG_COMMANDS,
+        error="placement_timeout must be a positive number of seconds, got {value!r}",
+        help="Seconds to wait for Ray nodes that can take the actors before giving up (default 300).")
+    # torch CPU threads per work unit, inline and on every actor: the same bytes whatever --workers
+    threads: int = setting(1, range=_between(1, 1024), commands=_STAGES,
+                           help="torch CPU threads per work unit, inline and on every Ray actor alike (default 1): "
+                                "the same count gives the same bytes whatever --workers.")
+    # "3,8" or "0-9"; None = all
+    classes: str | None = setting(None, resume=("generate", "caso"), commands=CONFIG_COMMANDS, order=9.5,
+                                  help="Class selection: indices 3,8, ranges 0-9 or class names (default: all).")
+    resolution: int | None = setting(None, range=_between(8, 16384), resume=("tokens", "generate"))  # None: native
+    scheduler: str = setting("ddim", resume=("generate",))
     tokens: TokenConfig = field(default_factory=TokenConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    caso: CasoConfig = field(default_factory=CasoConfig)
+    caso: CasoConfig = setting(default_factory=CasoConfig, resume=("caso",))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,43 +550,31 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def run_settings(run: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | None:
-    """The ``config`` recorded in a run folder's run.json (the token arm's, else the first other arm
-    that has one) and that file's path, or None when the folder has none."""
-    from augment.io.rundir import ARMS, RunDir, read_run_json
-
-    root = RunDir(run)
-    for name in ARMS:
-        arm = root.arm_dir(name)
-        data = read_run_json(arm)
-        if data and isinstance(data.get("config"), dict):
-            return data["config"], arm.run_json
-    return None
-
-
 def resolve_config(
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     dataset: str | None = None,
     run: str | os.PathLike[str] | None = None,
+    recorded: tuple[dict[str, Any], Path] | None = None,
 ) -> Config:
     """Build the config: defaults < preset of the dataset < config file < run.json < overrides.
 
     ``overrides`` are the command-line flags, with dotted keys (``tokens.lr``); ``None`` values are
-    ignored (flag not given). ``run``: a run folder whose recorded settings apply (train, eval and
-    benchmark read the run they evaluate); the result's ``out`` is then that folder.
+    ignored (flag not given). ``run``: a run folder whose settings apply (train, eval and benchmark
+    read the run they evaluate); the result's ``out`` is then that folder. ``recorded``: the
+    settings its run.json records and that file's path (:func:`augment.io.rundir.run_settings`;
+    the caller reads them, the config layer reads no run folder).
     """
     file_data = _read_yaml(Path(config_file), "config file") if config_file else {}
     flags = _nest(overrides or {})
-    found = run_settings(run) if run is not None else None
-    recorded, recorded_at = found if found else ({}, None)
-    ds = flags.get("dataset") or recorded.get("dataset") or dataset or file_data.get("dataset") or Config.dataset
+    settings, recorded_at = recorded if recorded else ({}, None)
+    ds = flags.get("dataset") or settings.get("dataset") or dataset or file_data.get("dataset") or Config.dataset
     cfg = Config()
     _merge(cfg, _parse_yaml(read_preset(ds), f"preset {ds}.yaml"), f"preset {ds}.yaml")
     if file_data:
         _merge(cfg, file_data, f"config file {config_file}")
-    if recorded:
-        _merge(cfg, recorded, str(recorded_at))
+    if settings:
+        _merge(cfg, settings, str(recorded_at))
     _merge(cfg, flags, "command-line options")
     cfg.dataset = ds
     if run is not None:
@@ -415,80 +603,10 @@ def parse_grad_steps(value: int | str, name: str = "tokens.grad_steps") -> int |
     raise AugmentError(f"{name} must be a positive integer or 'all', got {value!r}")
 
 
-#: the most samples one arm of a run may plan (its plan is held in memory, one entry per sample):
-#: ten million is ten times ImageNet-1k's training set; a larger set is several runs (--classes)
-MAX_SAMPLES = 10_000_000
-
-
-def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Any, str]:
-    """A range test and how an error says it (``from 1 to 10000``); NaN never passes."""
-    def test(v: float) -> bool:
-        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-    def num(x: float) -> str:
-        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
-    if hi == math.inf:
-        return test, f"{'greater than' if lo_open else 'at least'} {num(lo)}"
-    return test, f"{'above' if lo_open else 'from'} {num(lo)} {'and below' if hi_open else 'to'} {num(hi)}"
-
-
-_INF = math.inf
-#: value ranges of numeric settings (types are checked on merge): dotted key -> (test, description).
-#: Upper bounds are what no run can mean (a typo, a unit mix-up), and keep plans bounded in memory.
-_RANGES: dict[str, tuple[Any, str]] = {
-    "seed": _between(0, 2**63 - 1),
-    "workers": _between(0, 100_000),
-    "threads": _between(1, 1024),
-    "resolution": _between(8, 16384),
-    "tokens.lr": _between(0, _INF, lo_open=True),
-    "tokens.weight_decay": _between(0, _INF),
-    "tokens.batch_size": _between(1, 4096),
-    "tokens.max_steps": _between(0, 1_000_000),
-    "tokens.patience": _between(1, 1_000_000),
-    "tokens.acc_threshold": _between(0, _INF),  # above 1: never stop early (tests use 1.1)
-    "tokens.grad_clip": _between(0, _INF),
-    "tokens.steps": _between(1, 10_000),
-    "generate.per_class": _between(1, MAX_SAMPLES),
-    "generate.steps": _between(1, 10_000),
-    "generate.batch_size": _between(1, 4096),
-    "generate.shard_size": _between(1, 1_000_000),
-    "generate.min_confidence": _between(0, 1, hi_open=True),
-    "generate.max_attempts": _between(1, 1000),
-    "generate.soft_labels": _between(0, 100_000),
-    "caso.k": _between(1, 100_000),
-    "caso.n_vectors": _between(1, 64),
-    "caso.t0": _between(0, 1, lo_open=True, hi_open=True),
-    "caso.lr": _between(0, _INF, lo_open=True),
-    "caso.max_steps": _between(0, 1_000_000),
-    "caso.batch_size": _between(1, 4096),
-    "caso.recon_weight": _between(0, _INF),
-    "caso.strength": _between(0, 1, lo_open=True),
-    "caso.edit_steps": _between(1, 10_000),
-    "caso.edits_per_image": _between(1, 10_000),
-}
-#: the flag that sets a key, where it differs from ``--<leaf with dashes>`` or has none
-_FLAGS = {"generate.soft_labels": None, "tokens.batch_size": None, "tokens.patience": None, "tokens.acc_threshold": None, "tokens.grad_clip": None,
-          "tokens.steps": None, "tokens.weight_decay": None, "resolution": None, "caso.n_vectors": None,
-          "caso.t0": None, "caso.lr": None, "caso.batch_size": None, "caso.recon_weight": None, "caso.edit_steps": None}
-_CHOICES = {"generate.image_format": ("jpg", "png", "webp"), "caso.image_format": ("jpg", "png", "webp"),
-            "caso.edit_mode": ("ddim", "sdedit"), "dtype": ("auto", "float32", "float16", "bfloat16")}
 #: the placeholders a prompt template may use, and the ones each list's templates must contain
 _PLACEHOLDERS = ("token", "name")
 # ``{name}`` is optional: without it the token stands for the class, and the plain-prompt arm puts
 # the class name in the token's place (augment.prompts.render_prompt)
-_TEMPLATES = {"tokens.prompts": ("token",), "generate.prompts": ("token",)}
-
-
-def _get(cfg: Config, dotted: str) -> Any:
-    obj: Any = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _key_name(key: str) -> str:
-    """``generate.per_class (--per-class)``: the key, and the flag that sets it where there is one."""
-    flag = _FLAGS.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
-    return f"{key} ({flag})" if flag else key
 
 
 def check_templates(templates: Any, key: str, required: tuple[str, ...]) -> None:
@@ -512,30 +630,54 @@ def check_templates(templates: Any, key: str, required: tuple[str, ...]) -> None
                                + " and ".join(f"{{{f}}}" for f in required))
 
 
+def _sections(cfg: Any) -> list[tuple[str, Any]]:
+    """``[("", cfg), ("tokens.", cfg.tokens), ...]``: the config and its sections, with their key prefixes."""
+    return [("", cfg)] + [(f"{name}.", getattr(cfg, name)) for name in _SECTIONS]
+
+
+def settings_of(cls: type = Config) -> list[tuple[str, Setting]]:
+    """Every declared setting of ``cls`` and its sections: ``(dotted key, Setting)`` in declaration
+    order (the config's own fields first)."""
+    out: list[tuple[str, Setting]] = []
+    for prefix, section in [("", cls)] + ([(f"{n}.", c) for n, c in _SECTIONS.items()] if cls is Config else []):
+        out += [(prefix + f.name, f.metadata["setting"]) for f in fields(section) if "setting" in f.metadata]
+    return out
+
+
+def check_section(obj: Any, prefix: str = "") -> None:
+    """Check every declared setting of one dataclass (the config itself or a section) against its
+    declaration (:meth:`Setting.check`)."""
+    for f in fields(obj):
+        if "setting" in f.metadata:
+            f.metadata["setting"].check(prefix + f.name, getattr(obj, f.name))
+
+
+def check_value(key: str, value: Any) -> None:
+    """Check one value of a setting against its declaration, where a library call takes it as an
+    argument (the mixing of synthetic images): the same test and message as the config's."""
+    dict(settings_of())[key].check(key, value)
+
+
 def validate(cfg: Config) -> None:
     """Refuse values no stage can use, naming the key (and its flag), the value and the valid range.
 
-    Types were checked as the layers merged (:func:`_merge`); this checks ranges, choices and prompt
-    templates of the resolved config, before any model loads or any folder is made."""
+    The one validation of every section: types were checked as the layers merged (:func:`_merge`);
+    this checks what each field declares (ranges, choices, prompt templates), before any model
+    loads or any folder is made."""
     cfg.tokens.grad_steps = parse_grad_steps(cfg.tokens.grad_steps)
-    cfg.tokens.validate()
-    for key, (test, desc) in _RANGES.items():
-        value = _get(cfg, key)
-        if value is not None and not test(value):
-            raise AugmentError(f"{_key_name(key)} must be {desc}, got {value!r}")
-    for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
-            raise AugmentError(f"{_key_name(key)} {value!r} is not one of {', '.join(choices)}")
-    for key, required in _TEMPLATES.items():
-        check_templates(_get(cfg, key), key, required)
-    g = cfg.gpus_per_worker
-    # Ray places fractions of one GPU or whole GPUs, nothing in between
-    if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < g <= 1 or (g > 1 and g == int(g))):
-        raise AugmentError(f"gpus_per_worker must be a fraction of one GPU (0 < x <= 1) or a whole number, got {g!r}")
-    t = cfg.placement_timeout
-    if isinstance(t, bool) or not isinstance(t, int | float) or not t > 0:
-        raise AugmentError(f"placement_timeout must be a positive number of seconds, got {t!r}")
+    for prefix, obj in _sections(cfg):
+        check_section(obj, prefix)
+
+
+def compat_keys(stage: str, after: dict[str, list[str]] | None = None, tail: tuple[str, ...] = ()) -> list[str]:
+    """The keys whose change blocks ``stage``'s resume (its ``COMPAT_KEYS``): the settings declared
+    with ``resume=(stage, ...)``, in declaration order, with the stage's own extras (not config
+    keys: ``model_fingerprint``, ``class_names``) placed ``after`` the key they follow, and ``tail``."""
+    keys: list[str] = []
+    for key, s in settings_of():
+        if stage in s.resume:
+            keys += [key, *(after or {}).get(key, [])]
+    return keys + list(tail)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from augment.config import list_presets, resolve_config
+from augment.config import compat_keys, list_presets, resolve_config, settings_of
 from augment.errors import AugmentError
 
 
@@ -81,3 +81,62 @@ def test_threads_must_be_a_positive_whole_number(value):
 def test_threads_default_does_not_follow_the_workers():
     """One count for inline and actors (issue 13, defect 9): the default must not depend on --workers."""
     assert resolve_config(overrides={"workers": 0}).threads == resolve_config(overrides={"workers": 2}).threads
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("train.epochs", 0, "--epochs must be at least 1, got 0"),
+    ("train.hflip", 3.0, r"--hflip must be a probability in \[0, 1\], got 3.0"),
+    ("train.synthetic_prob", 1.5, r"--synthetic-prob must be in \[0, 1\]"),
+    ("train.batch_size", 0, r"train.batch_size \(--batch-size\) must be at least 1, got 0"),
+    ("train.eval_every", -1, "train.eval_every must be >= 0"),
+    ("tokens.val_seeds", 0, "tokens.val_seeds must be at least 1, got 0"),
+    ("tokens.step_size", 0.0, "tokens.step_size must be positive or null"),
+    ("caso.edit_mode", "x", r"caso.edit_mode \(--edit-mode\) 'x' is not one of ddim, sdedit"),
+])
+def test_every_section_is_validated(key, value, fragment):
+    """One validation path for every section: the train section was once never checked here."""
+    with pytest.raises(AugmentError, match=fragment):
+        resolve_config(overrides={key: value})
+
+
+def test_compat_keys_come_from_the_declarations():
+    """The runners' resume keys are generated from resume=(stage, ...) on the fields; the sets are
+    the ones the runners listed by hand before."""
+    from augment.generate import caso_runner
+    from augment.generate import runner as generate_runner
+    from augment.tokens import runner as tokens_runner
+
+    assert tokens_runner.COMPAT_KEYS == compat_keys("tokens", after={"model": ["model_fingerprint"],
+                                                                     "seed": ["class_names"]})
+    assert set(tokens_runner.COMPAT_KEYS) == {
+        "model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
+        "tokens.lr", "tokens.step_size", "tokens.trust_radius", "tokens.lr_schedule", "tokens.steps",
+        "tokens.guidance_scale", "tokens.batch_size", "tokens.n_vectors", "tokens.negative_confusers",
+        "tokens.val_seeds", "resolution"}
+    assert set(generate_runner.COMPAT_KEYS) == {
+        "model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
+        "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",
+        "generate.shard_size", "generate.image_format", "generate.min_confidence", "generate.max_attempts",
+        "generate.soft_labels", "generate.batch_size", "baseline"}
+    assert generate_runner.COMPAT_KEYS[-1] == "baseline"
+    assert caso_runner.COMPAT_KEYS == ["model", "classifier", "seed", "class_names", "classes", "caso"]
+    declared = {key for key, s in settings_of() if s.resume}
+    assert declared == {k for keys in (tokens_runner.COMPAT_KEYS, generate_runner.COMPAT_KEYS, caso_runner.COMPAT_KEYS)
+                        for k in keys} - {"model_fingerprint", "class_names", "baseline"}
+
+
+def test_recorded_settings_are_the_run_json_layer(tmp_path):
+    """The config reads no run folder: the caller passes what run.json records (io.rundir.run_settings)."""
+    from augment.io.rundir import RunDir, run_settings, write_run_json
+
+    run = RunDir(tmp_path / "run")
+    assert run_settings(run.path) is None
+    recorded = resolve_config().to_dict()
+    recorded["tokens"]["max_steps"] = 9
+    write_run_json(run, recorded, "tokens")
+    found = run_settings(run.path)
+    assert found is not None and found[1] == run.run_json
+    cfg = resolve_config(overrides={"seed": 3}, run=run.path, recorded=found)
+    assert cfg.tokens.max_steps == 9 and cfg.seed == 3 and cfg.out == str(run.path)
+    with pytest.raises(AugmentError, match=r"unknown config key 'nope' in .*run.json"):
+        resolve_config(recorded=({"nope": 1}, run.run_json))

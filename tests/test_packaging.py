@@ -4,6 +4,7 @@ and the CLI resolves the same settings and gives the same errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -120,36 +121,31 @@ def test_wheel_refuses_cub_without_classifier_like_editable(wheel_python, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-#: the lowest torch / torchvision the library declares (pyproject.toml), tested here once
+#: the lowest torch / torchvision the library declares (pyproject.toml)
 TORCH_FLOOR = ("torch==2.13.*", "torchvision==0.28.*")
 
 
 @pytest.mark.slow
-def test_wheel_keeps_a_users_torch_and_runs(tmp_path):
-    """A user's venv already holds another torch in range (the lowest): installing the wheel with
-    its dependencies keeps it (no exact pin forces a reinstall), ``pip check`` is clean, and a
-    one-class build runs on it."""
+def test_wheel_keeps_a_users_torch(tmp_path):
+    """A user's venv already holds another torch in range (the lowest, from this machine's disk):
+    installing the wheel with its dependencies keeps it (no exact pin forces a reinstall) and
+    ``pip check`` is clean. Running on it needs the CUDA build of torch 2.13 (PyPI's torchvision
+    0.28 links it), a 2.6 GB download: ``benchmarks/torch_floor.sh`` does that, outside the suite."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "torch>=2.13" in deps and "torchvision>=0.28" in deps, deps
     wheel = _build_wheel(tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q"]
     first = subprocess.run([*pip, *TORCH_FLOOR], capture_output=True, text=True, timeout=1200, env=_env())
     assert first.returncode == 0, first.stderr[-2000:]
     second = subprocess.run([*pip, f"{wheel}[demo]"], capture_output=True, text=True, timeout=1800, env=_env())
     assert second.returncode == 0, second.stderr[-2000:]
-    python = str(venv / "bin" / "python")
-    versions = subprocess.run([python, "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__)"],
-                              capture_output=True, text=True, check=True, env=_env()).stdout.split()
-    assert versions[0].startswith("2.13.") and versions[1].startswith("0.28."), versions
+    show = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
+                          check=True, env=_env()).stdout
+    versions = {p["name"].lower(): p["version"] for p in json.loads(show)}
+    assert versions["torch"].startswith("2.13.") and versions["torchvision"].startswith("0.28."), versions
+    assert versions["augment-synth"] == augment.__version__ and "augment" not in versions, versions
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=_env())
     assert check.returncode == 0, check.stdout + check.stderr
-    (tmp_path / "tiny.yaml").write_text("tokens: {max_steps: 1, batch_size: 2, steps: 3, val_seeds: 2, val_every: 1}\n"
-                                        "generate: {per_class: 2, steps: 3, shard_size: 2, batch_size: 2}\n")
-    build = subprocess.run([str(venv / "bin" / "augment"), "build", "--classes", "0", "--config", "tiny.yaml",
-                            "--workers", "0", "--out", "run", "-q"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=900, env=_env())
-    assert build.returncode == 0, build.stderr[-2000:]
-    assert "verify:    ok" in build.stdout, build.stdout
-    assert sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.tar")) == ["synth-000000.tar"]

@@ -129,8 +129,11 @@ def test_a_failed_cell_is_a_failed_unit(tmp_path, monkeypatch):
                             "finished cells are cached, re-run to retry the rest")
 
 
-@pytest.mark.parametrize(("value", "want"), [(None, (None, False)), ("natural", (None, True)), ("0.25", (0.25, False))])
-def test_synthetic_prob_flag(value, want):
-    from augment.cli.downstream import _prob
+@pytest.mark.parametrize(("given", "natural"), [({}, False), ({"synthetic_prob": "natural"}, True),
+                                               ({"synthetic_prob": "0.25"}, False)])
+def test_trainer_flags_say_natural(given, natural):
+    """The one flag a config value cannot hold: --synthetic-prob natural (the union's own share)."""
+    from augment.cli.downstream import _trainer_flags
 
-    assert _prob(value) == want
+    flags = _trainer_flags({"hflip": 0.5, **given})
+    assert flags == pipeline.TrainFlags(samples_per_epoch=None, hflip=0.5, natural=natural)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
 
-from augment.cli.options import build_config, command, common_options, grad_steps_option, group
-from augment.cli.stages import generate_options, generate_overrides
+from augment.cli.options import build_config, command, config_options, group
 from augment.errors import AugmentError
 
 
@@ -107,34 +105,17 @@ def models_build_embedded(out: str | None, budget: str, seed: int) -> None:
 
 
 # -------------------------------------------------------------------------------------- config
-def _setting(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` of --set: a dotted config key and a YAML value."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise AugmentError(f"--set {item!r}: use KEY=VALUE with a dotted config key, e.g. --set tokens.lr=0.01")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise AugmentError(f"--set {item!r}: the value is not valid YAML; quote it") from None
-
-
 @command("config")
-@common_options
-@generate_options
-@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any config key, dotted, with a YAML value (e.g. --set tokens.lr=0.01); repeatable.")
+@config_options("config")
 @click.option("--run", "run", type=click.Path(file_okay=False),
               help="Apply this run folder's run.json, as train/eval/benchmark do when they read it.")
-def config_cmd(grad_steps: str | None, settings: tuple[str, ...], run: str | None, **kwargs) -> None:
+def config_cmd(run: str | None, **kwargs) -> None:
     """Print the resolved settings as YAML: defaults < preset < --config < run.json (--run) < flags.
 
     The same resolution every command uses; `augment config --dataset cub --config my.yaml` shows
     what `augment build` with those arguments would run with.
     """
-    extra = generate_overrides(kwargs) | {"tokens.grad_steps": grad_steps_option(grad_steps)}
-    extra |= dict(_setting(s) for s in settings)
-    cfg = build_config(kwargs, extra, run=run)
+    cfg = build_config(kwargs, run=run)
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
 
 

@@ -7,59 +7,24 @@ the command line override them.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from augment.cli.options import add_options, build_config, command, common_options, int_list
+from augment.cli.options import build_config, command, config_options, int_list
+from augment.config import synthetic_prob_flag
 from augment.errors import AugmentError
 from augment.io.rundir import RunDir
 
 if TYPE_CHECKING:
     from augment.pipeline import TrainFlags
 
-
-def _prob(value: str | None) -> tuple[float | None, bool]:
-    """--synthetic-prob: (a probability, or None when not given or 'natural'; whether it is
-    'natural', the synthetic share of the union)."""
-    if value is None:
-        return None, False
-    if value.strip().lower() in ("natural", "none"):
-        return None, True
-    try:
-        p = float(value)
-    except ValueError:
-        raise AugmentError(f"--synthetic-prob {value!r} is not a number in [0, 1] or 'natural'") from None
-    if not 0.0 <= p <= 1.0:
-        raise AugmentError(f"--synthetic-prob must be in [0, 1], got {p}")
-    return p, False
-
-
-#: classifier-training options shared by train and benchmark; unset ones come from cfg.train
-train_options = add_options([
-        click.option("--arch", help="timm architecture of the classifier to train (default: train.arch)."),
-        click.option("--arch-kwargs", help='JSON of extra timm.create_model kwargs, e.g. \'{"channels": [16,32,64,128]}\'.'),
-        click.option("--epochs", type=int, help="Training epochs (default: train.epochs)."),
-        click.option("--samples-per-epoch", type=int,
-                     help="Samples drawn per epoch (default: the mixed set's size, at least 1000)."),
-        click.option("--batch-size", type=int, help="Batch size (default: train.batch_size)."),
-        click.option("--lr", type=float, help="Learning rate (default: train.lr)."),
-        click.option("--hflip", type=float, default=None, help="Horizontal-flip probability (default 0: digits must not be mirrored)."),
-        click.option("--input-size", type=int, help="Image side the classifier is trained at (default: train.input_size)."),
-        click.option("--synthetic-prob", help="Probability that a drawn sample is synthetic, or 'natural' (default: train.synthetic_prob)."),
-        click.option("--synthetic-weight", type=float, help="Loss weight of synthetic samples (default: train.synthetic_weight)."),
-        click.option("--min-confidence", type=float, help="Drop synthetic images whose guide_confidence is lower (default: train.min_confidence)."),
-        click.option("--distill-temperature", type=float,
-                     help="Temperature of the soft labels synthetic images learn with distillation (default: train.distill_temperature)."),
-        click.option("--threads", type=int, help="torch CPU threads (train: torch's default; benchmark: 1, faster for tiny CNNs on shared cores)."),
-])
-
-
-TRAIN_KEYS = ("arch", "arch_kwargs", "epochs", "samples_per_epoch", "batch_size", "lr", "hflip", "input_size",
-              "synthetic_prob", "synthetic_weight", "min_confidence", "distill_temperature")
+#: train's and benchmark's --threads: torch's thread count in this process, not the config's
+#: ``threads`` (the stages' count per work unit), so not a declared setting
+torch_threads_option = click.option(
+    "--threads", type=int, help="torch CPU threads (train: torch's default; benchmark: 1, faster for tiny CNNs on shared cores).")
 
 
 def torch_threads_unset() -> bool:
@@ -68,10 +33,12 @@ def torch_threads_unset() -> bool:
     return not os.environ.get("OMP_NUM_THREADS")
 
 
-def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None) -> tuple[dict[str, Any], TrainFlags]:
-    """Pop the training flags: (cfg overrides for train.*, the flags that are no config key); set --threads
-    (``default_threads`` when neither --threads nor OMP_NUM_THREADS is given)."""
-    vals = {k: kwargs.pop(k, None) for k in TRAIN_KEYS}
+def _trainer_flags(kwargs: dict[str, Any], default_threads: int | None = None) -> TrainFlags:
+    """Set torch's threads from --threads (``default_threads`` when neither --threads nor
+    OMP_NUM_THREADS is given) and pop what the trainer takes past the config: --hflip and
+    --samples-per-epoch (checked with the trainer's settings; as before, not written into the
+    config, so the run.json of arms a benchmark builds stays the same) and whether --synthetic-prob
+    is 'natural' (the synthetic share of the union, which the config's probability cannot say)."""
     threads = kwargs.pop("threads", None)
     if threads is None and default_threads is not None and torch_threads_unset():
         threads = default_threads
@@ -81,36 +48,22 @@ def _train_overrides(kwargs: dict[str, Any], default_threads: int | None = None)
         import torch
 
         torch.set_num_threads(threads)
-    if vals["arch_kwargs"] is not None:
-        try:
-            vals["arch_kwargs"] = json.loads(vals["arch_kwargs"])
-        except json.JSONDecodeError as e:
-            raise AugmentError(f"--arch-kwargs is not valid JSON ({e.msg}); e.g. '{{\"channels\": [16, 32, 64, 128]}}'") from None
-        if not isinstance(vals["arch_kwargs"], dict):
-            raise AugmentError("--arch-kwargs must be a JSON object of keyword arguments")
     from augment.pipeline import TrainFlags
 
-    prob, natural = _prob(vals.pop("synthetic_prob"))
-    cfg_over = {f"train.{k}": vals[k] for k in ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "input_size",
-                                                "synthetic_weight", "min_confidence", "distill_temperature")}
-    if prob is not None:
-        cfg_over["train.synthetic_prob"] = prob
-    return cfg_over, TrainFlags(samples_per_epoch=vals["samples_per_epoch"], hflip=vals["hflip"], natural=natural)
+    prob = kwargs.get("synthetic_prob")
+    return TrainFlags(samples_per_epoch=kwargs.pop("samples_per_epoch", None), hflip=kwargs.pop("hflip", None),
+                      natural=prob is not None and synthetic_prob_flag(prob) is None)
 
 
 # ----------------------------------------------------------------------------------------- train
 
 
 @command()
-@common_options
-@train_options
+@config_options("train")
+@torch_threads_option
 @click.option("--real-k", type=int, help="Real train images per class (default: the largest of train.k_values).")
 @click.option("--synthetic", "synthetic", multiple=True, type=click.Path(file_okay=False),
               help="Synthetic run folder (token arm: OUT, baseline arm: OUT/baseline); repeatable.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Start from this state dict (.safetensors/.pth) instead of scratch.")
-@click.option("--distill/--no-distill", default=None,
-              help="Train the synthetic images on the guide's soft labels (their manifests' top-k) instead of their "
-                   "class; real images keep their labels (default: train.distill).")
 @click.option("--split", default="train", show_default=True, help="Real split the k-shot images come from.")
 @click.option("--test-split", default="test", show_default=True, help="Real split evaluated after every epoch.")
 def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None, distill: bool | None, split: str,
@@ -124,10 +77,10 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     from augment import pipeline
 
     out_flag = kwargs.get("out")
-    cfg_over, flags = _train_overrides(kwargs)
+    flags = _trainer_flags(kwargs)
     run = str(RunDir.locate(synthetic[0])[0]) if synthetic else None
     kwargs["out"] = None
-    cfg = build_config(kwargs, cfg_over | {"train.distill": distill}, run=run)
+    cfg = build_config(kwargs, {"train.distill": distill}, run=run)
     if checkpoint:
         cfg.train.checkpoint = checkpoint
     request = pipeline.TrainRequest(synthetic, real_k, split, test_split, Path(out_flag) if out_flag else None, run,
@@ -146,7 +99,7 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
 
 @command("eval")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
-@common_options
+@config_options("eval")
 @click.option("--eval-classifier", "specs", multiple=True,
               help="Classifier spec to score the images with; repeatable (default: the run's --classifier and judge).")
 @click.option("--features", help="Classifier whose penultimate features FID/KID use (default: the last --eval-classifier).")
@@ -178,8 +131,8 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
 
 
 @command()
-@common_options
-@train_options
+@config_options("benchmark")
+@torch_threads_option
 @click.option("--k", "k_values", help="Real images per class to try, comma-separated (default: train.k_values, 0,3,9,15).")
 @click.option("--seeds", help="Number of seeds N (0..N-1) or a comma-separated list (default: train.seeds).")
 @click.option("--arm", "arms", multiple=True,
@@ -207,12 +160,12 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     from augment.downstream.benchmark import render_text
     # tiny CNNs at 32x32 gain nothing from a second intra-op thread and lose several-fold when
     # the cores are shared, so the grid runs single-threaded unless told otherwise
-    cfg_over, flags = _train_overrides(kwargs, default_threads=1)
+    flags = _trainer_flags(kwargs, default_threads=1)
     out = kwargs.get("out")
     if out is None:
         out = build_config(dict(kwargs)).out
     kwargs["out"] = None
-    cfg = build_config(kwargs, cfg_over, run=out)
+    cfg = build_config(kwargs, run=out)
     # every flag is checked before missing arms are built: a typo must not cost a build
     ks = int_list(k_values, "--k")
     seed_list = int_list(seeds, "--seeds")

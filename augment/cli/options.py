@@ -12,20 +12,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from dataclasses import fields
+from typing import Any, get_args, get_type_hints
 
 import click
+import yaml
 
-from augment.config import Config, parse_grad_steps, resolve_config
+from augment.config import Config, Setting, resolve_config, settings_of
 from augment.errors import AugmentError
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-#: the common options that are config keys (``--config`` is the file itself)
-COMMON = ("dataset", "data_root", "model", "classifier", "out", "seed", "device", "dtype", "classes",
-          "workers", "address", "gpus_per_worker", "placement_timeout")
-
 
 class UserError(click.ClickException):
     """How the CLI shows an AugmentError: ``Error: <message>`` on stderr, exit code 2."""
@@ -138,38 +135,109 @@ def add_options(opts: list[Callable]) -> Callable[[Callable], Callable]:
     return decorate
 
 
-common_options = add_options([
-    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings (overrides the preset)."),
-    click.option("--dataset", help="Dataset name: digits, cub, inat, imagenet, folder (selects pipelines/<name>.yaml)."),
-    click.option("--data-root", type=click.Path(), help="Folder holding the dataset's images."),
-    click.option("--model", help="Diffusion backbone: embedded:<name>, a pipeline folder, or a hub id."),
-    click.option("--classifier", help="Guidance classifier: embedded:<name>, timm:<arch>[@ckpt], hf:<repo-or-folder>."),
-    click.option("--out", help="Run folder (default: runs/<dataset>)."),
-    click.option("--seed", type=int, help="Run seed; every sample's seed derives from it."),
-    click.option("--device", help="auto, cpu, cuda or cuda:N."),
-    click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute dtype (CPU always uses float32)."),
-    click.option("--classes", help="Class selection: indices 3,8, ranges 0-9 or class names (default: all)."),
-    click.option("--workers", type=int, help="Ray actors to run (each asks for --gpus-per-worker GPUs when the device wants CUDA); 0 runs inline."),
-    click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a Ray head running here, else a private local Ray)."),
-    click.option("--gpus-per-worker", type=float, help="GPUs each Ray actor asks for on --device cuda (or auto on a GPU cluster); 0.5 puts two on a GPU."),
-    click.option("--placement-timeout", type=float, help="Seconds to wait for Ray nodes that can take the actors before giving up (default 300)."),
-])
+#: the order of the sections' flags in --help (the config's own flags first)
+_HELP_SECTIONS = ("", "generate", "tokens", "caso", "train")
+_CLI_TYPES: dict[Any, Any] = {int: int, float: float, str: str, "path": click.Path(), "file": click.Path(dir_okay=False)}
 
 
-def build_config(kwargs: dict[str, Any], extra: dict[str, Any] | None = None, run: str | None = None) -> Config:
-    """Pop the common options from ``kwargs`` and resolve the config.
+def _param(flag: str) -> str:
+    """The click parameter name of a flag: ``--per-class`` -> ``per_class``."""
+    return flag.lstrip("-").replace("-", "_")
 
-    ``extra`` holds the command's own flags as dotted config keys (``tokens.lr``; None = not given);
-    ``run`` is a run folder whose run.json applies (commands that read an existing run).
+
+def _field(key: str) -> tuple[type, str]:
+    """The dataclass that declares a dotted key, and the key's leaf: ``tokens.lr`` -> (TokenConfig, "lr")."""
+    cls: Any = Config
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = {f.name: f for f in fields(cls)}[name].default_factory
+    return cls, leaf
+
+
+def command_settings(command: str) -> list[tuple[str, Setting]]:
+    """The settings ``command`` takes as flags, ``(dotted key, Setting)``, in --help order: the
+    config's own first, then by section (:data:`_HELP_SECTIONS`), each by its declared ``order``
+    (default: its place in its dataclass)."""
+    def rank(item: tuple[str, Setting]) -> tuple[int, float]:
+        key, s = item
+        cls, leaf = _field(key)
+        place = s.order if s.order is not None else [f.name for f in fields(cls)].index(leaf)
+        return _HELP_SECTIONS.index(key.rpartition(".")[0]), place
+
+    return sorted(((key, s) for key, s in settings_of() if command in s.commands), key=rank)
+
+
+def _option(key: str, s: Setting) -> Callable:
+    """The click option of one setting, from its declaration (not given: None, so the value from
+    the lower layers stands)."""
+    cls, leaf = _field(key)
+    hint = get_type_hints(cls)[leaf]
+    flag = s.flag_of(key) or ""
+    if hint is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", _param(flag), default=None, help=s.help)
+    if s.choices is not None:
+        kind: Any = click.Choice(list(s.choices))
+    else:
+        kind = _CLI_TYPES[s.cli_type if s.cli_type is not None else
+                          next(t for t in (int, float, str) if hint is t or t in get_args(hint))]
+    return click.option(flag, _param(flag), type=kind, default=None, help=s.help)
+
+
+def config_options(command: str) -> Callable[[Callable], Callable]:
+    """--config, every settings flag of ``command`` (the ones every config-resolving command takes
+    first: dataset, model, seed, ...) and --set, generated from the declarations
+    (:class:`augment.config.Setting`); the command's other options follow."""
+    return add_options([
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings (overrides the preset)."),
+        *[_option(key, s) for key, s in command_settings(command)],
+        set_option,
+    ])
+
+
+#: --set KEY=VALUE: any config key, at the flags' precedence, on every command that resolves a config
+set_option = click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+                          help="Any config key, dotted, with a YAML value (e.g. --set tokens.lr=0.01); repeatable.")
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of --set: a dotted config key and a YAML value."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise AugmentError(f"--set {item!r}: use KEY=VALUE with a dotted config key, e.g. --set tokens.lr=0.01")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise AugmentError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+
+
+def setting_overrides(kwargs: dict[str, Any], command: str) -> dict[str, Any]:
+    """Pop ``command``'s settings flags from ``kwargs`` as dotted overrides (each flag's text parsed
+    as declared; flags not given are left out), then --set's items, which apply at the same level."""
+    overrides: dict[str, Any] = {}
+    for key, s in command_settings(command):
+        value = kwargs.pop(_param(s.flag_of(key) or ""), None)
+        if value is not None:
+            overrides[key] = s.parse(value) if s.parse is not None else value
+    overrides.update(parse_set(item) for item in kwargs.pop("set_items", None) or ())
+    return overrides
+
+
+def build_config(kwargs: dict[str, Any], extra: dict[str, Any] | None = None, run: str | None = None,
+                 command: str | None = None) -> Config:
+    """Pop the settings flags and --set from ``kwargs`` and resolve the config.
+
+    ``command``: whose flags (default: the click command being run); ``extra`` holds flags the
+    command collected itself, as dotted config keys (None = not given); ``run`` is a run folder
+    whose run.json applies (commands that read an existing run).
     """
-    overrides = {k: kwargs.pop(k, None) for k in COMMON}
-    overrides.update(extra or {})
-    return resolve_config(kwargs.pop("config_file", None), overrides, dataset=overrides.get("dataset"), run=run)
+    from augment.io.rundir import run_settings
 
-
-def grad_steps_option(value: str | None) -> int | str | None:
-    """--grad-steps: an integer or 'all' (None: not given)."""
-    return None if value is None else parse_grad_steps(value, "--grad-steps")
+    command = command or click.get_current_context().command.name
+    overrides = setting_overrides(kwargs, command)
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    recorded = run_settings(run) if run is not None else None
+    return resolve_config(kwargs.pop("config_file", None), overrides, dataset=overrides.get("dataset"), run=run,
+                          recorded=recorded)
 
 
 def int_list(value: str | None, flag: str) -> list[int] | None:

@@ -9,11 +9,11 @@ finished units are kept, a re-run resumes).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from augment.cli.options import add_options, build_config, command, common_options, grad_steps_option
+from augment.cli.options import build_config, command, config_options
 from augment.io.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -21,40 +21,6 @@ if TYPE_CHECKING:
     from augment.pipeline import BuildResult
     from augment.stage import StageSummary
     from augment.verify import VerifySummary
-
-generate_options = add_options([
-    click.option("--per-class", type=int, help="Images per class (raising it later only adds samples)."),
-    click.option("--shard-size", type=int, help="Samples per shard (default 1000)."),
-    click.option("--image-format", type=click.Choice(["jpg", "png", "webp"]), help="Encoding of the images in the shards."),
-    click.option("--batch-size", type=int, help="Images per sampler call (default: chosen per device)."),
-    click.option("--steps", type=int, help="Denoising steps."),
-    click.option("--guidance-scale", type=float, help="Classifier-free guidance scale."),
-    click.option("--min-confidence", type=float,
-                 help="Rejection sampling: keep only images the guide gives at least this confidence; each class "
-                      "draws new seeds until it has --per-class images or its budget is spent (0 = keep all)."),
-    click.option("--max-attempts", type=int,
-                 help="Under --min-confidence: a class's budget, in draws per requested image (default 5)."),
-])
-
-threads_option = click.option(
-    "--threads", type=int,
-    help="torch CPU threads per work unit, inline and on every Ray actor alike (default 1): the same count gives "
-         "the same bytes whatever --workers.")
-
-
-def threads_override(kw: dict[str, Any]) -> dict[str, Any]:
-    """Pop --threads as the ``threads`` config override."""
-    return {"threads": kw.pop("threads", None)}
-
-
-GENERATE_KEYS = ("per_class", "shard_size", "image_format", "batch_size", "steps", "guidance_scale", "min_confidence",
-                 "max_attempts")
-
-
-def generate_overrides(kw: dict[str, Any]) -> dict[str, Any]:
-    """Pop the generate flags as ``generate.*`` config overrides."""
-    return {f"generate.{k}": kw.pop(k, None) for k in GENERATE_KEYS}
-
 
 def print_failed(failed: list[str]) -> None:
     for line in failed:
@@ -100,49 +66,38 @@ def verify_line(checked: VerifySummary) -> str:
 
 
 @command()
-@common_options
-@threads_option
-@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
-@click.option("--lr", type=float, help="Learning rate of the token embedding.")
-@click.option("--max-steps", type=int, help="Most optimisation steps per class.")
+@config_options("tokens")
 @click.option("--force", is_flag=True, help="Retrain tokens that exist / write into a folder made with other settings.")
-def tokens(force: bool, grad_steps: str | None, lr: float | None, max_steps: int | None, **kwargs) -> None:
+def tokens(force: bool, **kwargs) -> None:
     """Learn one discriminative token per class (DisCo), resumable; writes OUT/tokens/."""
     from augment.tokens.runner import run_tokens
 
-    gs = grad_steps_option(grad_steps)
-    cfg = build_config(kwargs, {"tokens.grad_steps": gs, "tokens.lr": lr, "tokens.max_steps": max_steps}
-                       | threads_override(kwargs))
+    cfg = build_config(kwargs)
     summary = run_tokens(cfg, force=force)
     print_tokens(summary, cfg.out)
     sys.exit(summary.exit_code)
 
 
 @command()
-@common_options
-@threads_option
-@generate_options
+@config_options("generate")
 @click.option("--baseline", is_flag=True, help="Plain prompts without the class token, same seeds (writes OUT/baseline/).")
 @click.option("--force", is_flag=True, help="Rewrite done shards / write into a folder made with other settings.")
 def generate(baseline: bool, force: bool, **kwargs) -> None:
     """Generate --per-class images per class into WebDataset shards + Parquet manifests (resumable)."""
     from augment.generate.runner import run_generate
 
-    cfg = build_config(kwargs, generate_overrides(kwargs) | threads_override(kwargs))
+    cfg = build_config(kwargs)
     s = run_generate(cfg, baseline=baseline, force=force)
     print_generate(s)
     sys.exit(s.exit_code)
 
 
 @command()
-@common_options
-@threads_option
-@generate_options
-@click.option("--grad-steps", help="Final denoising steps the gradient flows through: an integer or 'all'.")
+@config_options("build")
 @click.option("--baseline/--no-baseline", "with_baseline", default=None,
               help="Also generate the plain-prompt arm with the same seeds (OUT/baseline/).")
 @click.option("--force", is_flag=True, help="Retrain / regenerate what exists.")
-def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwargs) -> None:
+def build(with_baseline: bool | None, force: bool, **kwargs) -> None:
     """Run the whole job: tokens, then generate (and the baseline arm), then verify.
 
     The stages share one pool of workers: Ray is joined and the models are loaded once.
@@ -151,8 +106,7 @@ def build(grad_steps: str | None, with_baseline: bool | None, force: bool, **kwa
     """
     from augment import pipeline
 
-    gs = grad_steps_option(grad_steps)
-    cfg = build_config(kwargs, generate_overrides(kwargs) | {"tokens.grad_steps": gs} | threads_override(kwargs))
+    cfg = build_config(kwargs)
     result = pipeline.build(cfg, with_baseline, force, report=print_summary)
     if result.stopped:
         click.echo(result.stopped, err=True)
@@ -189,25 +143,13 @@ def print_built(cfg: Config, result: BuildResult) -> None:
 
 
 @command()
-@common_options
-@threads_option
-@click.option("--k", type=int, help="Real images per class: the embeddings learn from all classes' k reals, each is edited.")
-@click.option("--target", help="Which embeddings edit which reals: self (default), all, B, A->B (counterfactual, "
-                               "label B); B+C concatenates embeddings in one condition.")
-@click.option("--edit-mode", type=click.Choice(["ddim", "sdedit"]),
-              help="ddim: DDIM inversion then guided denoising (the paper's); sdedit: noise then denoise.")
-@click.option("--strength", type=float, help="Editing: fraction of the schedule the real image is inverted/noised to.")
-@click.option("--guided-step", type=int, help="Guide this denoising step only (single-step edit; 0 = the first that runs).")
-@click.option("--edits-per-image", type=int, help="Edits written per real image and condition (> 1 needs sdedit).")
-@click.option("--edit-guidance", type=float, help="Guidance scale of the edit (negative reverses it; the label stays the source's).")
-@click.option("--max-steps", type=int, help="Optimisation steps per embedding.")
+@config_options("caso")
 @click.option("--force", is_flag=True, help="Redo classes that are done / write into a folder made with other settings.")
 def caso(force: bool, **kwargs) -> None:
     """CASO: learn an embedding per class from the k-shot reals and write edits of them (OUT/caso/)."""
     from augment.generate.caso_runner import run_caso
 
-    keys = ("k", "target", "edit_mode", "strength", "guided_step", "edits_per_image", "edit_guidance", "max_steps")
-    cfg = build_config(kwargs, {f"caso.{k}": kwargs.pop(k, None) for k in keys} | threads_override(kwargs))
+    cfg = build_config(kwargs)
     s = run_caso(cfg, force=force)
     click.echo(f"caso: {s.done} classes done, {s.skipped} already done, {len(s.failed)} failed in {s.seconds:.0f}s -> {s.out}")
     for r in s.rows:

@@ -50,6 +50,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
+from augment.config import check_value
 from augment.datasets.base import Dataset, Sample
 from augment.errors import AugmentError
 from augment.io.manifest import read_manifests
@@ -189,8 +190,7 @@ def load_synthetic(
     filter empties (saying how many rows were dropped and why).
     """
     root = Path(arm)
-    if not 0.0 <= float(min_confidence) <= 1.0:
-        raise AugmentError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    check_value("train.min_confidence", float(min_confidence))
     if not root.is_dir():
         raise AugmentError(f"synthetic set {root} does not exist; pass a run folder made by `augment generate`")
     urls = shard_urls(root)
@@ -336,12 +336,10 @@ class MixedDataset(torch.utils.data.Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         distill_temperature: float | None = None,
     ) -> None:
-        if distill_temperature is not None and not distill_temperature > 0:
-            raise AugmentError(f"--distill-temperature must be > 0, got {distill_temperature}")
-        if synthetic_prob is not None and not 0.0 <= synthetic_prob <= 1.0:
-            raise AugmentError(f"--synthetic-prob must be in [0, 1], got {synthetic_prob}")
-        if synthetic_weight < 0:
-            raise AugmentError(f"--synthetic-weight must be >= 0, got {synthetic_weight}")
+        # the config's checks of these settings (one declaration each), for callers that pass them directly
+        check_value("train.distill_temperature", distill_temperature)
+        check_value("train.synthetic_prob", synthetic_prob)
+        check_value("train.synthetic_weight", synthetic_weight)
         self.class_names = list(class_names)
         self.sets = [s for s, _ in synthetic]
         parts = [real_images] + [imgs for _, imgs in synthetic]
@@ -564,8 +562,7 @@ def stream_mixed(
     """
     import webdataset as wds
 
-    if not 0.0 <= synthetic_prob <= 1.0:
-        raise AugmentError(f"--synthetic-prob must be in [0, 1], got {synthetic_prob}")
+    check_value("train.synthetic_prob", synthetic_prob)
     samples = dataset.kshot(k, seed, split) if k > 0 else []
     sets = [load_synthetic(a, dataset.class_names, min_confidence) for a in synthetic]
     sources: list[Any] = []

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from augment import stage
-from augment.config import Config, config_from_dict
+from augment.config import Config, compat_keys, config_from_dict
 from augment.datasets.base import Dataset
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
@@ -50,7 +50,8 @@ from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.caso import CasoResult, CasoTrainer, condition_prompt, edit_conditions, edit_label
 from augment.tokens.textual_inversion import check_names_hold_no_token
 
-COMPAT_KEYS = ["model", "classifier", "seed", "class_names", "classes", "caso"]
+#: settings that make an edit different (declared on the config's fields, resume=("caso", ...))
+COMPAT_KEYS = compat_keys("caso", after={"seed": ["class_names"]})
 
 
 @dataclass

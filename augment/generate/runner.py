@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from augment import stage
-from augment.config import MAX_SAMPLES, Config, GenerateConfig
+from augment.config import MAX_SAMPLES, Config, GenerateConfig, compat_keys
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
@@ -38,10 +38,9 @@ from augment.io.tokens_table import read_token_rows
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
 
-COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
-               "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",
-               "generate.shard_size", "generate.image_format", "generate.min_confidence",
-               "generate.max_attempts", "generate.soft_labels", "generate.batch_size", "baseline"]
+#: settings that make a shard different (declared on the config's fields, resume=("generate", ...));
+#: the extras are not config keys
+COMPAT_KEYS = compat_keys("generate", after={"model": ["model_fingerprint"], "seed": ["class_names"]}, tail=("baseline",))
 
 
 @dataclass

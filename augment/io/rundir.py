@@ -325,6 +325,19 @@ def read_run_json(run_dir: ArmDir | str | os.PathLike[str]) -> dict[str, Any] | 
     return data
 
 
+def run_settings(run: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | None:
+    """The ``config`` recorded in a run folder's run.json (the token arm's, else the first other arm
+    that has one) and that file's path, or None when the folder has none: the run.json layer of
+    :func:`augment.config.resolve_config` (its ``recorded``), read here so the config reads no folder."""
+    root = RunDir(run)
+    for name in ARMS:
+        arm = root.arm_dir(name)
+        data = read_run_json(arm)
+        if data and isinstance(data.get("config"), dict):
+            return data["config"], arm.run_json
+    return None
+
+
 def write_run_json(
     run_dir: ArmDir | str | os.PathLike[str],
     config_dict: dict[str, Any],

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from augment import stage
-from augment.config import Config, config_from_dict, parse_grad_steps
+from augment.config import Config, compat_keys, config_from_dict, parse_grad_steps
 from augment.distributed import Pool, WorkerFactory
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import atomic_write_json, remove_temp_files, sha256_file
@@ -28,10 +28,8 @@ from augment.tokens.disco import TokenResult
 from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
 
 # Settings that make a token different: a folder with other values belongs to another run.
-COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
-               "tokens.lr", "tokens.step_size", "tokens.trust_radius", "tokens.lr_schedule", "tokens.steps",
-               "tokens.guidance_scale", "tokens.batch_size", "tokens.n_vectors", "tokens.negative_confusers",
-               "tokens.val_seeds", "resolution"]
+# (declared on the config's fields, resume=("tokens", ...); the extras are not config keys)
+COMPAT_KEYS = compat_keys("tokens", after={"model": ["model_fingerprint"], "seed": ["class_names"]})
 
 
 class TokenWorker:

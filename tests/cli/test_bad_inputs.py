@@ -184,6 +184,12 @@ CASES = [
     case("prompt-bad-braces", "generate", "--config", "{w}/c.yaml",
          setup=_config("generate:\n  prompts: ['a {token {name}']\n"), fragment="cannot be filled"),
     case("config-set-seed-abc", "config", "--set", "seed=abc", fragment="config key seed = 'abc'"),
+    case("config-set-train-epochs-zero", "config", "--set", "train.epochs=0", fragment="--epochs must be at least 1, got 0"),
+    case("config-set-train-hflip-3", "config", "--set", "train.hflip=3", fragment="--hflip must be a probability in [0, 1]"),
+    case("tokens-set-unknown-key", "tokens", "--out", "{w}/run", "--set", "tokens.nope=1",
+         fragment="unknown config key 'nope' in command-line options [tokens]"),
+    case("generate-set-bad-steps", "generate", "--out", "{w}/run", "--set", "generate.steps=0",
+         fragment="generate.steps (--steps) must be from 1 to 10,000, got 0"),
     # --- sizes and counts: checked before anything is allocated -------------------------------------
     case("classes-huge-range", "tokens", "--classes", "0-99999999999", *FAST,
          fragment="class 99999999999 is out of range"),
