@@ -164,7 +164,7 @@ def test_token_problems(run):
 
 def test_manifest_token_sha_cross_check(run):
     s = make_sample(0, 50)
-    s.meta["token_sha256"] = "0" * 64
+    s.meta.token_sha256 = "0" * 64
     write_shard(run, 0, [s])
     text = "\n".join(verify_run(run).problems)
     assert "class 0: samples were made with token sha256 000000000000" in text
