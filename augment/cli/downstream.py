@@ -170,9 +170,9 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
              "distill_temperature": mixed.distill_temperature}
     with run_lock(run) if run and not out_flag else contextlib.nullcontext():  # it writes <run>/train/
         result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
-    final, best = result.metrics["final"], result.metrics["best"]
-    click.echo(f"test top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}% after {settings.epochs} epochs; "
-               f"best {100 * best['top1']:.2f}% at epoch {best['epoch']} ({result.seconds:.0f}s)")
+    final, best = result.metrics.final, result.metrics.best
+    click.echo(f"test top-1 {100 * final.top1:.2f}% top-5 {100 * final.top5:.2f}% after {settings.epochs} epochs; "
+               f"best {100 * best.top1:.2f}% at epoch {best.epoch} ({result.seconds:.0f}s)")
     click.echo(f"  metrics:    {out / 'metrics.json'}")
     click.echo(f"  checkpoint: {out / 'best.safetensors'}  (--classifier timm:{settings.arch}@{out / 'best.safetensors'})")
 
