@@ -358,9 +358,9 @@ def run_settings(run: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | N
     root = RunDir(run)
     for name in ARMS:
         arm = root.arm_dir(name)
-        data = read_run_json(arm)
-        if data and isinstance(data.get("config"), dict):
-            return data["config"], arm.run_json
+        record = read_run_json(arm)
+        if record is not None and record.has("config"):
+            return record.config, arm.run_json
     return None
 
 

@@ -64,10 +64,10 @@ def arm_present(arm: ArmDir) -> bool:
     """Whether ``arm`` was generated into: its run.json records a generating stage, or its
     ``shards/`` or ``manifests/`` folder exists. Such an arm must hold shards."""
     try:
-        stages = (read_run_json(arm) or {}).get("stages") or {}
+        record = read_run_json(arm)
     except AugmentError:  # an unreadable run.json: the folders still tell
-        stages = {}
-    generated = isinstance(stages, dict) and any(s in stages for s in GENERATING_STAGES)
+        record = None
+    generated = record is not None and any(s in record.stages for s in GENERATING_STAGES)
     return generated or arm.shards.is_dir() or arm.manifests.is_dir()
 
 
