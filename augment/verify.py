@@ -50,7 +50,7 @@ from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_j
 from augment.io.shards import manifest_path, shard_path
 from augment.stage import StageSummary
 
-__all__ = ["VerifyReport", "VerifySummary", "arm_present", "verify_arms", "verify_run"]
+__all__ = ["VerifyCounts", "VerifyReport", "VerifySummary", "arm_present", "verify_arms", "verify_run"]
 
 #: at most this many problems are listed per shard (then a count of the rest)
 MAX_PROBLEMS_PER_SHARD = 20
@@ -64,10 +64,10 @@ def arm_present(arm: ArmDir) -> bool:
     """Whether ``arm`` was generated into: its run.json records a generating stage, or its
     ``shards/`` or ``manifests/`` folder exists. Such an arm must hold shards."""
     try:
-        stages = (read_run_json(arm) or {}).get("stages") or {}
+        record = read_run_json(arm)
     except AugmentError:  # an unreadable run.json: the folders still tell
-        stages = {}
-    generated = isinstance(stages, dict) and any(s in stages for s in GENERATING_STAGES)
+        record = None
+    generated = record is not None and any(s in record.stages for s in GENERATING_STAGES)
     return generated or arm.shards.is_dir() or arm.manifests.is_dir()
 
 
@@ -80,20 +80,49 @@ def _no_shards_line(out_dir: Path) -> str:
 
 
 @dataclass
+class VerifyCounts:
+    """What one arm holds, as :func:`verify_run` counted it: complete shards, samples, classes,
+    samples per class index, the class names by index, the images' bytes, the rows of
+    tokens.parquet (``tokens``), the token files, and the problems found."""
+
+    shards: int = 0
+    samples: int = 0
+    classes: int = 0
+    per_class: dict[int, int] = field(default_factory=dict)
+    class_names: dict[int, str] = field(default_factory=dict)
+    image_bytes: int = 0
+    tokens: int = 0
+    token_files: int = 0
+    problems: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The counts as ``augment verify --json`` prints them (this order)."""
+        return {"shards": self.shards, "samples": self.samples, "classes": self.classes,
+                "per_class": dict(self.per_class), "class_names": dict(self.class_names),
+                "image_bytes": self.image_bytes, "tokens": self.tokens, "token_files": self.token_files,
+                "problems": self.problems}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VerifyCounts:
+        """Counts from their JSON (class indices may be strings there, as JSON keys are)."""
+        return cls(**{**data, "per_class": {int(k): int(v) for k, v in data.get("per_class", {}).items()},
+                      "class_names": {int(k): v for k, v in data.get("class_names", {}).items()}})
+
+
+@dataclass
 class VerifyReport:
-    """``problems``: one line each, empty when the run is consistent. ``summary``: shards,
-    samples, classes, per_class (class index -> samples), class_names (index -> name), image_bytes,
-    tokens (rows in tokens.parquet), token_files, problems (count)."""
+    """``problems``: one line each, empty when the run is consistent; ``summary``: the arm's
+    :class:`VerifyCounts`."""
 
     problems: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: VerifyCounts = field(default_factory=VerifyCounts)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problems": list(self.problems), "summary": dict(self.summary)}
+        return {"ok": self.ok, "problems": list(self.problems), "summary": self.summary.to_json()}
 
 
 class _Problems:
@@ -316,7 +345,7 @@ def _check_info(out_dir: Path, complete: list[int], lengths: dict[int, int], pro
         problems.append(f"{path}: num_samples is {num}, the shards hold {total}")
 
 
-def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -> dict[int, str]:
+def _check_tokens(out_dir: Path, problems: list[str], summary: VerifyCounts) -> dict[int, str]:
     """Check tokens/; returns class index -> token sha256 of the ok rows."""
     folder = ArmDir(out_dir).tokens
     table_path = ArmDir(out_dir).tokens_parquet
@@ -325,9 +354,9 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -
         for p in sorted(folder.iterdir()):
             if is_temp_name(p.name):
                 problems.append(f"{p}: leftover temporary file of an interrupted write")
-    summary["token_files"] = len(files)
+    summary.token_files = len(files)
     if not table_path.exists():
-        summary["tokens"] = 0
+        summary.tokens = 0
         if files:
             problems.append(f"{folder}: {len(files)} token files but no tokens.parquet listing them")
         return {}
@@ -338,7 +367,7 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: dict[str, Any]) -
         return {}
     problems.extend(_schema_problems(table.schema, TOKENS_SCHEMA, str(table_path)))
     rows = table.to_pylist()
-    summary["tokens"] = len(rows)
+    summary.tokens = len(rows)
     listed: set[str] = set()
     shas: dict[int, str] = {}
     for r in rows:
@@ -385,21 +414,9 @@ def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> V
     out_dir = Path(out_dir)
     report = VerifyReport()
     problems, summary = report.problems, report.summary
-    summary.update(
-        {
-            "shards": 0,
-            "samples": 0,
-            "classes": 0,
-            "per_class": {},
-            "class_names": {},
-            "image_bytes": 0,
-            "tokens": 0,
-            "token_files": 0,
-        }
-    )
     if not out_dir.is_dir():
         problems.append(f"{out_dir}: no such folder")
-        summary["problems"] = len(problems)
+        summary.problems = len(problems)
         return report
 
     tars = _indices(ArmDir(out_dir).shards, ".tar", problems)
@@ -455,19 +472,12 @@ def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> V
                     f"class {ci}: samples were made with token sha256 {t[:12]}..., tokens.parquet "
                     f"has {token_shas[ci][:12]}... (tokens retrained after generating?)"
                 )
-    summary.update(
-        {
-            "shards": len(complete),
-            "samples": sum(per_class.values()),
-            "classes": len(per_class),
-            "per_class": dict(sorted(per_class.items())),
-            "class_names": dict(sorted(names.items())),
-            "image_bytes": image_bytes,
-        }
-    )
-    if not complete and not summary["tokens"] and not summary["token_files"] and not problems:
+    summary.shards, summary.samples, summary.classes = len(complete), sum(per_class.values()), len(per_class)
+    summary.per_class, summary.class_names = dict(sorted(per_class.items())), dict(sorted(names.items()))
+    summary.image_bytes = image_bytes
+    if not complete and not summary.tokens and not summary.token_files and not problems:
         problems.append(f"{out_dir}: no shards and no tokens to verify (is this a run folder?)")
-    summary["problems"] = len(problems)
+    summary.problems = len(problems)
     return report
 
 

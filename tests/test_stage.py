@@ -100,7 +100,7 @@ def test_a_failing_unit_is_reported_and_the_others_finish(tmp_path):
     assert (s.done, s.skipped, s.exit_code) == (3, 0, 1)
     assert toy.finished
     record = read_run_json(tmp_path / "run" / "caso")
-    assert record["stage"] == "toy" and record["class_names"] == ["a", "b"] and "toy" in record["stages"]
+    assert record.stage == "toy" and record.class_names == ["a", "b"] and "toy" in record.stages
 
 
 def test_resume_skips_done_units_and_exit_code_0(tmp_path):
@@ -207,7 +207,7 @@ class OtherStage(ToyStage):
 def test_each_stage_compares_with_the_settings_it_recorded(tmp_path):
     stage.run_stage(ToyStage(_cfg(tmp_path, seed=0), n=1), show_progress=False)
     stage.run_stage(OtherStage(_cfg(tmp_path, seed=1), n=1), force=True, show_progress=False)
-    assert read_run_json(tmp_path / "run" / "caso")["config"]["seed"] == 1  # the last writer's config
+    assert read_run_json(tmp_path / "run" / "caso").config["seed"] == 1  # the last writer's config
     # the toy stage's resume still compares against what the toy stage wrote with
     assert stage.run_stage(ToyStage(_cfg(tmp_path, seed=0), n=1), show_progress=False).skipped == 1
     with pytest.raises(AugmentError, match=r"seed: 0 in run.json, 1 now"):

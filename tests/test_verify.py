@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from augment.io.manifest import TOKENS_SCHEMA, write_parquet
 from augment.io.shards import manifest_path, shard_path, write_shard
-from augment.verify import verify_run
+from augment.verify import VerifyCounts, verify_run
 from tests.io import encode, make_run, make_sample
 
 
@@ -71,10 +71,14 @@ def test_clean_run(clean):
     r = verify_run(clean)
     assert r.ok, r.problems
     s = r.summary
-    assert s["shards"] == 3 and s["samples"] == 8 and s["classes"] == 3
-    assert s["per_class"] == {0: 3, 1: 3, 2: 2} and s["class_names"] == {0: "zero", 1: "one", 2: "two"}
-    assert s["tokens"] == 4 and s["token_files"] == 3
-    json.dumps(r.to_dict())
+    assert s.shards == 3 and s.samples == 8 and s.classes == 3
+    assert s.per_class == {0: 3, 1: 3, 2: 2} and s.class_names == {0: "zero", 1: "one", 2: "two"}
+    assert s.tokens == 4 and s.token_files == 3 and s.problems == 0
+    doc = json.loads(json.dumps(r.to_dict()))
+    # `augment verify --json` prints the counts in this order, and they read back as they were
+    assert list(doc["summary"]) == ["shards", "samples", "classes", "per_class", "class_names", "image_bytes",
+                                    "tokens", "token_files", "problems"]
+    assert VerifyCounts.from_json(doc["summary"]) == s
 
 
 def test_tampered_image(run):
@@ -164,7 +168,7 @@ def test_token_problems(run):
 
 def test_manifest_token_sha_cross_check(run):
     s = make_sample(0, 50)
-    s.meta["token_sha256"] = "0" * 64
+    s.meta.token_sha256 = "0" * 64
     write_shard(run, 0, [s])
     text = "\n".join(verify_run(run).problems)
     assert "class 0: samples were made with token sha256 000000000000" in text
@@ -215,7 +219,7 @@ def test_tokens_only_run_verifies_its_tokens_and_passes(tokens_only):
     from augment.verify import verify_arms
 
     s = verify_arms(tokens_only)
-    assert list(s.arms) == ["token"] and s.exit_code == 0 and s.reports["token"].summary["tokens"] == 4
+    assert list(s.arms) == ["token"] and s.exit_code == 0 and s.reports["token"].summary.tokens == 4
     (tokens_only / "tokens" / "0001-one.safetensors").write_bytes(b"x")  # and the tokens are really checked
     assert verify_arms(tokens_only).exit_code == 1
 
@@ -285,7 +289,7 @@ def test_a_folder_with_only_another_arm_passes(clean, tmp_path, arm, stage, extr
     (out / LOCK_NAME).write_text("")
     s = verify_arms(out)
     assert s.exit_code == 0, {n: r.problems for n, r in s.reports.items()}
-    assert list(s.arms) == [arm] and s.reports[arm].summary["shards"] >= 1
+    assert list(s.arms) == [arm] and s.reports[arm].summary.shards >= 1
 
 
 def test_every_problem_names_its_arm(run):

@@ -87,9 +87,9 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
                                     flags)
     done = pipeline.train(cfg, request, log=click.echo)
     result, settings, out = done.result, done.settings, done.out
-    final, best = result.metrics["final"], result.metrics["best"]
-    click.echo(f"test top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}% after {settings.epochs} epochs; "
-               f"best {100 * best['top1']:.2f}% at epoch {best['epoch']} ({result.seconds:.0f}s)")
+    final, best = result.metrics.final, result.metrics.best
+    click.echo(f"test top-1 {100 * final.top1:.2f}% top-5 {100 * final.top5:.2f}% after {settings.epochs} epochs; "
+               f"best {100 * best.top1:.2f}% at epoch {best.epoch} ({result.seconds:.0f}s)")
     click.echo(f"  metrics:    {out / 'metrics.json'}")
     click.echo(f"  checkpoint: {out / 'best.safetensors'}  (--classifier timm:{settings.arch}@{out / 'best.safetensors'})")
 

@@ -27,8 +27,8 @@ def verify(out: str, no_decode: bool, as_json: bool) -> None:
             click.echo(json.dumps({"arm": str(arm), **report.to_dict()}, indent=2, default=str))
         else:
             summ = report.summary
-            click.echo(f"{arm}: {summ.get('shards', 0)} shards, {summ.get('samples', 0)} samples, "
-                       f"{summ.get('classes', 0)} classes: {'ok' if report.ok else 'PROBLEMS'}")
+            click.echo(f"{arm}: {summ.shards} shards, {summ.samples} samples, "
+                       f"{summ.classes} classes: {'ok' if report.ok else 'PROBLEMS'}")
             for p in report.problems:
                 click.echo(f"  problem: {p}", err=True)
     sys.exit(summary.exit_code)

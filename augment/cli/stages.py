@@ -57,7 +57,7 @@ def print_generate(s) -> None:
 def verify_line(checked: VerifySummary) -> str:
     """Every arm's verdict in one line: ``ok (token: 5 shards, baseline: 5 shards)``, or the
     number of problems, per arm, and the command that lists them."""
-    arms = ", ".join(f"{name}: {r.summary.get('shards', 0)} shards" + ("" if r.ok else f", {len(r.problems)} problems")
+    arms = ", ".join(f"{name}: {r.summary.shards} shards" + ("" if r.ok else f", {len(r.problems)} problems")
                      for name, r in checked.reports.items())
     if not checked.exit_code:
         return f"ok ({arms})"

@@ -229,9 +229,9 @@ class CellWorker:
         result = train_classifier(mixed, test_images, test_labels, s, out=None, progress=False,
                                   desc=f"k={k} {t.source} s{seed}",
                                   checkpoint=self.shared(self.checkpoint) if self.checkpoint is not None else None)
-        final = result.metrics["final"]
+        final = result.metrics.final
         return BenchmarkCell(key=cell.key, arm=t.label, arm_spec=t, k=k, seed=seed, top1=result.final_top1,
-                             top5=final["top5"], mean_class_top1=final["mean_class_top1"], real=mixed.n_real,
+                             top5=final.top5, mean_class_top1=final.mean_class_top1, real=mixed.n_real,
                              synthetic=mixed.n_synthetic, seconds=result.seconds)
 
 

@@ -165,10 +165,10 @@ def _soft_labels(table: pa.Table, root: Path, class_names: Sequence[str]) -> lis
     are left out. Rows without one (older manifests) give None."""
     if "soft_classes" not in table.column_names:
         return [None] * table.num_rows
-    from augment.io.rundir import ArmDir, read_run_json
+    from augment.io.rundir import ArmDir, recorded_class_names
 
     wanted = {norm_name(n): i for i, n in enumerate(class_names)}
-    run_names = (read_run_json(ArmDir(root)) or {}).get("class_names") or list(class_names)
+    run_names = recorded_class_names(ArmDir(root)) or list(class_names)
     to_dataset = {i: wanted[norm_name(n)] for i, n in enumerate(run_names) if norm_name(n) in wanted}
     out: list[tuple[list[int], list[float]] | None] = []
     for classes, probs in zip(table.column("soft_classes").to_pylist(), table.column("soft_probs").to_pylist(),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from augment.config import TrainConfig
 from augment.downstream.metrics import classification_metrics, predict_logits
 from augment.downstream.mixing import MixedDataset, mixed_loader
+from augment.downstream.train_metrics import TrainMetrics
 from augment.downstream.transforms import BatchAugment, normalize
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_json
@@ -78,8 +78,11 @@ class TrainSettings(TrainConfig):
 
 @dataclass
 class TrainResult:
+    """The trained model, its :class:`TrainMetrics` (what metrics.json holds), the final and best
+    top-1, the best epoch and the seconds taken."""
+
     model: torch.nn.Module
-    metrics: dict[str, Any]
+    metrics: TrainMetrics
     final_top1: float
     best_top1: float
     best_epoch: int
@@ -280,7 +283,7 @@ def train_classifier(
                                       test_labels, class_names)
     best["epoch"] = best_epoch
     seconds = time.perf_counter() - start
-    metrics = json_safe({
+    metrics = TrainMetrics.from_json(json_safe({  # JSON-safe values, so the result equals the file
         "class_names": class_names,
         "final": final,
         "best": best,
@@ -292,12 +295,9 @@ def train_classifier(
         "checkpoint": {"path": "best.safetensors", "sidecar": "best.json", "epoch": best_epoch,
                        "load_with": f"timm:{settings.arch}@{(out / 'best.safetensors') if out else 'best.safetensors'}"},
         "seconds": seconds,
-    })
+    }))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "metrics.json", metrics.to_json())
     return TrainResult(model, metrics, float(final["top1"]), best_top1, best_epoch, seconds)
 
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

@@ -32,6 +32,7 @@ from augment.errors import AugmentError
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import remove_temp_files
 from augment.io.images import encode_image
+from augment.io.manifest import ManifestRow
 from augment.io.rundir import ArmDir
 from augment.io.shards import (
     SynthSample,
@@ -146,13 +147,13 @@ class CasoWorker:
             for b, (j, e) in enumerate((j, e) for j in mine for e in range(per)):
                 index = c * 100000 + ci * 1000 + mine.index(j) * per + e  # unique per label across classes
                 samples.append(SynthSample(sample_key(label, index), label, encode_image(arrays[b], cc.image_format),
-                                           cc.image_format, {
-                    "class_name": self.names[label], "prompt": prompt, "seed": seeds[b],
-                    "token": learned[cond[0]].token, "mode": "edit", "source_key": reals.source_keys[j],
-                    "strength": cc.strength, "edit_mode": cc.edit_mode, "targets": "+".join(map(str, cond)),
-                    "model_id": cfg.model, "scheduler": cfg.scheduler, "steps": cc.edit_steps,
-                    "guidance_scale": cc.edit_guidance, "guide_confidence": float(probs[b, label]),
-                    "guide_pred": int(probs[b].argmax()), "attempts": 1, "status": "ok", "sample_index": index}))
+                                           cc.image_format, ManifestRow(
+                    class_name=self.names[label], prompt=prompt, seed=seeds[b],
+                    token=learned[cond[0]].token, mode="edit", source_key=reals.source_keys[j],
+                    strength=cc.strength, edit_mode=cc.edit_mode, targets="+".join(map(str, cond)),
+                    model_id=cfg.model, scheduler=cfg.scheduler, steps=cc.edit_steps,
+                    guidance_scale=cc.edit_guidance, guide_confidence=float(probs[b, label]),
+                    guide_pred=int(probs[b].argmax()), attempts=1, status="ok", sample_index=index)))
         res = list(learned.values())
         row = CasoRow(c, sorted(learned), float(np.mean([r.init_accuracy for r in res])) if res else 0.0,
                       float(np.mean([r.final_accuracy for r in res])) if res else 0.0, sum(r.seconds for r in res))

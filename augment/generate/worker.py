@@ -26,6 +26,7 @@ from augment.config import config_from_dict
 from augment.generate.plan import ShardUnit, sample_seed
 from augment.generate.rejection import RejectionStats, quotas, stream_seed
 from augment.io.images import encode_image
+from augment.io.manifest import ManifestRow
 from augment.io.shards import SynthSample, sample_key
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
@@ -171,19 +172,19 @@ class GenerateWorker:
         if self.progress is not None:
             self.progress(unit.index, done)
 
-    def meta(self, d: Drawn, sample_index: int, attempts: int) -> dict[str, Any]:
-        """The manifest columns the worker knows for one kept draw (write_shard adds the file facts)."""
+    def meta(self, d: Drawn, sample_index: int, attempts: int) -> ManifestRow:
+        """The manifest row as the worker knows it for one kept draw (write_shard adds the file facts)."""
         g = self.cfg.generate
         soft_classes, soft_probs = d.soft if d.soft is not None else (None, None)
-        return {
-            "class_name": self.spec.class_names[d.c], "prompt": self.prompt(d.c, d.i),
-            "negative_prompt": self.negative_prompt(d.c) or None, "seed": d.seed, "token": self.token(d.c) or None,
-            "token_sha256": self.spec.token_sha(d.c),
-            "mode": "txt2img", "model_id": self.cfg.model, "scheduler": self.cfg.scheduler, "steps": g.steps,
-            "guidance_scale": g.guidance_scale, "guide_confidence": d.confidence, "guide_pred": d.pred,
-            "soft_classes": soft_classes, "soft_probs": soft_probs,
-            "attempts": attempts, "status": "ok", "sample_index": sample_index,
-        }
+        return ManifestRow(
+            class_name=self.spec.class_names[d.c], prompt=self.prompt(d.c, d.i),
+            negative_prompt=self.negative_prompt(d.c) or None, seed=d.seed, token=self.token(d.c) or None,
+            token_sha256=self.spec.token_sha(d.c),
+            mode="txt2img", model_id=self.cfg.model, scheduler=self.cfg.scheduler, steps=g.steps,
+            guidance_scale=g.guidance_scale, guide_confidence=d.confidence, guide_pred=d.pred,
+            soft_classes=soft_classes, soft_probs=soft_probs,
+            attempts=attempts, status="ok", sample_index=sample_index,
+        )
 
     def run(self, unit: ShardUnit) -> ShardResult:
         """One shard: every planned sample from its own seed, or, under ``min_confidence``, the

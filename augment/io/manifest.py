@@ -11,9 +11,12 @@ them empty or that name a column the schema does not have (a typo must not silen
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from augment.resources import manifests_dir
 __all__ = [
     "ADDED_COLUMNS",
     "MANIFEST_SCHEMA",
+    "ManifestRow",
     "SCHEMA_DOCS",
     "TOKENS_SCHEMA",
     "read_manifest",
@@ -180,6 +184,73 @@ TOKENS_SCHEMA: pa.Schema = pa.schema(
 ADDED_COLUMNS = frozenset({"soft_classes", "soft_probs"})
 
 SCHEMA_DOCS: dict[str, pa.Schema] = {"manifest": MANIFEST_SCHEMA, "tokens": TOKENS_SCHEMA}
+
+
+# ------------------------------------------------------------------------------------- the record
+
+
+@dataclass(kw_only=True)
+class ManifestRow:
+    """One manifest row (one synthetic sample), exactly the columns of :data:`MANIFEST_SCHEMA`, in
+    its order (a test holds the two together; see the schema for what each column means).
+
+    The stages build one per sample with what they know (``class_name``, ``seed``, ``mode``, the
+    prompt and the guide's verdict ...); :func:`augment.io.shards.write_shard` fills the file facts
+    (``key``, ``shard``, ``class_index``, ``image_format``, ``width``, ``height``,
+    ``image_sha256``, ``bytes``, and ``created_at``, ``tool_version``, ``sample_index`` when left
+    None) and writes the Parquet row and the ``<key>.json`` sidecar from the result. Values are
+    stored as given (no conversion), so the files' bytes are what the stages' dicts once gave.
+    """
+
+    key: str | None = None
+    shard: str | None = None
+    sample_index: int | None = None
+    class_index: int | None = None
+    class_name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int
+    token: str | None = None
+    token_sha256: str | None = None
+    mode: str
+    source_key: str | None = None
+    strength: float | None = None
+    edit_mode: str | None = None
+    targets: str | None = None
+    model_id: str | None = None
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    image_format: str | None = None
+    image_sha256: str | None = None
+    bytes: int | None = None
+    guide_confidence: float | None = None
+    guide_pred: int | None = None
+    soft_classes: list[int] | None = None
+    soft_probs: list[float] | None = None
+    attempts: int | None = None
+    status: str = "ok"
+    created_at: _dt.datetime | None = None
+    tool_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Column -> value in schema order, as :func:`write_parquet` takes a row (None is null)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ManifestRow:
+        """A row from column -> value (a manifest's ``to_pylist()`` row, a stage's dict); columns added
+        later (:data:`ADDED_COLUMNS`) and other nullable ones may be absent. ValueError for a column
+        the schema does not have (a typo must not silently drop data)."""
+        unknown = sorted(set(data) - set(MANIFEST_SCHEMA.names))
+        if unknown:
+            raise ValueError(f"manifest row has columns not in the schema: {', '.join(unknown)}")
+        given = dict(data)
+        for name in ("class_name", "seed", "mode"):  # no default: a row read back has them (schema: not null)
+            given.setdefault(name, None)
+        return cls(**given)
 
 
 # ---------------------------------------------------------------------------------------- writing

@@ -26,11 +26,13 @@ from typing import Any
 import augment
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, temp_path_for
+from augment.io.run_record import RECORD_FIELDS, RunRecord
 
 __all__ = [
     "ARMS",
     "RUN_JSON",
     "ArmDir",
+    "RunRecord",
     "ArmSpec",
     "RunDir",
     "arm_spec",
@@ -42,6 +44,7 @@ __all__ = [
     "git_sha",
     "package_versions",
     "read_run_json",
+    "recorded_class_names",
     "write_run_json",
 ]
 
@@ -304,8 +307,9 @@ def git_sha() -> str | None:
         return None
 
 
-def read_run_json(run_dir: ArmDir | str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The parsed ``run.json``, or None when there is none; AugmentError when it is unreadable."""
+def read_run_json(run_dir: ArmDir | str | os.PathLike[str]) -> RunRecord | None:
+    """The folder's ``run.json`` as a :class:`RunRecord`, or None when there is none; AugmentError
+    when it is unreadable."""
     path = _as_path(run_dir) / RUN_JSON
     try:
         text = path.read_text(encoding="utf-8")
@@ -322,7 +326,14 @@ def read_run_json(run_dir: ArmDir | str | os.PathLike[str]) -> dict[str, Any] | 
         ) from None
     if not isinstance(data, dict):
         raise AugmentError(f"{path} does not hold a JSON object; use another --out or pass --force")
-    return data
+    return RunRecord.from_json(data)
+
+
+def recorded_class_names(run_dir: ArmDir | str | os.PathLike[str]) -> list[str]:
+    """The class names the folder's run.json records; empty without run.json or class names.
+    AugmentError when run.json is unreadable, as :func:`read_run_json`."""
+    record = read_run_json(run_dir)
+    return list(record.class_names or []) if record is not None else []
 
 
 def run_settings(run: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | None:
@@ -332,9 +343,9 @@ def run_settings(run: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | N
     root = RunDir(run)
     for name in ARMS:
         arm = root.arm_dir(name)
-        data = read_run_json(arm)
-        if data and isinstance(data.get("config"), dict):
-            return data["config"], arm.run_json
+        record = read_run_json(arm)
+        if record is not None and record.has("config"):
+            return record.config, arm.run_json
     return None
 
 
@@ -343,8 +354,8 @@ def write_run_json(
     config_dict: dict[str, Any],
     stage: str,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write (or update) ``run.json`` atomically and return what was written.
+) -> RunRecord:
+    """Write (or update) ``run.json`` atomically and return what was written (as read back).
 
     Fields: ``config`` (as given: the last writer's), ``settings`` (stage -> the ``config`` and
     ``extra`` that stage last wrote with, kept apart so that re-running one stage never changes
@@ -358,42 +369,38 @@ def write_run_json(
     """
     path = _as_path(run_dir)
     try:
-        old = read_run_json(path) or {}
+        old = read_run_json(path) or RunRecord(absent=frozenset(RECORD_FIELDS))
     except AugmentError:
-        old = {}
+        old = RunRecord(absent=frozenset(RECORD_FIELDS))
     now = _now()
     extra = dict(extra or {})
-    record: dict[str, Any] = {k: v for k, v in old.items() if k not in ("config",)}
-    record.update(
-        {
-            "config": config_dict,
-            "stage": stage,
-            "stages": {**(old.get("stages") or {}), stage: now},
-            "settings": {**_settings(old), stage: _normal({"config": config_dict, **extra})},
-            "created": old.get("created", now),
-            "updated": now,
-            "augment_version": augment.__version__,
-            "git_sha": git_sha(),
-            "packages": package_versions(),
-            "model_id": config_dict.get("model"),
-            "classifier_id": config_dict.get("classifier"),
-            "class_names": old.get("class_names"),
-        }
+    record = RunRecord(
+        config=config_dict,
+        stage=stage,
+        stages={**old.stages, stage: now},
+        settings={**old.settings, stage: _normal({"config": config_dict, **extra})},
+        created=old.created if old.has("created") else now,
+        updated=now,
+        augment_version=augment.__version__,
+        git_sha=git_sha(),
+        packages=package_versions(),
+        model_id=config_dict.get("model"),
+        classifier_id=config_dict.get("classifier"),
+        class_names=old.class_names,
+        extra=dict(old.extra),
     )
-    record.update(extra)
+    for key, value in extra.items():  # a stage's entries: a record field (class_names, model_id) or its own
+        if key in RECORD_FIELDS:
+            setattr(record, key, value)
+        else:
+            record.extra[key] = value
     path.mkdir(parents=True, exist_ok=True)
     # round-trip through JSON so the return value equals what a later read_run_json gives
-    atomic_write_json(path / RUN_JSON, record)
-    return json.loads((path / RUN_JSON).read_text(encoding="utf-8"))
+    atomic_write_json(path / RUN_JSON, record.to_json())
+    return RunRecord.from_json(json.loads((path / RUN_JSON).read_text(encoding="utf-8")))
 
 
 _MISSING = object()
-
-
-def _settings(record: dict[str, Any]) -> dict[str, Any]:
-    """run.json's ``settings`` (stage -> what it wrote with); empty in folders made before it existed."""
-    settings = record.get("settings")
-    return settings if isinstance(settings, dict) else {}
 
 
 def _lookup(data: Any, dotted: str) -> Any:
@@ -444,10 +451,9 @@ def check_compatible(
         raise
     if old is None:
         return []
-    recorded = _settings(old).get(stage) if stage else None
-    if isinstance(recorded, dict):
-        old = recorded
-    old_config = old.get("config") if isinstance(old.get("config"), dict) else {}
+    recorded = old.stage_settings(stage) if stage else None
+    top = recorded if recorded is not None else old.to_json()
+    old_config = top.get("config") if isinstance(top.get("config"), dict) else {}
     diffs: list[str] = []
     for key in keys:
         new_value = _lookup(config_dict, key)
@@ -455,7 +461,7 @@ def check_compatible(
             new_value = _lookup(extra, key)
         old_value = _lookup(old_config, key)
         if old_value is _MISSING:
-            old_value = _lookup(old, key)
+            old_value = _lookup(top, key)
         if new_value is _MISSING or old_value is _MISSING:
             continue
         if _normal(new_value) != _normal(old_value):
@@ -472,10 +478,10 @@ def check_compatible(
 def stage_ran(run_dir: ArmDir | str | os.PathLike[str], stage: str) -> bool:
     """Whether ``stage`` has written this run folder before (its settings are then binding)."""
     try:
-        old = read_run_json(_as_path(run_dir)) or {}
+        old = read_run_json(_as_path(run_dir))
     except AugmentError:
         return False
-    return stage in (old.get("stages") or {})
+    return old is not None and stage in old.stages
 
 
 def check_out_in_ray_job(path: str | os.PathLike[str]) -> None:

@@ -13,7 +13,7 @@ its Parquet (or a temp file), which :func:`cleanup_partial` removes before the s
 Writing is deterministic: identical samples give a byte-identical tar (fixed mtime, uid/gid,
 user/group names and mode in every header; members in sample order, a sample's files contiguous
 and sorted by extension; the JSON sidecar has sorted keys and no wall-clock fields). The Parquet
-is byte-identical too when the caller passes ``created_at`` in ``meta`` (otherwise it is "now").
+is byte-identical too when the caller sets ``created_at`` in ``meta`` (otherwise it is "now").
 
 This module knows nothing about models: it takes already-encoded images.
 """
@@ -25,7 +25,8 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ import augment
 from augment.io.atomic import atomic_path, atomic_write_json, remove_temp_files
 from augment.io.images import IMAGE_FORMATS, image_size
 from augment.io.jsonsafe import json_safe
-from augment.io.manifest import MANIFEST_SCHEMA, rows_to_table, write_parquet
+from augment.io.manifest import MANIFEST_SCHEMA, ManifestRow, rows_to_table, write_parquet
 from augment.io.rundir import ArmDir, parse_shard_name, shard_name
 
 __all__ = [
     "IMAGE_FORMATS",
+    "ShardWritten",
     "SynthSample",
     "cleanup_partial",
     "complete_shard_keys",
@@ -79,20 +81,52 @@ _SAMPLE_KEY_RE = re.compile(r"^c(\d+)_s(\d+)$")
 
 @dataclass
 class SynthSample:
-    """One encoded synthetic image and its manifest fields.
+    """One encoded synthetic image and its manifest row.
 
-    ``meta`` holds the other manifest columns (class_name, prompt, seed, token, mode, status, ...;
-    see ``manifests/schema/manifest.json``). ``key``, ``shard``, ``class_index``,
-    ``image_format``, ``width``, ``height``, ``image_sha256`` and ``bytes`` are filled by
-    :func:`write_shard`; ``created_at`` and ``tool_version`` default to now / augment's version;
-    ``sample_index`` defaults to the number in a ``c0042_s000017`` key.
+    ``meta`` is the row as the stage knows it (class_name, prompt, seed, token, mode, status, ...;
+    see ``manifests/schema/manifest.json``); a dict (column -> value) is turned into a
+    :class:`~augment.io.manifest.ManifestRow`, refusing columns the schema lacks. ``key``,
+    ``shard``, ``class_index``, ``image_format``, ``width``, ``height``, ``image_sha256`` and
+    ``bytes`` are filled by :func:`write_shard`; ``created_at`` and ``tool_version`` default to
+    now / augment's version; ``sample_index`` defaults to the number in a ``c0042_s000017`` key.
     """
 
     key: str
     class_index: int
     image: bytes
     image_format: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: ManifestRow
+
+    def __post_init__(self) -> None:
+        if isinstance(self.meta, Mapping):
+            self.meta = ManifestRow.from_json(self.meta)
+
+
+@dataclass
+class ShardWritten:
+    """What :func:`write_shard` wrote: the shard's name and index, its tar and manifest, how many
+    samples, the tar's size, the images' bytes and the samples per class index."""
+
+    shard: str
+    index: int
+    tar: Path
+    manifest: Path
+    num_samples: int
+    tar_bytes: int
+    image_bytes: int
+    per_class: dict[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shard": self.shard, "index": self.index, "tar": str(self.tar), "manifest": str(self.manifest),
+                "num_samples": self.num_samples, "tar_bytes": self.tar_bytes, "image_bytes": self.image_bytes,
+                "per_class": dict(self.per_class)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShardWritten:
+        return cls(shard=data["shard"], index=int(data["index"]), tar=Path(data["tar"]),
+                   manifest=Path(data["manifest"]), num_samples=int(data["num_samples"]),
+                   tar_bytes=int(data["tar_bytes"]), image_bytes=int(data["image_bytes"]),
+                   per_class={int(k): int(v) for k, v in data["per_class"].items()})
 
 
 def sample_key(class_index: int, sample_index: int) -> str:
@@ -113,14 +147,15 @@ def manifest_path(out_dir: str | os.PathLike[str], index: int) -> Path:
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _sidecar(row: dict[str, Any]) -> bytes:
+def _sidecar(row: ManifestRow) -> bytes:
     """The ``<key>.json`` bytes: the row's columns (schema order) minus JSON_EXCLUDE, sorted keys."""
-    doc = {name: json_safe(row.get(name)) for name in MANIFEST_SCHEMA.names if name not in JSON_EXCLUDE}
+    doc = {name: json_safe(value) for name, value in row.to_json().items() if name not in JSON_EXCLUDE}
     return json.dumps(doc, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
-def _rows(shard: str, samples: list[SynthSample], now: _dt.datetime) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def _rows(shard: str, samples: list[SynthSample], now: _dt.datetime) -> list[ManifestRow]:
+    """Each sample's row with the file facts filled in (and the defaults of the docstring above)."""
+    rows: list[ManifestRow] = []
     seen: set[str] = set()
     for s in samples:
         if not isinstance(s.key, str) or not _KEY_RE.match(s.key):
@@ -150,21 +185,21 @@ def _rows(shard: str, samples: list[SynthSample], now: _dt.datetime) -> list[dic
             "bytes": len(image),
         }
         for name in _COMPUTED:
-            if name in s.meta and s.meta[name] is not None and s.meta[name] != computed[name]:
+            given = getattr(s.meta, name)
+            if given is not None and given != computed[name]:
                 raise ValueError(
-                    f"sample {s.key}: meta[{name!r}]={s.meta[name]!r} contradicts the "
+                    f"sample {s.key}: meta[{name!r}]={given!r} contradicts the "
                     f"computed value {computed[name]!r}"
                 )
-        row = {**s.meta, **computed}
-        row.setdefault("created_at", now)
-        if row["created_at"] is None:
-            row["created_at"] = now
-        if row.get("tool_version") is None:
-            row["tool_version"] = augment.__version__
-        if row.get("sample_index") is None:
+        row = replace(s.meta, **computed)
+        if row.created_at is None:
+            row.created_at = now
+        if row.tool_version is None:
+            row.tool_version = augment.__version__
+        if row.sample_index is None:
             m = _SAMPLE_KEY_RE.match(s.key)
             if m:
-                row["sample_index"] = int(m.group(2))
+                row.sample_index = int(m.group(2))
         rows.append(row)
     return rows
 
@@ -172,7 +207,7 @@ def _rows(shard: str, samples: list[SynthSample], now: _dt.datetime) -> list[dic
 def write_shard(
     out_dir: str | os.PathLike[str], shard_index: int, samples: list[SynthSample],
     metadata: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ShardWritten:
     """Write ``shards/synth-NNNNNN.tar`` then ``manifests/synth-NNNNNN.parquet`` (the done marker).
     ``metadata``: file-level key-value entries of the Parquet (facts about the whole shard).
 
@@ -180,8 +215,8 @@ def write_shard(
     first, so a crash mid-rewrite never leaves a "done" marker next to a different tar. Refuses
     an empty ``samples`` list (readers reject empty tars). Raises ValueError for bad samples
     (dotted or duplicate keys, unknown formats, bytes that are not the declared image format,
-    meta columns not in the manifest schema or contradicting computed ones). Returns a summary:
-    shard name, paths, sample count, tar size, image bytes and per-class counts.
+    meta contradicting computed columns, required columns left empty). Returns a
+    :class:`ShardWritten`: shard name, paths, sample count, tar size, image bytes, per-class counts.
     """
     if not samples:
         raise ValueError(
@@ -195,7 +230,8 @@ def write_shard(
     now = _dt.datetime.now(_dt.UTC)
 
     rows = _rows(name, samples, now)
-    rows_to_table(rows, MANIFEST_SCHEMA, f"shard {name}")  # validate before touching any file
+    columns = [r.to_json() for r in rows]
+    rows_to_table(columns, MANIFEST_SCHEMA, f"shard {name}")  # validate before touching any file
 
     pq_path.parent.mkdir(parents=True, exist_ok=True)
     pq_path.unlink(missing_ok=True)  # un-mark "done" before replacing the tar
@@ -214,21 +250,14 @@ def write_shard(
                 )
         f.flush()
         os.fsync(f.fileno())
-    write_parquet(pq_path, rows, MANIFEST_SCHEMA, metadata)
+    write_parquet(pq_path, columns, MANIFEST_SCHEMA, metadata)
 
     per_class: dict[int, int] = {}
     for s in samples:
         per_class[int(s.class_index)] = per_class.get(int(s.class_index), 0) + 1
-    return {
-        "shard": name,
-        "index": shard_index,
-        "tar": str(tar_path),
-        "manifest": str(pq_path),
-        "num_samples": len(samples),
-        "tar_bytes": tar_path.stat().st_size,
-        "image_bytes": sum(r["bytes"] for r in rows),
-        "per_class": per_class,
-    }
+    return ShardWritten(shard=name, index=shard_index, tar=tar_path, manifest=pq_path, num_samples=len(samples),
+                        tar_bytes=tar_path.stat().st_size, image_bytes=sum(r.bytes or 0 for r in rows),
+                        per_class=per_class)
 
 
 # ----------------------------------------------------------------------------------------- resume

@@ -31,7 +31,7 @@ from augment.downstream.eval_result import EvalResult
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path
 from augment.io.manifest import read_manifests
-from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json
+from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, recorded_class_names
 
 __all__ = [
     "CLASSES_PER_SHEET",
@@ -380,7 +380,7 @@ def write_eval_figures(out_dir: Path, log: Callable[[str], None] | None = None) 
     if result is None:
         return []
     try:
-        class_order = (read_run_json(run) or {}).get("class_names") or []
+        class_order = recorded_class_names(run)
     except AugmentError:
         class_order = []
     panels = eval_panels(result, [str(n) for n in class_order])

@@ -43,6 +43,10 @@ def test_train_writes_metrics_and_loadable_checkpoint(tmp_path, digits, test_spl
     assert m["final"]["top1"] == pytest.approx(m["history"][-1]["test_top1"])
     assert m["data"]["real"] == 10 and m["data"]["synthetic"] == 20 and m["data"]["synthetic_weight"] == 0.5
     assert m["config"]["train"]["arch"] == "test_resnet" and m["config"]["real_k"] == 1
+    # the typed result is the file, and reads back from it
+    from augment.downstream.train_metrics import load_metrics
+
+    assert res.metrics.to_json() == m and load_metrics(tmp_path / "out" / "metrics.json") == res.metrics
 
     side = json.loads((tmp_path / "out" / "best.json").read_text())
     assert {"arch", "kwargs", "class_names", "input_size", "mean", "std", "crop_pct"} <= set(side)
@@ -60,7 +64,7 @@ def test_training_is_deterministic_for_a_seed(digits, test_split):
     mixed = make_mixed_dataset(digits, k=2, seed=0)
     a = train_classifier(mixed, *test_split, TrainSettings(**TINY, seed=4), progress=False)
     b = train_classifier(mixed, *test_split, TrainSettings(**TINY, seed=4), progress=False)
-    assert a.metrics["history"][-1]["loss"] == b.metrics["history"][-1]["loss"]
+    assert a.metrics.history[-1].loss == b.metrics.history[-1].loss
 
 
 def test_checkpoint_init_reinitialises_a_head_of_another_size(tmp_path):
@@ -108,8 +112,8 @@ def test_bad_settings():
 def test_eval_every_zero_tests_only_after_the_last_epoch(digits, test_split):
     mixed = make_mixed_dataset(digits, k=1, seed=0)
     res = train_classifier(mixed, *test_split, TrainSettings(**{**TINY, "epochs": 3}, eval_every=0), progress=False)
-    assert [h["test_top1"] is None for h in res.metrics["history"]] == [True, True, False]
-    assert res.best_epoch == 3 and res.metrics["best"]["top1"] == res.metrics["final"]["top1"] == res.final_top1
+    assert [h.test_top1 is None for h in res.metrics.history] == [True, True, False]
+    assert res.best_epoch == 3 and res.metrics.best.top1 == res.metrics.final.top1 == res.final_top1
 
 
 #: TrainSettings.to_dict() before TrainSettings became TrainConfig + seed + device: metrics.json's

@@ -108,7 +108,7 @@ def test_caso_worker_reads_no_dataset(tmp_path, fake_cub, micro_pipeline_dir, mi
         res = factory().run(unit)
     pool = unit.reals.get()
     mine = [k for k, label in zip(pool.source_keys, pool.labels, strict=True) if label == 1]
-    assert [s.meta["source_key"] for s in res.samples] == mine and len(res.samples) == 2
+    assert [s.meta.source_key for s in res.samples] == mine and len(res.samples) == 2
     assert all(k.startswith("cub:train:") for k in pool.source_keys) and sorted(set(pool.labels)) == [0, 1, 2]
     write_shard(tmp_path / "remote", res.shard, res.samples)
     assert (tmp_path / "remote" / "shards" / "synth-000000.tar").read_bytes() == \

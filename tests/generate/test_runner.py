@@ -269,7 +269,7 @@ def test_the_worker_needs_neither_the_run_folder_nor_the_checkpoint(trained, mic
         samples = pickle.loads(factory)().run(unit).samples
     write_shard(tmp_path / "remote", unit.index, samples)
     shutil.move(hidden, cfg.out)
-    assert {s.meta["token_sha256"] for s in samples} == {shas[f"{s.class_index:04d}"] for s in samples}
+    assert {s.meta.token_sha256 for s in samples} == {shas[f"{s.class_index:04d}"] for s in samples}
     assert len(set(shas.values())) == 3
     (tmp_path / "clf").mkdir()  # the driver's own run, for comparison
     shutil.copy(micro_classifier_path, clf)

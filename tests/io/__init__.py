@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from augment.io.images import IMAGE_FORMATS
+from augment.io.manifest import ManifestRow
 from augment.io.shards import SynthSample, sample_key, write_info, write_shard
 
 CLASS_NAMES = ["zero", "one", "two"]
@@ -31,24 +32,24 @@ def make_sample(class_index: int, sample_index: int, fmt: str = "jpg", created_a
         class_index=class_index,
         image=encode(class_index, sample_index, fmt),
         image_format=fmt,
-        meta={
-            "sample_index": sample_index,
-            "class_name": name,
-            "prompt": f"A photo of a <c{class_index:04d}> {name}",
-            "negative_prompt": "",
-            "seed": 1000 * class_index + sample_index,
-            "token": f"<c{class_index:04d}>",
-            "mode": "txt2img",
-            "model_id": "embedded:tiny-digits",
-            "scheduler": "ddim",
-            "steps": 30,
-            "guidance_scale": 7.0,
-            "guide_confidence": 0.5 + 0.1 * class_index,
-            "guide_pred": class_index,
-            "attempts": 1,
-            "status": "ok",
-            "created_at": created_at,
-        },
+        meta=ManifestRow(
+            sample_index=sample_index,
+            class_name=name,
+            prompt=f"A photo of a <c{class_index:04d}> {name}",
+            negative_prompt="",
+            seed=1000 * class_index + sample_index,
+            token=f"<c{class_index:04d}>",
+            mode="txt2img",
+            model_id="embedded:tiny-digits",
+            scheduler="ddim",
+            steps=30,
+            guidance_scale=7.0,
+            guide_confidence=0.5 + 0.1 * class_index,
+            guide_pred=class_index,
+            attempts=1,
+            status="ok",
+            created_at=created_at,
+        ),
     )
 
 

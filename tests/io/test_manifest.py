@@ -78,3 +78,58 @@ def test_write_parquet_refuses_bad_rows(tmp_path):
 def test_read_manifests_empty(tmp_path):
     t = read_manifests(tmp_path / "missing")
     assert t.num_rows == 0 and t.schema.equals(MANIFEST_SCHEMA)
+
+
+# ------------------------------------------------------------------------------- typed records
+
+def _arrow_type(hint) -> set:
+    """The Arrow types a dataclass field's annotation is compatible with (None stripped from unions)."""
+    import datetime as dt
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) else [hint]
+    (t,) = args
+    if typing.get_origin(t) is list:
+        (inner,) = typing.get_args(t)
+        return {pa.list_(x) for x in _arrow_type(inner)}
+    return {
+        str: {pa.string()},
+        int: {pa.int16(), pa.int32(), pa.int64()},
+        float: {pa.float32(), pa.float64()},
+        dt.datetime: {pa.timestamp("us", tz="UTC")},
+    }[t]
+
+
+@pytest.mark.parametrize("record, schema", [("ManifestRow", MANIFEST_SCHEMA), ("TokenRow", TOKENS_SCHEMA)])
+def test_records_have_the_schema_columns_in_order_with_compatible_types(record, schema):
+    import dataclasses
+    import typing
+
+    from augment.io import manifest, tokens_table
+
+    cls = getattr(manifest, record, None) or getattr(tokens_table, record)
+    assert [f.name for f in dataclasses.fields(cls)] == schema.names
+    hints = typing.get_type_hints(cls)
+    for f in schema:
+        assert f.type in _arrow_type(hints[f.name]), f"{record}.{f.name}: {hints[f.name]} vs {f.type}"
+
+
+def test_manifest_row_round_trips_through_the_parquet(tmp_path):
+    import datetime as dt
+
+    from augment.io.manifest import ManifestRow
+
+    row = ManifestRow(key="c0001_s000002", shard="synth-000000", sample_index=2, class_index=1, class_name="one",
+                      seed=7, mode="txt2img", width=8, height=8, image_format="png", image_sha256="0" * 64,
+                      bytes=10, soft_classes=[1, 0], soft_probs=[0.75, 0.25], guidance_scale=7.5,
+                      created_at=dt.datetime(2025, 1, 2, tzinfo=dt.UTC), tool_version="0")
+    assert ManifestRow.from_json(row.to_json()) == row
+    assert list(row.to_json()) == MANIFEST_SCHEMA.names
+    write_parquet(tmp_path / "m.parquet", [row.to_json()], MANIFEST_SCHEMA)
+    (back,) = [ManifestRow.from_json(r) for r in pq.read_table(tmp_path / "m.parquet").to_pylist()]
+    assert back == row
+    # a manifest from before soft labels existed lacks those columns: they read as None
+    old = {k: v for k, v in row.to_json().items() if k not in ("soft_classes", "soft_probs")}
+    assert ManifestRow.from_json(old).soft_classes is None
+    with pytest.raises(ValueError, match="not in the schema: colour"):
+        ManifestRow.from_json({**old, "colour": "red"})

@@ -28,14 +28,39 @@ def test_layout(tmp_path):
 def test_write_run_json(tmp_path):
     rec = write_run_json(tmp_path, CONFIG, "tokens", {"class_names": ["zero", "one"]})
     assert rec == read_run_json(tmp_path)
-    assert rec["config"] == CONFIG and rec["stage"] == "tokens" and rec["model_id"] == "embedded:tiny-digits"
-    assert rec["classifier_id"] == "embedded:digits-guide" and rec["class_names"] == ["zero", "one"]
-    assert rec["augment_version"] and rec["packages"]["pyarrow"] and "webdataset" in rec["packages"]
-    assert "git_sha" in rec  # None outside a checkout with commits; never fails
-    rec2 = write_run_json(RunDir(tmp_path), {**CONFIG, "seed": 0}, "generate")
-    assert rec2["created"] == rec["created"] and set(rec2["stages"]) == {"tokens", "generate"}
-    assert rec2["class_names"] == ["zero", "one"] and rec2["stage"] == "generate"
+    assert rec.config == CONFIG and rec.stage == "tokens" and rec.model_id == "embedded:tiny-digits"
+    assert rec.classifier_id == "embedded:digits-guide" and rec.class_names == ["zero", "one"]
+    assert rec.augment_version and rec.packages["pyarrow"] and "webdataset" in rec.packages
+    assert rec.has("git_sha")  # None outside a checkout with commits; never fails
+    rec2 = write_run_json(RunDir(tmp_path), {**CONFIG, "seed": 0}, "generate",
+                          {"baseline": True, "model_fingerprint": "abc"})
+    assert rec2.created == rec.created and set(rec2.stages) == {"tokens", "generate"}
+    assert rec2.class_names == ["zero", "one"] and rec2.stage == "generate"
+    assert rec2.baseline is True and rec2.model_fingerprint == "abc" and rec.baseline is None
+    assert rec2.stage_settings("generate") == {"config": CONFIG, "baseline": True, "model_fingerprint": "abc"}
     assert not [p for p in tmp_path.iterdir() if p.name != "run.json"]
+    # the record is the file: what is written reads back as written
+    assert rec2.to_json() == json.loads((tmp_path / "run.json").read_text())
+
+
+def test_run_record_reads_older_run_json(tmp_path):
+    """A run.json from before settings, stages and class names were recorded: absent entries stay
+    absent (to_json gives the file back), entries of the wrong type are read as absent."""
+    from augment.io.rundir import RunRecord
+
+    old = {"config": CONFIG, "stage": "tokens", "created": "2024-01-01T00:00:00+00:00", "model_id": "m",
+           "settings": ["not", "an", "object"], "custom": 1}
+    rec = RunRecord.from_json(old)
+    assert rec.config == CONFIG and rec.stages == {} and rec.settings == {} and rec.class_names is None
+    assert rec.stage_settings("tokens") is None and rec.extra == {"custom": 1}
+    assert not rec.has("class_names") and not rec.has("settings") and rec.has("custom") and rec.has("config")
+    assert rec.to_json() == {k: v for k, v in old.items() if k != "settings"}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    assert check_compatible(tmp_path, CONFIG, ["model", "class_names"], force=False) == []
+    with pytest.raises(AugmentError, match="model_id"):
+        check_compatible(tmp_path, CONFIG, ["model_id"], force=False, extra={"model_id": "other"})
+    rec2 = write_run_json(tmp_path, CONFIG, "generate")  # keeps created and the unknown entry
+    assert rec2.created == old["created"] and rec2.extra == {"custom": 1} and rec2.stages.keys() == {"generate"}
 
 
 def test_check_compatible(tmp_path):
@@ -70,7 +95,7 @@ def test_corrupt_run_json(tmp_path):
         check_compatible(tmp_path, CONFIG, ["model"], force=False)
     assert check_compatible(tmp_path, CONFIG, ["model"], force=True) == []
     write_run_json(tmp_path, CONFIG, "tokens")  # replaces it
-    assert read_run_json(tmp_path)["config"] == CONFIG
+    assert read_run_json(tmp_path).config == CONFIG
 
 
 def test_check_writable(tmp_path):

@@ -1,6 +1,7 @@
 import io
 import json
 import tarfile
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -73,6 +74,29 @@ def test_shard_layout_and_manifest(tmp_path):
     }
 
 
+def test_write_shard_says_what_it_wrote(tmp_path):
+    from augment.io.shards import ShardWritten
+
+    samples = [make_sample(0, 0), make_sample(1, 0), make_sample(0, 1)]
+    written = write_shard(tmp_path, 2, samples)
+    assert isinstance(written, ShardWritten)
+    assert (written.shard, written.index, written.num_samples) == ("synth-000002", 2, 3)
+    assert written.tar == shard_path(tmp_path, 2) and written.manifest == manifest_path(tmp_path, 2)
+    assert written.tar_bytes == shard_path(tmp_path, 2).stat().st_size
+    assert written.image_bytes == sum(len(s.image) for s in samples) and written.per_class == {0: 2, 1: 1}
+    assert ShardWritten.from_json(json.loads(json.dumps(written.to_json()))) == written
+    # the stage's row is not changed by writing (write_shard fills a copy)
+    assert samples[0].meta.key is None and samples[0].meta.image_sha256 is None
+
+
+def test_a_dict_meta_becomes_a_manifest_row():
+    from augment.io.manifest import ManifestRow
+
+    s = make_sample(0, 0)
+    again = type(s)(s.key, 0, s.image, "jpg", s.meta.to_json())
+    assert isinstance(again.meta, ManifestRow) and again.meta == s.meta
+
+
 def test_byte_identical_rewrite(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     make_run(a)
@@ -103,11 +127,11 @@ def test_refuses_bad_input(tmp_path):
     with pytest.raises(ValueError, match="PNG image"):
         write_shard(tmp_path, 0, [SynthSample(s.key, 0, encode(0, 0, "png"), "jpg", s.meta)])
     with pytest.raises(ValueError, match="not in the schema: colour"):
-        write_shard(tmp_path, 0, [SynthSample(s.key, 0, s.image, "jpg", {**s.meta, "colour": "red"})])
+        write_shard(tmp_path, 0, [SynthSample(s.key, 0, s.image, "jpg", {**s.meta.to_json(), "colour": "red"})])
     with pytest.raises(ValueError, match="required column 'class_name'"):
-        write_shard(tmp_path, 0, [SynthSample(s.key, 0, s.image, "jpg", {**s.meta, "class_name": None})])
+        write_shard(tmp_path, 0, [SynthSample(s.key, 0, s.image, "jpg", replace(s.meta, class_name=None))])
     with pytest.raises(ValueError, match="contradicts"):
-        write_shard(tmp_path, 0, [SynthSample(s.key, 0, s.image, "jpg", {**s.meta, "class_index": 5})])
+        write_shard(tmp_path, 0, [SynthSample(s.key, 0, s.image, "jpg", replace(s.meta, class_index=5))])
     assert not (tmp_path / "shards").exists() or list((tmp_path / "shards").iterdir()) == []
     assert not manifest_path(tmp_path, 0).exists()
 
