@@ -106,7 +106,7 @@ def _settings(cfg, only: dict[str, Any], seed: int | None = None):
 
 
 def _dataset(cfg):
-    from augment.datasets.selection import load_dataset
+    from augment.models.labels import load_dataset
 
     return load_dataset(cfg)
 

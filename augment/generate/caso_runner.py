@@ -27,7 +27,7 @@ from PIL import Image
 from augment import stage
 from augment.config import Config, config_from_dict
 from augment.datasets.base import Dataset
-from augment.datasets.selection import load_dataset, select_classes
+from augment.datasets.selection import select_classes
 from augment.distributed import WorkerFactory
 from augment.errors import AugmentError
 from augment.io.atomic import remove_temp_files
@@ -45,6 +45,7 @@ from augment.io.shards import (
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
+from augment.models.labels import load_dataset
 from augment.seeds import derive_seed
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.caso import CasoResult, CasoTrainer, condition_prompt, edit_conditions, edit_label

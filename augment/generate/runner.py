@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from augment import stage
 from augment.config import MAX_SAMPLES, Config, GenerateConfig
-from augment.datasets.selection import load_dataset, select_classes
+from augment.datasets.selection import select_classes
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards
@@ -36,6 +36,7 @@ from augment.io.shards import (
 )
 from augment.io.tokens_table import read_token_rows
 from augment.models.classifier import ClassifierSource
+from augment.models.labels import load_dataset
 from augment.shipping import Payload
 
 COMPAT_KEYS = ["model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",

@@ -26,6 +26,7 @@ from typing import Any
 import augment
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, temp_path_for
+from augment.io.slug import slugify
 
 __all__ = [
     "ARMS",
@@ -171,8 +172,6 @@ class ArmDir:
 
     def token_file(self, class_index: int, class_name: str, target: int | None = None) -> Path:
         """``tokens/NNNN-<slug>.safetensors`` (``-to-TTTT`` for an embedding towards another class)."""
-        from augment.datasets.names import slugify
-
         suffix = "" if target is None or target == class_index else f"-to-{target:04d}"
         return self.tokens / f"{class_index:04d}-{slugify(class_name)}{suffix}.safetensors"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from augment import stage
 from augment.config import Config, config_from_dict, parse_grad_steps
-from augment.datasets.selection import load_dataset, select_classes
+from augment.datasets.selection import select_classes
 from augment.distributed import Pool, WorkerFactory
 from augment.io.atomic import atomic_write_json, remove_temp_files, sha256_file
 from augment.io.jsonsafe import json_safe
@@ -24,6 +24,7 @@ from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.backbone import model_fingerprint
 from augment.models.classifier import ClassifierSource
+from augment.models.labels import load_dataset
 from augment.shipping import BrokenWorker, Payload, build_worker
 from augment.tokens.disco import TokenResult
 from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
