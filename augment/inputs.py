@@ -20,9 +20,8 @@ from __future__ import annotations
 from functools import cached_property
 
 from augment.config import Config
-from augment.datasets import get_dataset
 from augment.datasets.base import Dataset
-from augment.datasets.selection import select_classes
+from augment.datasets.selection import dataset_of, needs_classifier_names, select_classes
 from augment.errors import AugmentError
 from augment.models.classifier import Classifier, ClassifierSource
 from augment.shipping import Payload
@@ -54,15 +53,12 @@ class RunInputs:
     @cached_property
     def dataset(self) -> Dataset:
         """The config's dataset; with no data root, names only, from the classifier's label map."""
-        cfg = self.cfg
         try:
-            return get_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+            return dataset_of(self.cfg)
         except AugmentError:
-            if cfg.data_root is None and cfg.dataset != "digits":
-                names = self._loaded.class_names
-                if names:
-                    return get_dataset(cfg.dataset, None, class_names=names)
-            raise
+            if not needs_classifier_names(self.cfg):
+                raise
+            return dataset_of(self.cfg, self._loaded.class_names)  # the classifier loaded once, for both
 
     @property
     def class_names(self) -> list[str]:

@@ -46,11 +46,11 @@ def main() -> None:
     import torch
 
     from augment.config import resolve_config
-    from augment.datasets.selection import load_dataset
     from augment.downstream.metrics import penultimate_features
     from augment.models.backbone import load_backbone
     from augment.models.classifier import load_classifier
     from augment.models.diffusion import Diffusion
+    from augment.models.labels import load_dataset
     from augment.tokens.caso import CasoTrainer, condition_prompt
 
     cfg = resolve_config(dataset="digits")

@@ -298,7 +298,8 @@ def run_generate_row(args: argparse.Namespace, work: Path, workers: int, tokens_
 
 
 def cfg_classes(cfg) -> list[int]:
-    from augment.datasets.selection import load_dataset, select_classes
+    from augment.datasets.selection import select_classes
+    from augment.models.labels import load_dataset
 
     return select_classes(cfg.classes, len(load_dataset(cfg).class_names))
 
@@ -419,11 +420,11 @@ def _row_dict(r: Row) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from augment.datasets.selection import load_dataset
     from augment.generate.worker import default_batch_size
     from augment.models.backbone import load_backbone, native_resolution
     from augment.models.device import resolve_device
     from augment.models.diffusion import Diffusion
+    from augment.models.labels import load_dataset
     from augment.tokens.textual_inversion import load_tokens
 
     if args.threads:

@@ -36,10 +36,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from augment.config import resolve_config
-    from augment.datasets.selection import load_dataset
     from augment.downstream.evaluate import run_eval
     from augment.generate.runner import run_generate
     from augment.io.rundir import RunDir
+    from augment.models.labels import load_dataset
     from augment.tokens.runner import run_tokens
 
     base = resolve_config(dataset="digits")

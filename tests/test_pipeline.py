@@ -35,7 +35,7 @@ def test_inputs_are_resolved_once_for_every_stage(tmp_path, monkeypatch):
     the classifier loaded once on the driver, not once per stage."""
     reads = _count(monkeypatch, "augment.models.classifier", "read_classifier_source")
     loads = _count(monkeypatch, "augment.models.classifier", "load_classifier")
-    datasets = _count(monkeypatch, "augment.inputs", "get_dataset")
+    datasets = _count(monkeypatch, "augment.datasets.selection", "get_dataset")
     cfg = Config(out=str(tmp_path / "run"), classes="0-2")
     inputs = pipeline.resolve_inputs(cfg)
     stages = [TokensStage(cfg, inputs), GenerateStage(cfg, True, inputs), GenerateStage(cfg, True, inputs)]

@@ -79,10 +79,11 @@ def models_list() -> None:
 def models_show(spec: str) -> None:
     """Print an embedded model's card (config, data, seeds, wall time, measured accuracy)."""
     from augment.models.backbone import embedded_dir
+    from augment.models.spec import split_prefix
 
-    if not spec.startswith("embedded:"):
+    scheme, name = split_prefix(spec)
+    if scheme != "embedded":
         raise AugmentError(f"models show reads the cards of embedded models; {spec!r} is not embedded:<name>")
-    name = spec.split(":", 1)[1]
     for card in (embedded_dir() / name / "card.json", embedded_dir() / f"{name}.json"):
         if card.exists():
             data = json.loads(card.read_text())

@@ -29,8 +29,8 @@ from augment.datasets.digits import DigitsDataset
 from augment.datasets.folder import FolderDataset, ImageFileDataset
 from augment.datasets.imagenet import ImageNetDataset
 from augment.datasets.inat import INatDataset
-from augment.datasets.names import slugify
 from augment.errors import AugmentError
+from augment.io.slug import slugify
 
 # digits.py predates the registry metadata; fill it in where the class does not define it.
 for _attr, _value in (

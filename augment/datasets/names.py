@@ -1,15 +1,13 @@
-"""Class-name helpers: raw dataset labels -> prompt text, and prompt text -> safe file names.
+"""Class-name helpers: raw dataset labels -> prompt text.
 
 Prompt names are lower case with single spaces (``001.Black_footed_Albatross`` -> ``black footed
-albatross``). :func:`slugify` turns any name into a file-name fragment that cannot leave a folder
-(used for ``tokens/NNNN-<slug>.safetensors``; the index prefix keeps equal slugs apart).
+albatross``). Their file-name form (``tokens/NNNN-<slug>.safetensors``) is the run folder's
+business: :func:`augment.io.slug.slugify`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 from collections.abc import Sequence
 
 from augment.errors import AugmentError
@@ -17,7 +15,6 @@ from augment.errors import AugmentError
 _NUMERIC_PREFIX = re.compile(r"^\s*\d+\s*[._\-\s]\s*")
 _WORD_DOT = re.compile(r"(?<=[^\W_])\.(?=[^\W_])")
 _WNID = re.compile(r"^n\d{8}$")
-SLUG_MAX = 48
 
 
 def clean_name(raw: str) -> str:
@@ -47,22 +44,6 @@ def imagenet_class_name(description: str) -> str:
 def is_wnid(name: str) -> bool:
     """True for a WordNet id such as ``n01440764`` (ImageNet class folders and label maps)."""
     return bool(_WNID.match(str(name)))
-
-
-def slugify(name: str, max_len: int = SLUG_MAX) -> str:
-    """File-name-safe slug: only ``[a-z0-9-]``, no leading/trailing ``-``, at most ``max_len`` chars, never empty.
-
-    Accents are folded to ASCII (``Ünïcode`` -> ``unicode``); anything else (dots, slashes, spaces)
-    becomes ``-``, so ``../etc/passwd`` -> ``etc-passwd``. A name with no ASCII letter or digit at
-    all (empty, ``...``, ``狐狸``) gets ``class-`` plus a short hash of the name, so it stays distinct.
-    """
-    max_len = max(8, int(max_len))
-    text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii").lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
-    if not slug:
-        digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        slug = f"class-{digest}"
-    return slug[:max_len].rstrip("-")
 
 
 def check_distinct(names: Sequence[str], raw: Sequence[str], what: str, where: object) -> None:

@@ -1,7 +1,8 @@
 """What every stage resolves the same way from a config: the dataset, the class list, the selection.
 
 Class names come from the dataset (its folder or the embedded digits); with no data root, from the
-guidance classifier's label map (that is how ``--dataset cub`` trains tokens without the images).
+guidance classifier's label map (that is how ``--dataset cub`` trains tokens without the images),
+which :func:`augment.models.labels.load_dataset` loads and hands to :func:`dataset_of`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ from augment.datasets.base import Dataset
 from augment.errors import AugmentError
 
 
-def load_dataset(cfg: Config, classifier_names: list[str] | None = None) -> Dataset:
-    """The config's dataset; names-only from the classifier when there is no data root."""
+def dataset_of(cfg: Config, classifier_names: list[str] | None = None) -> Dataset:
+    """The config's dataset; names-only from ``classifier_names`` (the guidance classifier's label
+    map) when there is no data root. The classifier is loaded by the caller
+    (:func:`augment.models.labels.load_dataset`): datasets sit above models in the layers."""
     try:
         return get_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
     except AugmentError:
-        if cfg.data_root is None and classifier_names is None and cfg.dataset != "digits":
-            from augment.models.classifier import load_classifier
-
-            classifier_names = load_classifier(cfg.classifier).class_names
         if cfg.data_root is None and classifier_names:
             return get_dataset(cfg.dataset, None, class_names=classifier_names)
         raise
+
+
+def needs_classifier_names(cfg: Config) -> bool:
+    """Whether a config whose dataset cannot be read may take its class names from its classifier
+    (no data root, and a dataset that is not embedded)."""
+    return cfg.data_root is None and cfg.dataset != "digits"
 
 
 def _part(part: str, n: int, names: Sequence[str] | None, spec: str) -> range:

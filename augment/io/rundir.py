@@ -27,6 +27,7 @@ import augment
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_json, temp_path_for
 from augment.io.run_record import RECORD_FIELDS, RunRecord
+from augment.io.slug import slugify
 
 __all__ = [
     "ARMS",
@@ -174,8 +175,6 @@ class ArmDir:
 
     def token_file(self, class_index: int, class_name: str, target: int | None = None) -> Path:
         """``tokens/NNNN-<slug>.safetensors`` (``-to-TTTT`` for an embedding towards another class)."""
-        from augment.datasets.names import slugify
-
         suffix = "" if target is None or target == class_index else f"-to-{target:04d}"
         return self.tokens / f"{class_index:04d}-{slugify(class_name)}{suffix}.safetensors"
 

@@ -1,4 +1,4 @@
-"""Load a diffusers Stable Diffusion pipeline from one of three spec forms.
+"""Load a diffusers Stable Diffusion pipeline from one of three spec forms (read by :mod:`augment.models.spec`).
 
 ``embedded:<name>``  a pipeline folder shipped inside the package (the offline default);
 ``<path>``           a local ``save_pretrained`` folder (SD 1.x/2.x layout);
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -25,9 +24,8 @@ import torch
 
 from augment.errors import AugmentError
 from augment.models.device import resolve_device, resolve_dtype
+from augment.models.spec import HUB_ID, looks_like_path, parse_spec
 from augment.shipping import node_label
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -73,31 +71,25 @@ def check_pipeline_class(folder: str, spec: str) -> str:
 
 
 def resolve_backbone_path(spec: str) -> str:
-    """Turn a spec into something ``from_pretrained`` accepts, or raise a one-line AugmentError
-    (an unsupported pipeline class included: :func:`check_pipeline_class`)."""
-    if spec.startswith("embedded:"):
-        name = spec.split(":", 1)[1]
-        path = embedded_dir() / name
+    """Turn a spec (:func:`augment.models.spec.parse_spec`) into something ``from_pretrained``
+    accepts, or raise a one-line AugmentError (an unsupported pipeline class included:
+    :func:`check_pipeline_class`)."""
+    parsed = parse_spec(spec, "backbone")
+    if parsed.scheme == "embedded":
+        path = embedded_dir() / parsed.name
         if not (path / "model_index.json").exists():
             known = ", ".join(f"embedded:{n}" for n in list_embedded_backbones()) or "none shipped"
             raise AugmentError(f"unknown embedded model {spec!r}; known: {known}")
         return check_pipeline_class(str(path), spec)
-    if spec.startswith("hf:"):
-        return check_pipeline_class(cached_hub_snapshot(spec[3:]), spec)
-    path = Path(spec).expanduser()
-    if path.exists():
+    if parsed.scheme == "path":
+        path = Path(parsed.name).expanduser()
         if not (path / "model_index.json").exists():
             raise AugmentError(
                 f"{spec} is not a diffusers pipeline folder (no model_index.json); "
                 "save one with pipe.save_pretrained(DIR) or pass a hub id"
             )
         return check_pipeline_class(str(path), spec)
-    if HUB_ID.match(spec):
-        return check_pipeline_class(cached_hub_snapshot(spec), spec)
-    raise AugmentError(
-        f"cannot read model spec {spec!r}: use embedded:<name>, a local pipeline folder, or a hub id like "
-        "stabilityai/stable-diffusion-2-1-base"
-    )
+    return check_pipeline_class(cached_hub_snapshot(parsed.name), spec)  # hf:<id> or a bare hub id
 
 
 def cached_hub_snapshot(repo_id: str) -> str:
@@ -175,7 +167,7 @@ def _missing_on_node(spec: str, error: AugmentError) -> AugmentError:
     node = node_label()
     if node is None:
         return error
-    if spec.startswith(("/", ".", "~")) or (os.sep in spec and not HUB_ID.match(spec)):
+    if looks_like_path(spec):
         return AugmentError(
             f"model folder {spec} does not exist on {node}: a --model path must exist at the same place on "
             "every node (copy or mount it there), or use a hub id that is in every node's Hugging Face cache"

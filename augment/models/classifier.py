@@ -9,6 +9,9 @@ torch ops (no PIL, no numpy). ``load_classifier(spec)`` returns such a module fo
 ``timm:<arch>@<checkpoint>`` a local ``.safetensors`` or ``.pth`` state dict (``weights_only=True``);
                              an optional ``<checkpoint>.json`` sidecar gives class names and kwargs
 ``hf:<repo-or-folder>``      a transformers ``AutoModelForImageClassification``
+``clip:<model>``             read, and refused as not supported yet
+
+Specs are read by :func:`augment.models.spec.parse_spec`, the one parser of model specs.
 
 On a cluster the workers may not see the driver's disk, so the driver reads the files a spec names
 into a :class:`ClassifierSource` (:func:`read_classifier_source`) that travels with the work, and
@@ -34,6 +37,7 @@ from torch import nn
 
 from augment.errors import AugmentError
 from augment.models.backbone import embedded_dir
+from augment.models.spec import ModelSpec, parse_spec, require_supported
 
 
 @dataclass
@@ -122,18 +126,16 @@ def _checkpoint_files(path: Path) -> dict[str, bytes]:
 
 def read_classifier_source(spec: str | None) -> ClassifierSource:
     """What a worker needs to build the classifier of ``spec`` without the driver's disk."""
-    spec = _check_spec(spec)
-    if spec.startswith("timm:"):
-        _, _, ckpt = spec[5:].partition("@")
-        if ckpt:
-            return ClassifierSource(spec, _checkpoint_files(Path(ckpt).expanduser()))
-    elif spec.startswith("hf:"):
-        folder = Path(spec[3:]).expanduser()
+    parsed = _parse(spec)
+    if parsed.scheme == "timm" and parsed.checkpoint:
+        return ClassifierSource(parsed.text, _checkpoint_files(Path(parsed.checkpoint).expanduser()))
+    if parsed.scheme == "hf":
+        folder = Path(parsed.name).expanduser()
         if folder.is_dir():
             files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
                      if p.is_file() and not p.name.startswith(".")}
-            return ClassifierSource(spec, files)
-    return ClassifierSource(spec)
+            return ClassifierSource(parsed.text, files)
+    return ClassifierSource(parsed.text)
 
 
 def _decode_state_dict(data: bytes, name: str, where: str | Path) -> dict[str, torch.Tensor]:
@@ -292,42 +294,32 @@ def _load_hf_files(files: dict[str, bytes], spec: str) -> Classifier:
         return _load_hf(tmp, spec)
 
 
-def _check_spec(spec: str | None) -> str:
-    """``spec`` if it names a classifier kind, else the one-line error (None: none configured)."""
-    if not spec:
-        raise AugmentError(
-            "no classifier given: pass --classifier timm:<arch>@<checkpoint>, hf:<folder> or embedded:<name> "
-            "(a classifier trained on this dataset's classes)"
-        )
-    if not spec.startswith(("embedded:", "timm:", "hf:")):
-        raise AugmentError(
-            f"cannot read classifier spec {spec!r}: use embedded:<name>, timm:<arch>[@checkpoint], or hf:<repo-or-folder>"
-        )
-    return spec
+def _parse(spec: str | None) -> ModelSpec:
+    """``spec`` read as a classifier spec that augment can load, else its one-line error (None: none configured)."""
+    return require_supported(parse_spec(spec, "classifier"))
 
 
 def load_classifier(spec: str | ClassifierSource | None, device: str | torch.device = "cpu") -> Classifier:
     """The classifier for ``spec`` (read from this machine's disk) or for a :class:`ClassifierSource`
     (from the bytes it carries), frozen (no grads on its weights), in float32 on ``device``."""
     source = spec if isinstance(spec, ClassifierSource) else None
-    text = _check_spec(source.spec if source is not None else spec)  # None: no classifier configured
-    if text.startswith("embedded:"):
-        name = text.split(":", 1)[1]
-        ckpt = embedded_dir() / f"{name}.safetensors"
+    parsed = _parse(source.spec if source is not None else spec)  # None: no classifier configured
+    text = parsed.text
+    if parsed.scheme == "embedded":
+        ckpt = embedded_dir() / f"{parsed.name}.safetensors"
         if not ckpt.exists():
             known = sorted(p.stem for p in embedded_dir().glob("*.safetensors"))
             raise AugmentError(f"unknown embedded classifier {text!r}; known: {', '.join('embedded:' + k for k in known) or 'none shipped'}")
         files = _checkpoint_files(ckpt)
         clf = _load_timm(_sidecar(ckpt.name, files, ckpt).get("arch", ""), ckpt, files, text)
-    elif text.startswith("timm:"):
-        arch, _, ckpt = text[5:].partition("@")
-        path = Path(ckpt).expanduser() if ckpt else None
+    elif parsed.scheme == "timm":
+        path = Path(parsed.checkpoint).expanduser() if parsed.checkpoint else None
         files = source.files if source is not None else (_checkpoint_files(path) if path else {})
-        clf = _load_timm(arch, path, files, text)
+        clf = _load_timm(parsed.name, path, files, text)
     elif source is not None and source.files:
         clf = _load_hf_files(source.files, text)
     else:
-        clf = _load_hf(text[3:], text)
+        clf = _load_hf(parsed.name, text)
     clf.requires_grad_(False)
     return clf.to(device)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from augment.config import resolve_config
-from augment.datasets.selection import load_dataset, select_classes
+from augment.datasets.selection import dataset_of, needs_classifier_names, select_classes
 from augment.errors import AugmentError
 
 
@@ -23,9 +23,20 @@ def test_select_classes_errors(spec, fragment):
         select_classes(spec, 10)
 
 
-def test_load_dataset_of_the_config():
-    ds = load_dataset(resolve_config(dataset="digits"))
+def test_dataset_of_the_config():
+    ds = dataset_of(resolve_config(dataset="digits"))
     assert ds.name == "digits" and len(ds.class_names) == 10
+
+
+def test_dataset_of_takes_the_classifier_names_as_values():
+    """No data root: the names come from the caller (the classifier's label map), never from a model
+    loaded here (datasets sit above models)."""
+    cfg = resolve_config(dataset="cub")
+    assert needs_classifier_names(cfg) and not needs_classifier_names(resolve_config(dataset="digits"))
+    with pytest.raises(AugmentError, match="data-root"):
+        dataset_of(cfg)
+    ds = dataset_of(cfg, ["001.Black_footed_Albatross", "002.Laysan_Albatross"])
+    assert ds.class_names == ["black footed albatross", "laysan albatross"]
 
 
 def test_select_classes_by_name():

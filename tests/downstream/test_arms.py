@@ -74,8 +74,8 @@ def test_caso_arm_is_built_per_draw_from_exactly_its_reals(tmp_path, fake_cub, m
     import pyarrow.parquet as pq
 
     from augment.config import CasoConfig
-    from augment.datasets.selection import load_dataset
     from augment.downstream.arms import missing_draws
+    from augment.models.labels import load_dataset
 
     run = RunDir(tmp_path / "run")
     cfg = Config(dataset="cub", data_root=str(fake_cub), model=str(micro_pipeline_dir),

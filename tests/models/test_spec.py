@@ -1,0 +1,111 @@
+"""The one model-spec parser (augment/models/spec.py): every scheme, for each kind, and the bad specs."""
+
+from __future__ import annotations
+
+import pytest
+
+from augment.errors import AugmentError
+from augment.models.spec import (
+    SCHEMES,
+    ModelSpec,
+    looks_like_path,
+    parse_spec,
+    require_supported,
+    spec_forms,
+    split_prefix,
+)
+
+MODEL_FORMS = "embedded:<name>, a local pipeline folder, or a hub id like stabilityai/stable-diffusion-2-1-base"
+CLASSIFIER_FORMS = "embedded:<name>, timm:<arch>[@checkpoint], or hf:<repo-or-folder>"
+
+
+@pytest.mark.parametrize("text, kind, scheme, name, checkpoint", [
+    ("embedded:tiny-digits", "backbone", "embedded", "tiny-digits", None),
+    ("embedded:digits-guide", "classifier", "embedded", "digits-guide", None),
+    ("embedded:x@y", "classifier", "embedded", "x@y", None),  # only timm: takes a checkpoint
+    ("hf:someone/micro-sd", "backbone", "hf", "someone/micro-sd", None),
+    ("hf:/models/vit", "classifier", "hf", "/models/vit", None),
+    ("timm:resnet18", "classifier", "timm", "resnet18", None),
+    ("timm:resnet18.a1_in1k@/ckpt/best.safetensors", "classifier", "timm", "resnet18.a1_in1k",
+     "/ckpt/best.safetensors"),
+    ("timm:resnet18@", "classifier", "timm", "resnet18", None),
+    ("clip:ViT-B-32", "classifier", "clip", "ViT-B-32", None),
+    ("stabilityai/stable-diffusion-2-1-base", "backbone", "hub", "stabilityai/stable-diffusion-2-1-base", None),
+])
+def test_schemes(text, kind, scheme, name, checkpoint):
+    spec = parse_spec(text, kind)
+    assert spec == ModelSpec(text, kind, scheme, name, checkpoint)
+    assert str(spec) == text  # the text is what run.json and the manifests record
+
+
+def test_a_local_folder_is_a_path_even_when_it_reads_like_a_hub_id(tmp_path, monkeypatch):
+    assert parse_spec(str(tmp_path), "backbone").scheme == "path"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    assert parse_spec("owner/name", "backbone") == ModelSpec("owner/name", "backbone", "path", "owner/name")
+    assert parse_spec("owner/other", "backbone").scheme == "hub"
+
+
+@pytest.mark.parametrize("text", ["not a spec!", "/nonexistent/sd", "timm:resnet18", "clip:ViT-B-32", "a/b/c"])
+def test_bad_backbone_specs_keep_their_message(text):
+    with pytest.raises(AugmentError) as e:
+        parse_spec(text, "backbone")
+    assert e.value.message == f"cannot read model spec {text!r}: use {MODEL_FORMS}"
+
+
+@pytest.mark.parametrize("text", ["resnet18", "/models/clf.safetensors", "someone/vit", "TIMM:resnet18"])
+def test_bad_classifier_specs_keep_their_message(text):
+    with pytest.raises(AugmentError) as e:
+        parse_spec(text, "classifier")
+    assert e.value.message == f"cannot read classifier spec {text!r}: use {CLASSIFIER_FORMS}"
+
+
+@pytest.mark.parametrize("text", [None, ""])
+def test_no_classifier_given(text):
+    with pytest.raises(AugmentError, match="^no classifier given: pass --classifier timm:<arch>@<checkpoint>"):
+        parse_spec(text, "classifier")
+
+
+def test_forms_come_from_the_table():
+    assert spec_forms("backbone") == MODEL_FORMS
+    assert spec_forms("classifier") == CLASSIFIER_FORMS
+    assert {s.name for s in SCHEMES} == {"embedded", "hf", "timm", "clip", "path", "hub"}
+
+
+def test_clip_is_read_and_refused_by_the_loaders():
+    from augment.models.classifier import load_classifier, read_classifier_source
+
+    spec = parse_spec("clip:ViT-B-32", "classifier")
+    expected = ("classifier spec 'clip:ViT-B-32': clip: classifiers are not supported yet; "
+                f"use {CLASSIFIER_FORMS}")
+    for call in (lambda: require_supported(spec), lambda: read_classifier_source("clip:ViT-B-32"),
+                 lambda: load_classifier("clip:ViT-B-32")):
+        with pytest.raises(AugmentError) as e:
+            call()
+        assert e.value.message == expected
+    assert require_supported(parse_spec("timm:resnet18", "classifier")).scheme == "timm"
+
+
+def test_split_prefix():
+    assert split_prefix("embedded:digits-judge") == ("embedded", "digits-judge")
+    assert split_prefix("timm:a@b") == ("timm", "a@b")
+    assert split_prefix("owner/name") == (None, "owner/name")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("/abs/sd", True), ("./sd", True), ("~/sd", True), ("models/sd/v1", True),
+    ("owner/name", False), ("embedded:tiny-digits", False),
+])
+def test_looks_like_path(text, expected):
+    assert looks_like_path(text) is expected
+
+
+def test_models_show_reads_the_prefix():
+    from click.testing import CliRunner
+
+    from augment.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["models", "show", "timm:resnet18"])
+    assert result.exit_code == 2
+    assert "models show reads the cards of embedded models; 'timm:resnet18' is not embedded:<name>" in result.output
+    assert CliRunner().invoke(cli, ["models", "show", "embedded:digits-guide"]).exit_code == 0
