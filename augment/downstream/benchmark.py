@@ -357,13 +357,13 @@ def run_benchmark(
         failures.append(f"{cell.label}: {exc}")
 
     if todo:
-        from augment.distributed import PoolSpec, run_units
+        from augment.distributed import PoolSpec, ignoring_cache, run_units
 
         checkpoint = Payload(read_checkpoint(settings))  # actors need not see the driver's disk
         worker = CellWorker(settings, dataset.class_names, checkpoint)
-        factory = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names, checkpoint)
+        build = (lambda: worker) if workers <= 0 else partial(CellWorker, settings, dataset.class_names, checkpoint)
         # cells on actors train with this process's thread count (--threads), as inline cells do
-        run_units(factory, todo, PoolSpec(workers=workers, address=address, device=settings.device,
+        run_units(ignoring_cache(build), todo, PoolSpec(workers=workers, address=address, device=settings.device,
                                           gpus_per_worker=gpus_per_worker, placement_timeout=placement_timeout,
                                           threads=torch.get_num_threads()),
                   on_result, on_error)
