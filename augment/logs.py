@@ -73,14 +73,15 @@ def quiet_libraries(level: int) -> None:
         enable_progress_bars() if verbose else disable_progress_bars()
 
 
-def quietly(factory: Callable[[], Any], level: int) -> Any:
-    """``factory()`` in the worker's process with the libraries at ``level`` (picklable with
-    ``functools.partial``: a Ray actor applies the driver's level before loading any model)."""
+def quietly(factory: Callable[..., Any], level: int, *, cache: Any = None) -> Any:
+    """``factory(cache=cache)`` (a worker factory and its host's model cache) in the worker's process with
+    the libraries at ``level`` (picklable with ``functools.partial``: a Ray actor applies the
+    driver's level before loading any model)."""
     import diffusers  # noqa: F401 - imported here so that quiet_libraries reaches it before the models load
     import transformers  # noqa: F401
 
     quiet_libraries(level)
-    return factory()
+    return factory(cache=cache)
 
 
 class _Tee:

@@ -14,8 +14,9 @@ the payload and use the value itself: the same code either way.
 A payload may be *lazy* (built on first use on the driver, from a loader) and *released* when its
 unit is done, so the driver does not hold every unit's images at once.
 
-:func:`node_label` and :class:`BrokenWorker` make a user problem that a node has (a model missing
-from its cache) one line naming the node, raised by the first unit instead of killing the actor.
+:func:`node_label` names the node a worker runs on, so that a user problem a node has (a model
+missing from its cache) is one line naming it (:class:`augment.distributed.WorkerHost` reports a
+worker that cannot be built).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
-
-from augment.errors import AugmentError
 
 T = TypeVar("T")
 
@@ -124,30 +123,3 @@ def node_label() -> str | None:
     except Exception:  # noqa: BLE001 - the hostname alone still names the node
         ip = "unknown IP"
     return f"node {socket.gethostname()} ({ip})"
-
-
-class BrokenWorker:
-    """Stands in for a worker whose construction hit a user problem on its node.
-
-    An actor whose constructor raises dies, and every unit sent to it fails with an "actor died"
-    error: the driver would list one failure per unit and never show the cause. A broken worker
-    raises the :class:`AugmentError` from ``run`` instead, which the driver receives as itself and
-    stops the stage on, with one line.
-    """
-
-    def __init__(self, error: AugmentError) -> None:
-        self.error = error
-
-    def run(self, unit: Any) -> Any:
-        raise self.error
-
-
-def build_worker(build: Callable[[], T]) -> T | BrokenWorker:
-    """``build()``, or a :class:`BrokenWorker` carrying its AugmentError (named with the node on Ray)."""
-    try:
-        return build()
-    except AugmentError as e:
-        node = node_label()
-        if node and node not in str(e):
-            e = AugmentError(f"on {node}: {e}")
-        return BrokenWorker(e)

@@ -52,6 +52,7 @@ def main() -> None:
     from augment.models.diffusion import Diffusion
     from augment.models.labels import load_dataset
     from augment.tokens.caso import CasoTrainer, condition_prompt
+    from augment.tokens.textual_inversion import installed_tokens
 
     cfg = resolve_config(dataset="digits")
     cc = cfg.caso
@@ -106,9 +107,9 @@ def main() -> None:
                     out = diffusion.edit(template.format(name=names[b]), src, seeds, strength, cc.edit_steps,
                                          cc.edit_guidance, mode="sdedit")
                 else:
-                    trainer.install(learned[b].token, learned[b].embedding)
-                    out = diffusion.edit(condition_prompt((b,), cc.n_vectors), src, seeds, strength, cc.edit_steps,
-                                         cc.edit_guidance, mode=mode)
+                    with installed_tokens(pipe, {learned[b].token: learned[b].embedding}):
+                        out = diffusion.edit(condition_prompt((b,), cc.n_vectors), src, seeds, strength,
+                                             cc.edit_steps, cc.edit_guidance, mode=mode)
                 pj, pg, feats = judge_all(out)
                 ok_j += int((pj == b).sum())
                 ok_g += int((pg == b).sum())

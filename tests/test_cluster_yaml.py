@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
                 "head_start_ray_commands", "worker_start_ray_commands")
-#: what one GPU actor asks for (augment/distributed.py: num_gpus=1, num_cpus=1)
+#: what one GPU actor asks for (augment/distributed/placement.py: num_gpus=1, num_cpus=1)
 GPU_ACTOR = {"GPU": 1, "CPU": 1}
 #: files of a run folder as `ray rsync-down cluster.yaml /home/ubuntu/runs ./` lists them
 RUN_FILES = ["runs/cub/run.json", "runs/cub/tokens/0000-black-footed-albatross.safetensors",

@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from augment import distributed as dist
 from augment.config import Config, GenerateConfig, TokenConfig
 from augment.distributed import (
     PoolSpec,
     check_pool,
+    connect,
+    connection,
     fits_a_node,
+    ignoring_cache,
     placement_error,
     plan_actors,
     run_units,
@@ -45,7 +47,7 @@ class _Squarer:
 
 def _collect(spec: PoolSpec):
     results, errors = {}, {}
-    run_units(_Squarer, range(6), spec, lambda u, r: results.__setitem__(u, r),
+    run_units(ignoring_cache(_Squarer), range(6), spec, lambda u, r: results.__setitem__(u, r),
               lambda u, e: errors.__setitem__(u, str(e)))
     return results, errors
 
@@ -59,7 +61,7 @@ def test_inline_units_run_with_the_pool_threads_and_restore_the_callers():
     before = torch.get_num_threads()
     seen: list[int] = []
     want = 2 if before == 1 else 1  # a count the caller does not have
-    run_units(_Threads, range(2), PoolSpec(workers=0, threads=want), lambda u, r: seen.append(r),
+    run_units(ignoring_cache(_Threads), range(2), PoolSpec(workers=0, threads=want), lambda u, r: seen.append(r),
               lambda u, e: pytest.fail(str(e)))
     assert seen == [want, want]
     assert torch.get_num_threads() == before
@@ -173,29 +175,29 @@ def test_unreachable_address_is_one_line_before_any_ray(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be called"))
     with pytest.raises(AugmentError, match="cannot reach a Ray cluster"):
-        dist.connect(f"127.0.0.1:{port}")
+        connect(f"127.0.0.1:{port}")
     # something answers but ray.init cannot join it (no GCS there, another Ray version): one line too
 
     def refuse(**kw):
         raise RuntimeError("Version mismatch: The cluster was started with Ray 2.9\nmore detail")
 
-    monkeypatch.setattr(dist, "_probe", lambda address: None)
+    monkeypatch.setattr(connection, "_probe", lambda address: None)
     monkeypatch.setattr(ray, "init", refuse)
     with pytest.raises(AugmentError, match=r"cannot join a Ray cluster at 10.0.0.9:6379 \(from --address\): "
                                            r"Version mismatch: .*Ray 2.9; start one") as e:
-        dist.connect("10.0.0.9:6379")
+        connect("10.0.0.9:6379")
     assert "more detail" not in str(e.value)
 
 
 def test_cuda_workers_on_a_private_ray_without_gpu_fail_before_anything(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(dist, "_local_head", lambda: None)
-    monkeypatch.setattr(dist, "_local_gpus", lambda: 0.0)
+    monkeypatch.setattr(connection, "_local_head", lambda: None)
+    monkeypatch.setattr(connection, "_local_gpus", lambda: 0.0)
     with pytest.raises(AugmentError, match="no Ray node offers GPU: 1, CPU: 1 for the 2 augment workers "
                                            r"\(this machine has no GPU"):
         check_pool(PoolSpec(workers=2, device="cuda"))
     check_pool(PoolSpec(workers=2, device="auto"))  # auto takes CPUs here
-    monkeypatch.setattr(dist, "_local_gpus", lambda: 1.0)
+    monkeypatch.setattr(connection, "_local_gpus", lambda: 1.0)
     check_pool(PoolSpec(workers=2, device="cuda", gpus_per_worker=0.5))
 
 
@@ -207,8 +209,8 @@ def test_cli_refuses_a_bad_pool_in_one_line_before_writing(monkeypatch, tmp_path
     from augment.cli import cli
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(dist, "_local_head", lambda: None)
-    monkeypatch.setattr(dist, "_local_gpus", lambda: 0.0)
+    monkeypatch.setattr(connection, "_local_head", lambda: None)
+    monkeypatch.setattr(connection, "_local_gpus", lambda: 0.0)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     args = ["generate", "--baseline", "--classes", "0", "--per-class", "2", "--workers", "2"]
     r = CliRunner().invoke(cli, [*args, "--device", "cuda", "--out", str(tmp_path / "a")])
@@ -223,9 +225,9 @@ def test_a_stale_recorded_head_is_not_joined(monkeypatch):
 
     monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: "127.0.0.1:1")
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset())
-    assert dist._local_head() is None
+    assert connection._local_head() is None
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: frozenset({"127.0.0.1:1"}))
-    assert dist._local_head() == "127.0.0.1:1"
+    assert connection._local_head() == "127.0.0.1:1"
 
 
 # --------------------------------------------------------------------------- on a private local Ray
@@ -262,7 +264,7 @@ def test_a_gpu_nothing_offers_times_out_with_one_error(ray_local):
     placement timeout the user reads what is missing, not ActorDiedError per unit (issue 13)."""
     errors: list = []
     with pytest.raises(AugmentError, match=r"no Ray node offers GPU: 1, CPU: 1 for the 2 augment workers after \d+ s;"):
-        run_units(_Squarer, range(4), PoolSpec(workers=2, device="cuda", placement_timeout=2),
+        run_units(ignoring_cache(_Squarer), range(4), PoolSpec(workers=2, device="cuda", placement_timeout=2),
                   lambda u, r: pytest.fail("nothing can run"), lambda u, e: errors.append(e))
     assert errors == []
 
@@ -274,10 +276,10 @@ class _Unbuildable:
 
 def test_a_worker_that_cannot_be_built_is_reported_by_its_own_name(ray_local):
     with pytest.raises(AugmentError, match="no such model"):
-        run_units(partial(_Unbuildable, AugmentError("no such model; check --model")), range(3), PoolSpec(workers=2),
+        run_units(ignoring_cache(partial(_Unbuildable, AugmentError("no such model; check --model"))), range(3), PoolSpec(workers=2),
                   lambda u, r: None, lambda u, e: None)
     errors: dict = {}
-    run_units(partial(_Unbuildable, ValueError("weights are corrupt")), range(3), PoolSpec(workers=2),
+    run_units(ignoring_cache(partial(_Unbuildable, ValueError("weights are corrupt"))), range(3), PoolSpec(workers=2),
               lambda u, r: pytest.fail("no worker was built"), lambda u, e: errors.__setitem__(u, e))
     assert sorted(errors) == [0, 1, 2]
     assert all(isinstance(e, ValueError) and "weights are corrupt" in str(e) for e in errors.values())
@@ -326,7 +328,7 @@ def test_an_actor_killed_mid_unit_costs_no_unit(ray_local, tmp_path):
     results: dict = {}
     killer = _kill_when_started(tmp_path, 2)
     # one actor: nothing else could take the unit while Ray restarts it
-    run_units(partial(_Marked, str(tmp_path), hold=(2,), load_s=3), range(6), PoolSpec(workers=1),
+    run_units(ignoring_cache(partial(_Marked, str(tmp_path), hold=(2,), load_s=3)), range(6), PoolSpec(workers=1),
               lambda u, r: results.__setitem__(u, results.get(u, []) + [r]),
               lambda u, e: pytest.fail(f"unit {u} failed: {e!r}"))
     killer.join()
@@ -337,7 +339,7 @@ def test_an_actor_killed_mid_unit_costs_no_unit(ray_local, tmp_path):
 def test_an_actor_dead_for_good_is_replaced(ray_local, tmp_path):
     """Three crashes of the only actor exhaust its restarts (max_restarts=2): a new actor takes over."""
     results: dict = {}
-    run_units(partial(_Marked, str(tmp_path), crashes=3), range(3), PoolSpec(workers=1, retries=5),
+    run_units(ignoring_cache(partial(_Marked, str(tmp_path), crashes=3)), range(3), PoolSpec(workers=1, retries=5),
               lambda u, r: results.__setitem__(u, r), lambda u, e: pytest.fail(f"unit {u} failed: {e!r}"))
     assert results == {0: 0, 1: 1, 2: 4}  # without a replacement the units would fail: no actor left
     assert len(list(tmp_path.glob("*.crash"))) == 3
@@ -350,7 +352,7 @@ def test_a_unit_that_keeps_killing_its_actor_fails_alone(ray_local, tmp_path):
     from ray.exceptions import RayActorError
 
     results, errors = {}, {}
-    run_units(partial(_Marked, str(tmp_path), crash_units=(1,)), range(5), PoolSpec(workers=2, retries=2),
+    run_units(ignoring_cache(partial(_Marked, str(tmp_path), crash_units=(1,))), range(5), PoolSpec(workers=2, retries=2),
               lambda u, r: results.__setitem__(u, r), lambda u, e: errors.__setitem__(u, e))
     assert results == {u: u * u for u in (0, 2, 3, 4)}
     assert list(errors) == [1] and isinstance(errors[1], RayActorError)

@@ -36,7 +36,7 @@ import torch
 
 from augment import stage
 from augment.config import Config, GenerateConfig, TokenConfig
-from augment.distributed import PoolSpec, run_units
+from augment.distributed import PoolSpec, ignoring_cache, run_units
 from augment.generate.runner import run_generate
 from augment.tokens.runner import run_tokens
 from augment.verify import verify_run
@@ -179,7 +179,7 @@ def test_a_unit_whose_node_is_removed_runs_again_elsewhere(cluster, tmp_path):
             removed.append(held[0].suffix[1:])
             _remove_node_of(cluster, removed[0])
 
-    run_units(partial(_Where, str(tmp_path), hold=2), range(6), PoolSpec(workers=2), on_result,
+    run_units(ignoring_cache(partial(_Where, str(tmp_path), hold=2)), range(6), PoolSpec(workers=2), on_result,
               lambda u, e: pytest.fail(f"unit {u} failed: {e!r}"))
     assert removed, "the held unit never started"
     assert {u: [r[0] for r in rs] for u, rs in results.items()} == {u: [u * u] for u in range(6)}
@@ -208,9 +208,9 @@ def test_a_shared_pool_goes_on_after_a_node_loss(cluster, tmp_path):
         pytest.fail(f"unit {u} failed: {e!r}")
 
     with Pool(PoolSpec(workers=2)) as pool:
-        pool.run(partial(_Where, str(first), hold=2), range(6), partial(on_result, "first"), fail)
+        pool.run(ignoring_cache(partial(_Where, str(first), hold=2)), range(6), partial(on_result, "first"), fail)
         assert len(cluster.worker_nodes) == 1
-        pool.run(partial(_Where, str(second), hold=-1), range(4), partial(on_result, "second"), fail)
+        pool.run(ignoring_cache(partial(_Where, str(second), hold=-1)), range(4), partial(on_result, "second"), fail)
     assert results == {"first": {u: [u * u] for u in range(6)}, "second": {u: [u * u] for u in range(4)}}
 
 
@@ -227,7 +227,7 @@ def test_losing_every_node_that_fits_is_one_placement_error(cluster, tmp_path):
 
     with pytest.raises(AugmentError, match=r"no Ray node offers CPU: 0.99 for the 2 augment workers after \d+ s; "
                                            "add worker nodes"):
-        run_units(partial(_Where, str(tmp_path), hold=-1), range(6), PoolSpec(workers=2, placement_timeout=3),
+        run_units(ignoring_cache(partial(_Where, str(tmp_path), hold=-1)), range(6), PoolSpec(workers=2, placement_timeout=3),
                   on_result, lambda u, e: pytest.fail(f"unit {u} must wait for a node, not fail: {e!r}"))
     assert not cluster.worker_nodes
 
@@ -257,8 +257,8 @@ class _Tracked:
     """The stage's own worker, unchanged, plus marks in ``folder``: ``<unit>.<pid>.<node id>``
     while a unit runs, and ``<unit>-<attempt>.started`` for every start."""
 
-    def __init__(self, factory: Callable[[], Any], folder: str) -> None:
-        self.worker, self.folder = factory(), Path(folder)
+    def __init__(self, factory: Callable[..., Any], folder: str, cache: Any = None) -> None:
+        self.worker, self.folder = factory(cache=cache), Path(folder)
 
     def run(self, unit: Any) -> Any:
         import ray

@@ -24,7 +24,7 @@ from augment.config import Config, GenerateConfig, TokenConfig
 from augment.distributed import Pool, PoolSpec
 from augment.errors import AugmentError
 from augment.generate.runner import run_generate
-from augment.models.cache import cached
+from augment.models.cache import ModelCache
 from augment.tokens.runner import run_tokens
 
 
@@ -32,9 +32,10 @@ class _Loading:
     """A worker that loads a "model" through the host's cache (counted in ``folder``) and reports
     where it ran: (stage tag, pid, torch threads, id of the model object)."""
 
-    def __init__(self, folder: str, tag: str, sleep: float = 0.0) -> None:
+    def __init__(self, folder: str, tag: str, sleep: float = 0.0, cache: ModelCache | None = None) -> None:
         self.tag, self.sleep = tag, sleep
-        self.model = cached(("backbone", "micro"), partial(_load, folder))
+        cache = cache if cache is not None else ModelCache()
+        self.model = cache.get(("backbone", "micro"), partial(_load, folder))
 
     def run(self, unit: int) -> tuple[str, int, int, int]:
         time.sleep(self.sleep)
@@ -193,12 +194,12 @@ def test_build_with_cuda_workers_and_no_gpu_is_one_line_before_writing(monkeypat
     import ray
     from click.testing import CliRunner
 
-    from augment import distributed as dist
     from augment.cli import cli
+    from augment.distributed import connection
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(dist, "_local_head", lambda: None)
-    monkeypatch.setattr(dist, "_local_gpus", lambda: 0.0)
+    monkeypatch.setattr(connection, "_local_head", lambda: None)
+    monkeypatch.setattr(connection, "_local_gpus", lambda: 0.0)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("no Ray may start"))
     r = CliRunner().invoke(cli, ["build", "--classes", "0", "--per-class", "1", "--workers", "2", "--device", "cuda",

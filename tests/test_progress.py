@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 
-from augment.distributed import PoolSpec, run_units
+from augment.distributed import PoolSpec, ignoring_cache, run_units
 from augment.progress import LiveBar, Sink
 
 
@@ -57,7 +57,7 @@ def test_the_bar_moves_while_units_run(workers, request):
         live.finished(unit, 3)
 
     with live.collecting(on_ray=workers > 0):
-        run_units(partial(_Reporting, live.sink(workers > 0)), range(4), PoolSpec(workers=workers), on_result,
+        run_units(ignoring_cache(partial(_Reporting, live.sink(workers > 0))), range(4), PoolSpec(workers=workers), on_result,
                   lambda u, e: pytest.fail(str(e)))
     assert sum(bar.updates) == 12
     assert finished[0] > 0  # images of the first unit were counted before its result arrived

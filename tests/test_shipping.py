@@ -1,4 +1,4 @@
-"""Payloads travel by reference and survive an actor restart; a node's user problem is one line."""
+"""Payloads travel by reference and survive an actor restart; a node's user problem is one line naming it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 
 from augment.errors import AugmentError
-from augment.shipping import BrokenWorker, Payload, build_worker, node_label
+from augment.shipping import Payload, node_label
 
 
 def test_inline_payload_is_the_value_and_lazy_ones_load_once_until_released():
@@ -112,24 +112,16 @@ def test_actor_restarted_on_another_node_gets_its_payload_again():
         cluster.shutdown()
 
 
-def test_a_worker_that_cannot_be_built_raises_its_error_from_run():
-    def build():
-        raise AugmentError("model 'x/y' is not in the local Hugging Face cache")
+def _broken_factory(*, cache):
+    raise AugmentError("timm weights for 'resnet50' are not in the local cache")
 
-    worker = build_worker(build)
-    assert isinstance(worker, BrokenWorker)
-    with pytest.raises(AugmentError, match="not in the local Hugging Face cache"):
-        worker.run(0)
+
+def test_a_worker_that_cannot_be_built_is_one_line_as_it_was_raised_on_the_driver():
+    from augment.distributed import PoolSpec, run_units
+
     assert node_label() is None  # the driver is no worker node
-    assert build_worker(lambda: "fine") == "fine"
-
-
-def _broken_factory():
-    return build_worker(partial(_raise, "timm weights for 'resnet50' are not in the local cache"))
-
-
-def _raise(message: str):
-    raise AugmentError(message)
+    with pytest.raises(AugmentError, match=r"^timm weights for 'resnet50' are not in the local cache$"):
+        run_units(_broken_factory, [0, 1], PoolSpec(workers=0), lambda u, r: None, lambda u, e: None)
 
 
 def test_on_a_ray_actor_the_error_names_the_node_and_reaches_the_driver_as_itself():
@@ -140,10 +132,11 @@ def test_on_a_ray_actor_the_error_names_the_node_and_reaches_the_driver_as_itsel
     ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
     errors: list[BaseException] = []
     try:
-        run_units(_broken_factory, [0, 1], PoolSpec(workers=1), lambda u, r: None, lambda u, e: errors.append(e))
+        with pytest.raises(AugmentError) as raised:
+            run_units(_broken_factory, [0, 1], PoolSpec(workers=1), lambda u, r: None, lambda u, e: errors.append(e))
     finally:
         ray.shutdown()
-    assert len(errors) == 2 and all(isinstance(e, AugmentError) for e in errors)
-    message = str(errors[0])
+    assert errors == []  # the stage stops on the one line, no unit is reported failed
+    message = str(raised.value)
     assert message.startswith("on node ") and "timm weights for 'resnet50'" in message
     assert os.uname().nodename in message and "\n" not in message

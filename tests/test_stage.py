@@ -64,7 +64,7 @@ class ToyStage(stage.Stage[int, int, ToySummary]):
         return stage.Plan(todo, skipped=self.n - len(todo), total=self.n)
 
     def worker_factory(self) -> WorkerFactory:
-        return lambda: _Worker(self.raises)
+        return lambda *, cache: _Worker(self.raises)
 
     def on_result(self, unit: int, result: int) -> str | None:
         if unit in self.write_fails:

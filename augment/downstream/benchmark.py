@@ -53,7 +53,7 @@ import torch
 from augment import stage
 from augment.config import Config
 from augment.datasets.base import Dataset
-from augment.distributed import WorkerFactory
+from augment.distributed import WorkerFactory, ignoring_cache
 from augment.downstream.benchmark_report import render_markdown, render_text, write_reports
 from augment.downstream.benchmark_result import (
     PER_DRAW,
@@ -357,7 +357,7 @@ class BenchmarkStage(stage.Stage[CellUnit, BenchmarkCell, BenchmarkSummary]):
     def worker_factory(self) -> WorkerFactory:
         # train.checkpoint's bytes, read by the driver (when a cell is to train): actors need not see its disk
         checkpoint = Payload(read_checkpoint(self.settings)) if self.pending else None
-        return partial(CellWorker, self.settings, self.dataset.class_names, checkpoint)
+        return ignoring_cache(partial(CellWorker, self.settings, self.dataset.class_names, checkpoint))
 
     def _finished(self, cell: CellUnit) -> None:
         self.pending[cell.k, cell.seed] -= 1

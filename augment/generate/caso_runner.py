@@ -44,12 +44,13 @@ from augment.io.shards import (
     write_shard,
 )
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
+from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
-from augment.shipping import BrokenWorker, Payload, build_worker
+from augment.shipping import Payload
 from augment.tokens.caso import CasoResult, CasoTrainer, condition_prompt, edit_conditions, edit_label
-from augment.tokens.textual_inversion import check_names_hold_no_token
+from augment.tokens.textual_inversion import check_names_hold_no_token, installed_tokens
 
 #: settings that make an edit different (declared on the config's fields, resume=("caso", ...))
 COMPAT_KEYS = compat_keys("caso", after={"seed": ["class_names"]})
@@ -105,23 +106,19 @@ def read_reals(dataset: Dataset, samples: list[Any], split: str) -> CasoReals:
 
 class CasoWorker:
     def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classes: list[int],
-                 classifier: ClassifierSource | str) -> None:
-        from augment.models.backbone import load_backbone
-        from augment.models.classifier import load_classifier
-
+                 classifier: ClassifierSource | str, cache: ModelCache | None = None) -> None:
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.names, self.classes = class_names, classes
-        self.pipe = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
-        self.trainer = CasoTrainer(self.pipe, load_classifier(classifier), cfg.caso, cfg.seed)
+        cache = cache if cache is not None else ModelCache()  # the host's: models shared with the other stages
+        self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
+        self.trainer = CasoTrainer(self.pipe, cache.classifier(classifier, self.pipe.unet.device), cfg.caso, cfg.seed)
         self._learned: dict[tuple[str, int], CasoResult] = {}  # (pool, target): learned once per worker
 
     def _embedding(self, pool: Payload[CasoReals], images: torch.Tensor, target: int) -> CasoResult:
         key = (pool.key, target)
         if key not in self._learned:
             self._learned[key] = self.trainer.learn(images, target)
-        res = self._learned[key]
-        self.trainer.install(res.token, res.embedding)  # another pool's learning may have overwritten it
-        return res
+        return self._learned[key]
 
     def run(self, unit: CasoUnit) -> CasoOutcome:
         c, shard_index, reals = unit.class_index, unit.shard, unit.reals.get()
@@ -135,25 +132,27 @@ class CasoWorker:
         mine = [j for j, label in enumerate(reals.labels) if label == c]
         per = cc.edits_per_image
         samples = []
-        for ci, cond in enumerate(conds):
-            prompt = condition_prompt(cond, cc.n_vectors)
-            label = edit_label(c, cond, cc.edit_guidance)
-            batch = images[[j for j in mine for _ in range(per)]]
-            seeds = [derive_seed(cfg.seed, "caso-edit", c, *cond, j, e) for j in mine for e in range(per)]
-            edited = Diffusion(self.pipe).edit(prompt, batch, seeds, cc.strength, cc.edit_steps, cc.edit_guidance,
-                                               mode=cc.edit_mode, guided_step=cc.guided_step)
-            probs = self.trainer.classifier(edited).softmax(-1)
-            arrays = (edited.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-            for b, (j, e) in enumerate((j, e) for j in mine for e in range(per)):
-                index = c * 100000 + ci * 1000 + mine.index(j) * per + e  # unique per label across classes
-                samples.append(SynthSample(sample_key(label, index), label, encode_image(arrays[b], cc.image_format),
-                                           cc.image_format, ManifestRow(
-                    class_name=self.names[label], prompt=prompt, seed=seeds[b],
-                    token=learned[cond[0]].token, mode="edit", source_key=reals.source_keys[j],
-                    strength=cc.strength, edit_mode=cc.edit_mode, targets="+".join(map(str, cond)),
-                    model_id=cfg.model, scheduler=cfg.scheduler, steps=cc.edit_steps,
-                    guidance_scale=cc.edit_guidance, guide_confidence=float(probs[b, label]),
-                    guide_pred=int(probs[b].argmax()), attempts=1, status="ok", sample_index=index)))
+        # the learned embeddings are in the (host's, shared) pipeline for these edits only
+        with installed_tokens(self.pipe, {r.token: r.embedding for r in learned.values()}):
+            for ci, cond in enumerate(conds):
+                prompt = condition_prompt(cond, cc.n_vectors)
+                label = edit_label(c, cond, cc.edit_guidance)
+                batch = images[[j for j in mine for _ in range(per)]]
+                seeds = [derive_seed(cfg.seed, "caso-edit", c, *cond, j, e) for j in mine for e in range(per)]
+                edited = Diffusion(self.pipe).edit(prompt, batch, seeds, cc.strength, cc.edit_steps, cc.edit_guidance,
+                                                   mode=cc.edit_mode, guided_step=cc.guided_step)
+                probs = self.trainer.classifier(edited).softmax(-1)
+                arrays = (edited.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+                for b, (j, e) in enumerate((j, e) for j in mine for e in range(per)):
+                    index = c * 100000 + ci * 1000 + mine.index(j) * per + e  # unique per label across classes
+                    samples.append(SynthSample(sample_key(label, index), label, encode_image(arrays[b], cc.image_format),
+                                               cc.image_format, ManifestRow(
+                        class_name=self.names[label], prompt=prompt, seed=seeds[b],
+                        token=learned[cond[0]].token, mode="edit", source_key=reals.source_keys[j],
+                        strength=cc.strength, edit_mode=cc.edit_mode, targets="+".join(map(str, cond)),
+                        model_id=cfg.model, scheduler=cfg.scheduler, steps=cc.edit_steps,
+                        guidance_scale=cc.edit_guidance, guide_confidence=float(probs[b, label]),
+                        guide_pred=int(probs[b].argmax()), attempts=1, status="ok", sample_index=index)))
         res = list(learned.values())
         row = CasoRow(c, sorted(learned), float(np.mean([r.init_accuracy for r in res])) if res else 0.0,
                       float(np.mean([r.final_accuracy for r in res])) if res else 0.0, sum(r.seconds for r in res))
@@ -161,9 +160,9 @@ class CasoWorker:
 
 
 def make_worker(cfg_dict: dict[str, Any], names: list[str], classes: list[int],
-                classifier: Payload[ClassifierSource]) -> CasoWorker | BrokenWorker:
-    """The factory an actor calls: the classifier arrives by reference, fetched here."""
-    return build_worker(lambda: CasoWorker(cfg_dict, names, classes, classifier.get()))
+                classifier: Payload[ClassifierSource], cache: ModelCache | None = None) -> CasoWorker:
+    """The factory a worker host calls with its model cache: the classifier arrives by reference, fetched here."""
+    return CasoWorker(cfg_dict, names, classes, classifier.get(), cache)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Generate one shard's images: batched diffusers sampling, guidance-classifier scoring, encoding.
 
-The worker loads the pipeline, every class token and the guidance classifier once (the pipeline
-and the classifier once per worker host, :mod:`augment.models.cache`, for all stages of a build). Images are
+The worker loads the pipeline and the guidance classifier through its host's model cache (once per
+worker host, :mod:`augment.models.cache`, for all stages of a build) and installs the class tokens
+into the pipeline for each shard, removing them after it. Images are
 encoded on a small thread pool while the next batch is sampled, so the sampler does not wait on
 PNG/JPEG encoding; the driver writes the shard to disk while the worker goes on.
 
@@ -28,12 +29,13 @@ from augment.generate.rejection import RejectionStats, quotas, stream_seed
 from augment.io.images import encode_image
 from augment.io.manifest import ManifestRow
 from augment.io.shards import SynthSample, sample_key
+from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.models.diffusion import Diffusion
 from augment.progress import Sink
 from augment.prompts import render_prompt
-from augment.shipping import BrokenWorker, Payload, build_worker
-from augment.tokens.textual_inversion import TokenEmbedding
+from augment.shipping import Payload
+from augment.tokens.textual_inversion import TokenEmbedding, installed_tokens
 
 
 def default_batch_size(device: torch.device, resolution: int) -> int:
@@ -96,19 +98,15 @@ class GenSpec:
 
 class GenerateWorker:
     def __init__(self, cfg_dict: dict[str, Any], spec: GenSpec, classifier: ClassifierSource | str,
-                 progress: Sink | None = None) -> None:
-        from augment.models import cache
+                 progress: Sink | None = None, cache: ModelCache | None = None) -> None:
         from augment.models.backbone import native_resolution
-        from augment.tokens.textual_inversion import add_embeddings
 
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.spec = spec
-        # The host's cached pipeline may hold the tokens its token stage trained: add_embeddings
-        # overwrites their rows with the files' vectors. The baseline arm loads none, and its
-        # prompts hold no token string (token() is ""), so rows a cached pipeline holds are never read.
+        cache = cache if cache is not None else ModelCache()
+        # the host's pipeline, shared with the other stages: the tokens go in for each shard and
+        # out after it (run), so it is never left holding them
         self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
-        if not spec.baseline:
-            add_embeddings(self.pipe, [spec.tokens[c] for c in sorted(spec.tokens)])
         self.device = self.pipe.unet.device
         self.classifier = cache.classifier(classifier, self.device)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
@@ -187,6 +185,14 @@ class GenerateWorker:
         )
 
     def run(self, unit: ShardUnit) -> ShardResult:
+        """One shard, the class tokens in the pipeline for it only (the baseline arm has none): the
+        pipeline is the host's, and the next stage gets it as a fresh load would be."""
+        tokens = {} if self.spec.baseline else {self.spec.tokens[c].token: self.spec.tokens[c].vectors
+                                                  for c in sorted(self.spec.tokens)}
+        with installed_tokens(self.pipe, tokens):
+            return self.shard(unit)
+
+    def shard(self, unit: ShardUnit) -> ShardResult:
         """One shard: every planned sample from its own seed, or, under ``min_confidence``, the
         slots filled from the classes' attempt streams (:mod:`augment.generate.rejection`)."""
         g, seed = self.cfg.generate, self.cfg.seed
@@ -224,7 +230,7 @@ class GenerateWorker:
 
 
 def make_worker(cfg_dict: dict[str, Any], spec: Payload[GenSpec], classifier: Payload[ClassifierSource],
-                progress: Sink | None = None) -> GenerateWorker | BrokenWorker:
-    """The factory an actor calls: the spec and classifier arrive by reference, fetched here;
-    ``progress`` hears of every finished image (the driver's bar, across actors)."""
-    return build_worker(lambda: GenerateWorker(cfg_dict, spec.get(), classifier.get(), progress))
+                progress: Sink | None = None, cache: ModelCache | None = None) -> GenerateWorker:
+    """The factory a worker host calls with its model cache: the spec and classifier arrive by
+    reference, fetched here; ``progress`` hears of every finished image (the driver's bar, across actors)."""
+    return GenerateWorker(cfg_dict, spec.get(), classifier.get(), progress, cache)

@@ -2,25 +2,22 @@
 
 ``augment build`` runs tokens, generate and the baseline arm on one pool of workers
 (:class:`augment.distributed.Pool`). Each stage builds its own worker, but the backbone and the
-classifier it needs are the same: a :class:`ModelCache` owned by the worker's host (a Ray actor, or
-the driver for inline runs) hands the same loaded objects to every stage's worker. The cache is
-*active* only while the host builds or runs a worker (:func:`use`); anywhere else
-:func:`backbone` and :func:`classifier` simply load, so a test or a script that builds a worker by
-hand gets fresh models as before.
+classifier it needs are the same: the worker's host (a Ray actor, or the driver for inline runs)
+owns a :class:`ModelCache` and passes it to every stage's worker factory, which loads through it
+(:meth:`ModelCache.backbone`, :meth:`ModelCache.classifier`). A worker built by hand without a
+cache (a test, a script) gets a cache of its own, hence fresh models.
 
 One entry per kind (one backbone, one classifier): a stage asking for another model replaces the
-previous one, so a host never holds two diffusion pipelines in GPU memory. Stages that share a
-cached pipeline must leave it as a fresh one would behave for the next stage: the token stage
-leaves its learned rows in the embedding table (the generate stage overwrites them with the token
-files' vectors, :func:`augment.tokens.textual_inversion.add_embeddings`), and the baseline arm's
-prompts never contain a token string, so the extra rows are never looked up.
+previous one, so a host never holds two diffusion pipelines in GPU memory. A stage that adds
+tokens to a cached pipeline removes them when it is done
+(:func:`augment.tokens.textual_inversion.installed_tokens`), so the next stage gets the pipeline
+as a fresh load would be.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -30,7 +27,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["ModelCache", "backbone", "cached", "classifier", "use"]
+__all__ = ["ModelCache"]
 
 
 class ModelCache:
@@ -52,32 +49,18 @@ class ModelCache:
         self._items[kind] = (key, value)
         return value
 
+    def backbone(self, spec: str, device: str, dtype: str, scheduler: str) -> Any:
+        """:func:`augment.models.backbone.load_backbone`, loaded once per cache."""
+        from augment.models.backbone import load_backbone
 
-_active: ModelCache | None = None
+        return self.get(("backbone", spec, str(device), dtype, scheduler),
+                        lambda: load_backbone(spec, device, dtype, scheduler))
 
+    def classifier(self, source: ClassifierSource | str | None, device: str | torch.device) -> Classifier:
+        """:func:`augment.models.classifier.load_classifier` on ``device``, loaded once per cache."""
+        from augment.models.classifier import load_classifier
 
-@contextmanager
-def use(cache: ModelCache) -> Iterator[ModelCache]:
-    """Make ``cache`` the one :func:`cached` uses while the block runs (a host building or running a worker)."""
-    global _active
-    previous, _active = _active, cache
-    try:
-        yield cache
-    finally:
-        _active = previous
-
-
-def cached(key: tuple[Any, ...], load: Callable[[], T]) -> T:
-    """``load()`` through the active cache, or simply ``load()`` when none is active."""
-    return _active.get(key, load) if _active is not None else load()
-
-
-def backbone(spec: str, device: str, dtype: str, scheduler: str) -> Any:
-    """:func:`augment.models.backbone.load_backbone`, loaded once per host."""
-    from augment.models.backbone import load_backbone
-
-    return cached(("backbone", spec, str(device), dtype, scheduler),
-                  lambda: load_backbone(spec, device, dtype, scheduler))
+        return self.get(("classifier", *_source_key(source), str(device)), lambda: load_classifier(source, device))
 
 
 def _source_key(source: ClassifierSource | str | None) -> tuple[Any, ...]:
@@ -90,10 +73,3 @@ def _source_key(source: ClassifierSource | str | None) -> tuple[Any, ...]:
     for name in sorted(source.files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(source.files[name]).digest())
     return (source.spec, digest.hexdigest())
-
-
-def classifier(source: ClassifierSource | str | None, device: str | torch.device) -> Classifier:
-    """:func:`augment.models.classifier.load_classifier` on ``device``, loaded once per host."""
-    from augment.models.classifier import load_classifier
-
-    return cached(("classifier", *_source_key(source), str(device)), lambda: load_classifier(source, device))

@@ -16,7 +16,8 @@ inversion to a strength and guided denoising (the paper's Eq. 6-7), or SDEdit; s
 can share one condition (multi-attribute edits); a negative guidance scale reverses an edit.
 :func:`edit_conditions` reads which embeddings edit which reals. Embeddings are saved as
 (multi-vector) textual-inversion files (``[n, D]``), which ``pipe.load_textual_inversion`` expands
-to ``token token_1 ...`` in prompts.
+to ``token token_1 ...`` in prompts; an edit installs them for its own block
+(:func:`augment.tokens.textual_inversion.installed_tokens`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from augment.config import CasoConfig
 from augment.errors import AugmentError
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
-from augment.tokens.textual_inversion import add_token, single_token_id, vector_tokens
+from augment.tokens.textual_inversion import installed_tokens, single_token_id, vector_tokens
 from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
@@ -95,19 +96,6 @@ class CasoTrainer:
         self.device = self.diffusion.device
         self.classifier = freeze_for_training(pipe, classifier)
 
-    def _add_vectors(self, token: str) -> list[int]:
-        init_id = single_token_id(self.pipe.tokenizer, self.cfg.init_token)
-        vocab = self.pipe.tokenizer.get_vocab()
-        return [vocab[t] if t in vocab else add_token(self.pipe, t, init_id) for t in vector_tokens(token, self.cfg.n_vectors)]
-
-    def install(self, token: str, embedding: torch.Tensor) -> None:
-        """Put a learned ``[n, D]`` embedding in the text encoder under ``token`` (adding it if new)."""
-        ids = self._add_vectors(token)
-        emb_layer = self.pipe.text_encoder.get_input_embeddings()
-        with torch.no_grad():
-            for i, v in zip(ids, embedding, strict=True):
-                emb_layer.weight[i] = v.to(emb_layer.weight.device, emb_layer.weight.dtype)
-
     def learn(self, images01: torch.Tensor, target: int) -> CasoResult:
         """Learn the embedding that moves ``images01`` (real images of any class) to ``target``.
 
@@ -118,56 +106,55 @@ class CasoTrainer:
         cfg, pipe, diffusion = self.cfg, self.pipe, self.diffusion
         start = time.perf_counter()
         token = caso_token(target)
-        ids = self._add_vectors(token)
-        emb_layer = pipe.text_encoder.get_input_embeddings()
-        # always from the init token (a worker that learned this target before must start afresh)
-        init = emb_layer.weight[single_token_id(pipe.tokenizer, cfg.init_token)].detach().float()
-        vectors = [torch.nn.Parameter(init.clone()) for _ in ids]
-        hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
-        opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        z0_all = diffusion.encode_images(images01.to(self.device))
-        t = int(cfg.t0 * (pipe.scheduler.config.num_train_timesteps - 1))
-        prompt = " ".join(vector_tokens(token, cfg.n_vectors))
-        result = CasoResult(token, torch.empty(0))
-        n = len(z0_all)
-        order: list[int] = []
-        with torch.no_grad():
-            uncond_all = diffusion.encode_prompts([""] * cfg.batch_size)
-        try:
-            for step in range(cfg.max_steps):
-                while len(order) < cfg.batch_size:  # the next epoch's shuffle, seeded
-                    g = torch.Generator().manual_seed(derive_seed(self.run_seed, "caso-order", target, step))
-                    order += torch.randperm(n, generator=g).tolist()
-                idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-                z0 = z0_all[idx]
-                seeds = [derive_seed(self.run_seed, "caso", target, step, j) for j in range(len(idx))]
-                tt = torch.full((len(idx),), t, device=self.device, dtype=torch.long)
-                zt = diffusion.noise_latents(z0, seeds, tt)
-                cond = diffusion.encode_prompts([prompt] * len(idx))
-                out = diffusion.guided_output(torch.cat([zt, zt]), tt.repeat(2),
-                                              torch.cat([uncond_all[: len(idx)], cond]), cfg.guidance_scale)
-                x0 = diffusion.predict_x0(zt, out, t)
-                logits = self.classifier(diffusion.decode(x0))
-                target_t = torch.full((len(idx),), target, device=self.device, dtype=torch.long)
-                ce = F.cross_entropy(logits, target_t)
-                recon = F.mse_loss(x0, z0)
-                loss = ce + cfg.recon_weight * recon
-                acc = float((logits.argmax(1) == target_t).float().mean())
-                result.history.append((ce.item(), recon.item(), acc))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(vectors, 1.0)
-                opt.step()
-        finally:
-            for h in hooks:
-                h.remove()
+        init = pipe.text_encoder.get_input_embeddings().weight[single_token_id(pipe.tokenizer, cfg.init_token)]
+        init = init.detach().float()
+        # the token's rows exist only while it learns (the pipeline may be shared with later stages);
+        # it always starts from the init token
+        with installed_tokens(pipe, {token: init.reshape(1, -1).repeat(cfg.n_vectors, 1)}):
+            ids = pipe.tokenizer.convert_tokens_to_ids(vector_tokens(token, cfg.n_vectors))
+            emb_layer = pipe.text_encoder.get_input_embeddings()
+            vectors = [torch.nn.Parameter(init.clone()) for _ in ids]
+            hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
+            opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            z0_all = diffusion.encode_images(images01.to(self.device))
+            t = int(cfg.t0 * (pipe.scheduler.config.num_train_timesteps - 1))
+            prompt = " ".join(vector_tokens(token, cfg.n_vectors))
+            result = CasoResult(token, torch.empty(0))
+            n = len(z0_all)
+            order: list[int] = []
+            with torch.no_grad():
+                uncond_all = diffusion.encode_prompts([""] * cfg.batch_size)
+            try:
+                for step in range(cfg.max_steps):
+                    while len(order) < cfg.batch_size:  # the next epoch's shuffle, seeded
+                        g = torch.Generator().manual_seed(derive_seed(self.run_seed, "caso-order", target, step))
+                        order += torch.randperm(n, generator=g).tolist()
+                    idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+                    z0 = z0_all[idx]
+                    seeds = [derive_seed(self.run_seed, "caso", target, step, j) for j in range(len(idx))]
+                    tt = torch.full((len(idx),), t, device=self.device, dtype=torch.long)
+                    zt = diffusion.noise_latents(z0, seeds, tt)
+                    cond = diffusion.encode_prompts([prompt] * len(idx))
+                    out = diffusion.guided_output(torch.cat([zt, zt]), tt.repeat(2),
+                                                  torch.cat([uncond_all[: len(idx)], cond]), cfg.guidance_scale)
+                    x0 = diffusion.predict_x0(zt, out, t)
+                    logits = self.classifier(diffusion.decode(x0))
+                    target_t = torch.full((len(idx),), target, device=self.device, dtype=torch.long)
+                    ce = F.cross_entropy(logits, target_t)
+                    recon = F.mse_loss(x0, z0)
+                    loss = ce + cfg.recon_weight * recon
+                    acc = float((logits.argmax(1) == target_t).float().mean())
+                    result.history.append((ce.item(), recon.item(), acc))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(vectors, 1.0)
+                    opt.step()
+            finally:
+                for h in hooks:
+                    h.remove()
         accs = [h[2] for h in result.history]
         w = max(1, min(5, len(accs) // 2))  # one-step accuracy on the reals: first vs last few batches
         result.init_accuracy, result.final_accuracy = sum(accs[:w]) / w, sum(accs[-w:]) / w
-        final = [v.detach().clone() for v in vectors]
-        with torch.no_grad():
-            for i, v in zip(ids, final, strict=True):
-                emb_layer.weight[i] = v.to(emb_layer.weight.dtype)
-        result.embedding = torch.stack(final).cpu()
+        result.embedding = torch.stack([v.detach().clone() for v in vectors]).cpu()
         result.seconds = time.perf_counter() - start
         return result

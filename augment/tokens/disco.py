@@ -30,13 +30,7 @@ from augment.config import GenerateConfig, TokenConfig
 from augment.models.diffusion import Diffusion
 from augment.prompts import render_prompt
 from augment.seeds import derive_seed
-from augment.tokens.textual_inversion import (
-    add_token,
-    added_tokens,
-    single_token_id,
-    token_string,
-    vector_tokens,
-)
+from augment.tokens.textual_inversion import installed_tokens, single_token_id, token_string, vector_tokens
 from augment.tokens.training import EmbeddingOverride, freeze_for_training
 
 
@@ -214,70 +208,69 @@ class DiscoTrainer:
         token = token_string(class_index)
         init = choose_init_token(pipe.tokenizer, class_name, cfg)
         init_id = single_token_id(pipe.tokenizer, init)
-        reuse = token in added_tokens(pipe)  # a cached pipeline may hold it from an earlier stage
-        ids = [add_token(pipe, t, init_id, reuse=reuse) for t in vector_tokens(token, cfg.n_vectors)]
-        emb_layer = pipe.text_encoder.get_input_embeddings()
-        init_vec = emb_layer.weight[init_id].detach().float().reshape(1, -1).repeat(len(ids), 1)
-        vectors = [torch.nn.Parameter(row.clone()) for row in init_vec]
-        hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
-        opt = torch.optim.AdamW(vectors, lr=learning_rate(cfg, init_vec, 0), betas=(0.9, 0.999),
-                                weight_decay=cfg.weight_decay)
-        target = torch.full((cfg.batch_size,), class_index, device=self.device, dtype=torch.long)
-        prompts = self.prompts_for(token, class_name)
-        result = TokenResult(class_index, class_name, token, init, None, seeds=self.seeds_for(class_index, 0))
-        best_vec, best, since_best = init_vec.clone(), None, 0
-        try:
-            logits = self._validation_logits(class_index, token, class_name, self.generation.negative_prompt)
-            result.negative_prompt = negative = self.negative_prompt(logits, class_index)
-            if negative != self.generation.negative_prompt:
-                logits = self._validation_logits(class_index, token, class_name, negative)
-            best = self._score(logits, class_index, 0)
-            result.validations.append(best)
-            result.init_val_accuracy = best.accuracy
-            for step in range(cfg.max_steps):
-                if best.accuracy > cfg.acc_threshold or since_best >= cfg.patience:
-                    break
-                lr = learning_rate(cfg, init_vec, step)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                logits = self._forward(prompts, self.seeds_for(class_index, step), True, negative)
-                loss = F.cross_entropy(logits, target)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss became {loss_value} at step {step}")
-                acc = float((logits.argmax(1) == target).float().mean())
-                result.history.append((loss_value, acc))
-                result.lrs.append(lr)
-                if progress is not None:
-                    progress(step, loss_value, acc)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(vectors, cfg.grad_clip)  # after backward, where it acts
-                opt.step()
-                for v, v0 in zip(vectors, init_vec, strict=True):
-                    project_to_trust_region(v, v0, cfg.trust_radius)
-                result.steps = step + 1
-                if result.steps % cfg.val_every == 0 or result.steps == cfg.max_steps:
-                    score = self._score(self._validation_logits(class_index, token, class_name, negative),
-                                        class_index, result.steps)
-                    result.validations.append(score)
-                    if score.beats(best):
-                        best, best_vec, since_best = score, torch.stack([v.detach() for v in vectors]), 0
-                    else:
-                        since_best += 1
-        except (FloatingPointError, RuntimeError) as e:
-            result.status, result.error = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        finally:
-            for hook in hooks:
-                hook.remove()
+        init_vec = pipe.text_encoder.get_input_embeddings().weight[init_id].detach().float()
+        init_vec = init_vec.reshape(1, -1).repeat(cfg.n_vectors, 1)
+        # the token's rows exist only while it trains: the pipeline may be the host's, shared with later stages
+        with installed_tokens(pipe, {token: init_vec}):
+            ids = pipe.tokenizer.convert_tokens_to_ids(vector_tokens(token, cfg.n_vectors))
+            emb_layer = pipe.text_encoder.get_input_embeddings()
+            vectors = [torch.nn.Parameter(row.clone()) for row in init_vec]
+            hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
+            opt = torch.optim.AdamW(vectors, lr=learning_rate(cfg, init_vec, 0), betas=(0.9, 0.999),
+                                    weight_decay=cfg.weight_decay)
+            target = torch.full((cfg.batch_size,), class_index, device=self.device, dtype=torch.long)
+            prompts = self.prompts_for(token, class_name)
+            result = TokenResult(class_index, class_name, token, init, None, seeds=self.seeds_for(class_index, 0))
+            best_vec, best, since_best = init_vec.clone(), None, 0
+            try:
+                logits = self._validation_logits(class_index, token, class_name, self.generation.negative_prompt)
+                result.negative_prompt = negative = self.negative_prompt(logits, class_index)
+                if negative != self.generation.negative_prompt:
+                    logits = self._validation_logits(class_index, token, class_name, negative)
+                best = self._score(logits, class_index, 0)
+                result.validations.append(best)
+                result.init_val_accuracy = best.accuracy
+                for step in range(cfg.max_steps):
+                    if best.accuracy > cfg.acc_threshold or since_best >= cfg.patience:
+                        break
+                    lr = learning_rate(cfg, init_vec, step)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    logits = self._forward(prompts, self.seeds_for(class_index, step), True, negative)
+                    loss = F.cross_entropy(logits, target)
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"loss became {loss_value} at step {step}")
+                    acc = float((logits.argmax(1) == target).float().mean())
+                    result.history.append((loss_value, acc))
+                    result.lrs.append(lr)
+                    if progress is not None:
+                        progress(step, loss_value, acc)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(vectors, cfg.grad_clip)  # after backward, where it acts
+                    opt.step()
+                    for v, v0 in zip(vectors, init_vec, strict=True):
+                        project_to_trust_region(v, v0, cfg.trust_radius)
+                    result.steps = step + 1
+                    if result.steps % cfg.val_every == 0 or result.steps == cfg.max_steps:
+                        score = self._score(self._validation_logits(class_index, token, class_name, negative),
+                                            class_index, result.steps)
+                        result.validations.append(score)
+                        if score.beats(best):
+                            best, best_vec, since_best = score, torch.stack([v.detach() for v in vectors]), 0
+                        else:
+                            since_best += 1
+            except (FloatingPointError, RuntimeError) as e:
+                result.status, result.error = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            finally:
+                for hook in hooks:
+                    hook.remove()
         if result.history:
             result.init_accuracy = result.history[0][1]
             result.final_accuracy = result.history[min(best.step if best else 0, len(result.history) - 1)][1]
         if best is not None:
             result.best_step, result.best_loss, result.final_val_accuracy = best.step, best.loss, best.accuracy
         result.embedding = best_vec.cpu()
-        with torch.no_grad():  # leave the kept vectors in the table so later prompts in this process use them
-            for j, i in enumerate(ids):
-                emb_layer.weight[i] = best_vec[j].to(emb_layer.weight.dtype)
         result.seconds = time.perf_counter() - start
         return result

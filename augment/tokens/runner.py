@@ -22,8 +22,9 @@ from augment.io.atomic import atomic_write_json, remove_temp_files, sha256_file
 from augment.io.jsonsafe import json_safe
 from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
+from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
-from augment.shipping import BrokenWorker, Payload, build_worker
+from augment.shipping import Payload
 from augment.tokens.disco import TokenResult
 from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
 
@@ -33,14 +34,14 @@ COMPAT_KEYS = compat_keys("tokens", after={"model": ["model_fingerprint"], "seed
 
 
 class TokenWorker:
-    """Loads backbone + classifier once (per worker host: :mod:`augment.models.cache`);
-    ``run(class_index)`` trains that class's token.
+    """Loads backbone + classifier through its host's ``cache`` (once per host, :mod:`augment.models.cache`;
+    fresh without one); ``run(class_index)`` trains that class's token.
 
     The classifier is built from the driver's :class:`ClassifierSource` (a checkpoint's bytes), not
     from a path: the worker's node need not see the driver's disk."""
 
-    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classifier: ClassifierSource | str) -> None:
-        from augment.models import cache
+    def __init__(self, cfg_dict: dict[str, Any], class_names: list[str], classifier: ClassifierSource | str,
+                 cache: ModelCache | None = None) -> None:
         from augment.models.backbone import native_resolution
         from augment.models.classifier import check_classes
         from augment.tokens.disco import DiscoTrainer
@@ -48,6 +49,7 @@ class TokenWorker:
         cfg = config_from_dict(cfg_dict)
         self.class_names = class_names
         # loaded once per worker host: the generate stages of the same build reuse them
+        cache = cache if cache is not None else ModelCache()
         pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         clf = cache.classifier(classifier, pipe.unet.device)
         check_classes(clf, class_names)
@@ -59,10 +61,10 @@ class TokenWorker:
         return self.trainer.train(class_index, self.class_names[class_index])
 
 
-def make_worker(cfg_dict: dict[str, Any], class_names: list[str],
-                classifier: Payload[ClassifierSource]) -> TokenWorker | BrokenWorker:
-    """The factory an actor calls: the classifier arrives by reference, fetched here."""
-    return build_worker(lambda: TokenWorker(cfg_dict, class_names, classifier.get()))
+def make_worker(cfg_dict: dict[str, Any], class_names: list[str], classifier: Payload[ClassifierSource],
+                cache: ModelCache | None = None) -> TokenWorker:
+    """The factory a worker host calls with its model cache: the classifier arrives by reference, fetched here."""
+    return TokenWorker(cfg_dict, class_names, classifier.get(), cache)
 
 
 @dataclass

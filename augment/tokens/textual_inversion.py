@@ -8,14 +8,17 @@ finished token, which is what resume relies on.
 Workers never open token files: the driver reads each file once into a :class:`TokenEmbedding`
 (the token, its vectors and the sha256 of the file's bytes, which manifests record) and sends it
 with the work, so a GPU node that does not share the driver's disk loads the same vectors
-(:func:`add_embeddings`, diffusers' loader given state dicts instead of paths).
+(diffusers' loader given state dicts instead of paths). A worker's pipeline is its host's, shared
+with the other stages of a build, so workers add tokens only for a block
+(:func:`installed_tokens`) that leaves the pipeline as it found it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,41 +64,6 @@ def single_token_id(tokenizer, word: str) -> int:
 def vector_tokens(token: str, n: int) -> list[str]:
     """The token strings diffusers uses for a multi-vector embedding: token, token_1, token_2, ..."""
     return [token] + [f"{token}_{i}" for i in range(1, n)]
-
-
-def added_tokens(pipe) -> set[str]:
-    """The token strings augment added to this loaded pipeline (trained, or loaded from token files).
-
-    A pipeline cached for several stages (:mod:`augment.models.cache`) carries them from one stage
-    to the next; a token in the tokenizer but not here came with the model."""
-    if not hasattr(pipe, "augment_tokens"):
-        pipe.augment_tokens = set()
-    return pipe.augment_tokens
-
-
-def add_token(pipe, token: str, init_id: int, reuse: bool = False) -> int:
-    """Add ``token`` to the tokenizer and a new embedding row initialised from row ``init_id``.
-
-    Every existing row stays bit-identical (resize copies them). A token already present is an
-    error unless ``reuse`` (a retry of the same class in the same worker process, or a token
-    augment added to this cached pipeline before: :func:`added_tokens`).
-    """
-    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
-    if token in tokenizer.get_vocab():
-        if reuse:
-            return tokenizer.convert_tokens_to_ids(token)
-        raise AugmentError(
-            f"the tokenizer already contains {token!r}; load a fresh pipeline (tokens of an earlier run "
-            "must not be loaded while training) or pick another run folder"
-        )
-    tokenizer.add_tokens([token])
-    added_tokens(pipe).add(token)
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    emb = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        emb[token_id] = emb[init_id]
-    return token_id
 
 
 def save_token(path: Path, token: str, embedding: torch.Tensor) -> str:
@@ -167,34 +135,60 @@ def read_token_embedding(path: Path) -> TokenEmbedding:
     return TokenEmbedding(token, vectors, hashlib.sha256(data).hexdigest())
 
 
-def add_embeddings(pipe, embeddings: Sequence[TokenEmbedding]) -> list[str]:
-    """Put token embeddings into ``pipe`` in memory; returns the token strings in order.
-
-    New tokens go through diffusers' own loader (given state dicts, not files). A token the
-    pipeline already holds (a cached pipeline that trained it, or loaded it for an earlier stage)
-    gets its rows overwritten with these vectors: loading twice never adds a token twice, and the
-    rows are always exactly the file's, whatever the pipeline held before."""
+def _refuse_held(pipe, tokens: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Each token's strings (``token``, ``token_1`` ...), none of them already in the tokenizer: a
+    token the model came with, or one installed by an enclosing block, must not be shadowed."""
     vocab = pipe.tokenizer.get_vocab()
-    new, present = [], []
-    for e in embeddings:
-        names = vector_tokens(e.token, e.vectors.reshape(-1, e.vectors.shape[-1]).shape[0])
-        added_tokens(pipe).update(names)
-        held = [n in vocab for n in names]
-        if not any(held):
-            new.append(e)
-        elif all(held) and f"{e.token}_{len(names)}" not in vocab:
-            present.append((e, names))
-        else:
-            raise AugmentError(f"the pipeline already holds {e.token!r} with another number of vectors than its "
-                               "token file; load a fresh pipeline or pick another run folder")
-    if new:
-        pipe.load_textual_inversion([{e.token: e.vectors} for e in new])
-    weight = pipe.text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        for e, names in present:
-            ids = pipe.tokenizer.convert_tokens_to_ids(names)
-            weight[ids] = e.vectors.reshape(len(names), -1).to(weight.device, weight.dtype)
-    return [e.token for e in embeddings]
+    names = {token: vector_tokens(token, vectors.reshape(-1, vectors.shape[-1]).shape[0])
+             for token, vectors in tokens.items()}
+    for token, strings in names.items():
+        if any(s in vocab for s in strings):
+            raise AugmentError(
+                f"the tokenizer already contains {token!r}; load a fresh pipeline (tokens of an earlier run "
+                "must not be loaded while training) or pick another run folder"
+            )
+    return names
+
+
+def add_embeddings(pipe, embeddings: Sequence[TokenEmbedding]) -> list[str]:
+    """Put token embeddings into ``pipe`` for good (a pipeline of one's own: tests, benchmarks);
+    returns the token strings in order. Diffusers' own loader, given state dicts, not files."""
+    tokens = {e.token: e.vectors for e in embeddings}
+    _refuse_held(pipe, tokens)
+    if tokens:
+        pipe.load_textual_inversion([{t: v} for t, v in tokens.items()])
+    return list(tokens)
+
+
+@contextmanager
+def installed_tokens(pipe, tokens: Mapping[str, torch.Tensor]) -> Iterator[list[str]]:
+    """``tokens`` (token string -> its ``[n, D]`` vectors) in ``pipe`` inside the block only;
+    yields the token strings in order.
+
+    A worker host's pipeline is shared by the stages of a build (:mod:`augment.models.cache`):
+    what one stage adds must not reach the next. Diffusers loads the tokens (one embedding row per
+    vector, ``token_1`` ... for a multi-vector one) and unloads them from the tokenizer after; the
+    embedding table itself is put back (the very tensor, never written to while the tokens were in:
+    a resize copies it), with the text encoder's ``vocab_size``, so the pipeline is exactly the one
+    it was before, whatever the block did to the added rows (DisCo and CASO train them)."""
+    if not tokens:
+        yield []
+        return
+    names = _refuse_held(pipe, tokens)
+    text_encoder = pipe.text_encoder
+    layer = text_encoder.get_input_embeddings()
+    table, vocab_size = layer.weight.data, text_encoder.config.vocab_size
+    try:
+        pipe.load_textual_inversion([{t: v} for t, v in tokens.items()])
+        yield list(tokens)
+    finally:
+        held = set(pipe.tokenizer.get_vocab())
+        strings = [s for token in tokens for s in names[token] if s in held]
+        if strings:  # the tokenizer: diffusers' removal (slow and fast tokenizers alike)
+            pipe.unload_textual_inversion(strings)
+        text_encoder.set_input_embeddings(layer)
+        layer.weight.data, layer.num_embeddings = table, table.shape[0]
+        text_encoder.config.vocab_size = vocab_size
 
 
 def load_tokens(pipe, paths: list[Path]) -> list[str]:

@@ -16,7 +16,7 @@ from augment.tokens.disco import (
 )
 from augment.tokens.textual_inversion import (
     add_embeddings,
-    add_token,
+    installed_tokens,
     load_tokens,
     read_token_embedding,
     save_token,
@@ -33,28 +33,27 @@ def _cfg(**kw) -> TokenConfig:
     return TokenConfig(**base)
 
 
-def test_only_the_new_row_changes(micro_pipe, micro_classifier):
+def test_training_leaves_the_pipeline_as_it_was(micro_pipe, micro_classifier):
+    """The token's row exists only while it trains: afterwards the tokenizer, the embedding table
+    and every weight are those of the pipeline before (a host's pipeline serves later stages)."""
     before = {k: v.clone() for k, v in micro_pipe.text_encoder.state_dict().items()}
     unet_before = {k: v.clone() for k, v in micro_pipe.unet.state_dict().items()}
-    n_rows = before[EMB_KEY].shape[0]
+    vocab, width = dict(micro_pipe.tokenizer.get_vocab()), before[EMB_KEY].shape[1]
     trainer = DiscoTrainer(micro_pipe, micro_classifier, _cfg(), run_seed=0, resolution=32)
     res = trainer.train(1, "dog")
     assert res.status == "ok", res.error
     assert res.steps == 2 and len(res.history) == 2
-    emb = micro_pipe.text_encoder.get_input_embeddings().weight
-    assert emb.shape[0] == n_rows + 1
-    assert torch.equal(emb[:n_rows], before[EMB_KEY])
+    assert micro_pipe.tokenizer.get_vocab() == vocab and micro_pipe.text_encoder.config.vocab_size == len(vocab)
     for k, v in micro_pipe.text_encoder.state_dict().items():
-        if "token_embedding" not in k:
-            assert torch.equal(v, before[k]), k
+        assert torch.equal(v, before[k]), k
     for k, v in micro_pipe.unet.state_dict().items():
         assert torch.equal(v, unet_before[k]), k
-    assert res.embedding.shape == (1, emb.shape[1])
-    # the vector left in the table is the kept one: the initialiser exactly when no validation beat it
-    assert torch.equal(emb[n_rows], res.embedding[0])
-    init_id = single_token_id(micro_pipe.tokenizer, "dog")
+    assert res.embedding.shape == (1, width)
     assert [v.step for v in res.validations] == [0, 1, 2]
-    assert torch.equal(emb[n_rows], emb[init_id]) == (res.best_step == 0)
+    # the kept vector is the initialiser exactly when no validation beat it
+    init = before[EMB_KEY][single_token_id(micro_pipe.tokenizer, "dog")]
+    assert torch.equal(res.embedding[0], init) == (res.best_step == 0)
+    assert trainer.train(1, "dog").embedding.equal(res.embedding)  # a second class in the same worker: the same
 
 
 def test_gradient_reaches_token_for_grad_steps_1_and_all(micro_pipe, micro_classifier):
@@ -89,11 +88,17 @@ def test_init_token_rules(micro_pipe):
         choose_init_token(tok, "cat", TokenConfig(init_token="zzqx"))
 
 
-def test_existing_token_refused(micro_pipe):
-    init = single_token_id(micro_pipe.tokenizer, "a")
-    add_token(micro_pipe, "<c0007>", init)
+def test_existing_token_refused(micro_pipe, micro_classifier):
+    """A token the model came with (or one an enclosing block installed) is never shadowed."""
+    micro_pipe.tokenizer.add_tokens(["<c0002>"])  # as if the model shipped with it
     with pytest.raises(AugmentError, match="already contains"):
-        add_token(micro_pipe, "<c0007>", init)
+        DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=1), run_seed=0, resolution=32).train(2, "cat")
+    hidden = micro_pipe.text_encoder.config.hidden_size
+    with installed_tokens(micro_pipe, {"<c0007>": torch.zeros(1, hidden)}):
+        with pytest.raises(AugmentError, match="already contains '<c0007>'"):
+            with installed_tokens(micro_pipe, {"<c0007>": torch.ones(1, hidden)}):
+                pass
+    assert "<c0007>" not in micro_pipe.tokenizer.get_vocab()
 
 
 def test_token_file_loads_in_fresh_pipeline(micro_pipe, micro_pipeline_dir, tmp_path):
@@ -131,46 +136,34 @@ def test_token_embedding_loads_in_memory_like_its_file(micro_pipe, micro_pipelin
         p.unlink()
     in_memory = load_backbone(str(micro_pipeline_dir))
     assert add_embeddings(in_memory, embs) == ["<c0001>", "<c0002>"]
-    assert add_embeddings(in_memory, embs[:1]) == ["<c0001>"]  # already present: rewritten, not an error
     assert "<c0002>_1" in in_memory.tokenizer.get_vocab()  # a 2-vector (CASO) token adds token_1
     torch.testing.assert_close(in_memory.text_encoder.get_input_embeddings().weight,
                                from_files.text_encoder.get_input_embeddings().weight, rtol=0, atol=0)
 
 
-def test_loading_a_held_token_again_overwrites_its_rows(micro_pipe):
-    """A pipeline cached for several stages may hold a token already (trained there, or loaded for
-    an earlier stage): loading it again rewrites its rows with the new vectors and adds nothing."""
-    from augment.tokens.textual_inversion import TokenEmbedding, added_tokens
-
-    hidden = micro_pipe.text_encoder.config.hidden_size
-    first = [TokenEmbedding("<c0001>", torch.randn(1, hidden), "a"), TokenEmbedding("<c0002>", torch.randn(2, hidden), "b")]
-    add_embeddings(micro_pipe, first)
-    vocab = len(micro_pipe.tokenizer)
-    rows = micro_pipe.text_encoder.get_input_embeddings().weight.shape[0]
-    again = [TokenEmbedding(e.token, torch.randn_like(e.vectors), e.sha256) for e in first]
-    assert add_embeddings(micro_pipe, again) == ["<c0001>", "<c0002>"]
-    assert len(micro_pipe.tokenizer) == vocab and micro_pipe.text_encoder.get_input_embeddings().weight.shape[0] == rows
-    weight = micro_pipe.text_encoder.get_input_embeddings().weight
-    for e in again:
-        ids = micro_pipe.tokenizer.convert_tokens_to_ids([e.token] + [f"{e.token}_{i}" for i in range(1, len(e.vectors))])
-        torch.testing.assert_close(weight[ids], e.vectors, rtol=0, atol=0)
-    assert {"<c0001>", "<c0002>", "<c0002>_1"} <= added_tokens(micro_pipe)
-    with pytest.raises(AugmentError, match="another number of vectors"):
-        add_embeddings(micro_pipe, [TokenEmbedding("<c0002>", torch.randn(1, hidden), "c")])
-
-
-def test_a_token_loaded_into_a_cached_pipeline_can_be_trained_again(micro_pipe, micro_classifier):
-    """A pipeline that loaded <c0001> for a generate stage (augment added it) trains it again in a
-    later token stage; a token that came with the model is still refused."""
-    from augment.tokens.textual_inversion import TokenEmbedding
-
-    hidden = micro_pipe.text_encoder.config.hidden_size
-    add_embeddings(micro_pipe, [TokenEmbedding("<c0001>", torch.randn(1, hidden), "a")])
-    res = DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=1), run_seed=0, resolution=32).train(1, "dog")
-    assert res.status == "ok", res.error
-    micro_pipe.tokenizer.add_tokens(["<c0002>"])  # as if the model shipped with it
-    with pytest.raises(AugmentError, match="already contains"):
-        DiscoTrainer(micro_pipe, micro_classifier, _cfg(max_steps=1), run_seed=0, resolution=32).train(2, "cat")
+def test_installed_tokens_leave_the_pipeline_exactly_as_it_was(micro_pipe):
+    """Inside the block the tokens are there (a 2-vector one as token, token_1); after it the
+    tokenizer, its length, the embedding table (the same tensor, the same bytes) and the text
+    encoder's vocab_size are those from before, also when the block wrote into the added rows."""
+    tokenizer, text_encoder = micro_pipe.tokenizer, micro_pipe.text_encoder
+    layer = text_encoder.get_input_embeddings()
+    vocab, n, table = dict(tokenizer.get_vocab()), len(tokenizer), layer.weight.detach().clone()
+    hidden = text_encoder.config.hidden_size
+    tokens = {"<c0001>": torch.randn(1, hidden), "<c0002>": torch.randn(2, hidden)}
+    with installed_tokens(micro_pipe, tokens) as names:
+        assert names == ["<c0001>", "<c0002>"] and len(tokenizer) == n + 3
+        ids = tokenizer.convert_tokens_to_ids(["<c0001>", "<c0002>", "<c0002>_1"])
+        weight = text_encoder.get_input_embeddings().weight
+        torch.testing.assert_close(weight[ids], torch.cat(list(tokens.values())), rtol=0, atol=0)
+        with torch.no_grad():
+            weight[ids] = 0.0  # what training in the block may do to its rows
+    assert len(tokenizer) == n and tokenizer.get_vocab() == vocab and text_encoder.config.vocab_size == n
+    assert text_encoder.get_input_embeddings() is layer and layer.num_embeddings == n
+    assert torch.equal(layer.weight, table)
+    with pytest.raises(ValueError, match="inside"):
+        with installed_tokens(micro_pipe, tokens):
+            raise ValueError("inside")
+    assert tokenizer.get_vocab() == vocab and torch.equal(layer.weight, table)  # also when the block fails
 
 
 def test_corrupt_token_file_is_one_line(tmp_path):

@@ -202,3 +202,28 @@ def test_a_killed_token_write_is_cleaned_by_the_resume(tmp_path, micro_pipeline_
     cfg.classes = "0,1"
     assert run_tokens(cfg, show_progress=False).trained == 1
     assert verify_run(tmp_path / "run").ok
+
+
+def test_a_token_stage_leaves_the_hosts_pipeline_as_a_fresh_load(tmp_path, micro_pipeline_dir, micro_classifier_path):
+    """The host's cached pipeline after a token worker trained two classes: the same tokenizer (its
+    length and vocabulary) and the same embedding table, byte for byte, as a pipeline just loaded,
+    so the next stage on that host starts from what a fresh load gives."""
+    from functools import partial
+
+    from augment.distributed import WorkerHost
+    from augment.models.backbone import load_backbone
+    from augment.models.classifier import read_classifier_source
+    from augment.shipping import Payload
+    from augment.tokens.runner import make_worker
+
+    cfg = _cfg(tmp_path / "run", micro_pipeline_dir, micro_classifier_path)
+    host = WorkerHost()
+    factory = partial(make_worker, cfg.to_dict(), ["cat", "dog", "bird"], Payload(read_classifier_source(cfg.classifier)))
+    assert [host.run(1, factory, c).status for c in (0, 1)] == ["ok", "ok"]
+    cached = host.cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
+    assert host.cache.loads == 2  # the stage's backbone and classifier, nothing loaded again above
+    fresh = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
+    assert len(cached.tokenizer) == len(fresh.tokenizer)
+    assert cached.tokenizer.get_vocab() == fresh.tokenizer.get_vocab()
+    assert cached.text_encoder.config.vocab_size == fresh.text_encoder.config.vocab_size
+    assert torch.equal(cached.text_encoder.get_input_embeddings().weight, fresh.text_encoder.get_input_embeddings().weight)
