@@ -16,8 +16,8 @@ Two samplers live here, on purpose:
 Memory (``checkpointing``, ``tokens.checkpointing``): each denoising step with gradient is
 activation-checkpointed as a whole (its backward rebuilds it), and inside it diffusers' own
 gradient checkpointing of the UNet's blocks runs, so rebuilding a step holds one block's
-activations, not the step's; the VAE decode with gradient checkpoints its decoder's blocks the same
-way. Predicted by :mod:`augment.models.memory` (``augment plan``) for SD 2.1-base, batch 5, 512 px: the
+activations, not the step's; the VAE decode with gradient checkpoints its decoder's layers one by
+one (:func:`decoder_checkpointing`). Predicted by :mod:`augment.models.memory` (``augment plan``) for SD 2.1-base, batch 5, 512 px: the
 UNet step falls from ~9.4 to ~1.3 GB kept for backward, the decode from ~25 to ~2.8 GB. The images
 are unchanged: checkpointing recomputes the same operations in eval mode (no dropout; diffusers
 0.3x+ checkpoints whenever ``torch.is_grad_enabled()``, training mode or not), and the gradients
@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,7 +43,11 @@ from torch.utils.checkpoint import checkpoint
 from augment.models.device import autocast
 from augment.seeds import initial_latents, step_generators
 
-__all__ = ["Diffusion", "block_checkpointing"]
+__all__ = ["Diffusion", "block_checkpointing", "decoder_checkpointing"]
+
+#: the VAE decoder's layers checkpointed one by one (diffusers' own VAE checkpointing takes whole
+#: up-blocks: rebuilding the last one at 512 px holds ~8 GB at batch 5, one layer ~2-3 GB)
+DECODER_LAYERS = ("ResnetBlock2D", "Upsample2D", "Attention")
 
 
 @contextmanager
@@ -61,6 +66,28 @@ def block_checkpointing(model: Any, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         model.disable_gradient_checkpointing()
+
+
+@contextmanager
+def decoder_checkpointing(vae: Any, enabled: bool = True) -> Iterator[None]:
+    """Checkpoint each resnet, upsampler and attention layer of ``vae.decoder`` for the ``with`` body.
+
+    Each layer's ``forward`` is wrapped in :func:`torch.utils.checkpoint.checkpoint` (non-reentrant)
+    and restored after, so the decoder's own code (and its diffusers version) runs unchanged; the
+    backward keeps each layer's input and rebuilds one layer at a time.
+    """
+    layers = [m for m in vae.decoder.modules() if type(m).__name__ in DECODER_LAYERS] if enabled else []
+    saved = [(m, m.__dict__.get("forward")) for m in layers]
+    for m in layers:
+        m.forward = partial(checkpoint, m.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for m, own in saved:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own
 
 
 class Diffusion:
@@ -104,13 +131,13 @@ class Diffusion:
     def decode(self, latents: torch.Tensor, straight_through: bool = False, checkpointing: bool = True) -> torch.Tensor:
         """Latents -> images in [0, 1], float32 (differentiable: the classifier's loss flows back).
 
-        ``checkpointing``: with gradient, the decoder's blocks are checkpointed
-        (:func:`block_checkpointing`): at 512 px the full-resolution activations of a decode kept
+        ``checkpointing``: with gradient, the decoder's layers are checkpointed
+        (:func:`decoder_checkpointing`): at 512 px the full-resolution activations of a decode kept
         for backward are most of a token step's memory. ``straight_through``: the forward pass clamps to [0, 1] as always, the backward pass treats
         the clamp as the identity, so pixels the decoder puts outside the range still get gradient
         (a hard clamp gives none to the pixels below 0, exactly where ink would need adding)."""
         vae = self.pipe.vae
-        with autocast(latents.device, vae.dtype), block_checkpointing(vae, checkpointing and torch.is_grad_enabled()):
+        with autocast(latents.device, vae.dtype), decoder_checkpointing(vae, checkpointing and torch.is_grad_enabled()):
             images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
         images = images.float() / 2 + 0.5
         if straight_through:
