@@ -180,8 +180,10 @@ def build_tokenizer(folder: Path, vocab_size: int, max_length: int):
     return tokenizer
 
 
-def build_pipeline(model: str, device, dtype, tiny: bool, workdir: Path):
+def build_pipeline(model: str, device, dtype, tiny: bool, workdir: Path, cfgs: dict[str, dict[str, Any]] | None = None):
     """A ``StableDiffusionPipeline`` assembled in memory from the configs, prepared like ``load_backbone``.
+
+    ``cfgs`` replaces ``model``'s copied configs (``tests/models/test_memory.py`` measures reduced ones).
 
     Random weights (seeded), the scheduler swapped for DDIM (``set_scheduler``, as augment always
     does), progress bars off, moved to ``device`` in the compute dtype, SDPA attention processors.
@@ -194,7 +196,7 @@ def build_pipeline(model: str, device, dtype, tiny: bool, workdir: Path):
 
     from augment.models.backbone import set_scheduler
 
-    cfgs = load_configs(model, tiny)
+    cfgs = cfgs or load_configs(model, tiny)
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(cfgs["unet"])
     vae = AutoencoderKL.from_config(cfgs["vae"])
