@@ -17,10 +17,11 @@ Memory (``checkpointing``, ``tokens.checkpointing``): each denoising step with g
 activation-checkpointed as a whole (its backward rebuilds it), and inside it diffusers' own
 gradient checkpointing of the UNet's blocks runs, so rebuilding a step holds one block's
 activations, not the step's; the VAE decode with gradient checkpoints its decoder's layers one by
-one (:func:`decoder_checkpointing`). Predicted by :mod:`augment.models.memory` (``augment plan``) for SD 2.1-base, batch 5, 512 px: the
-UNet step falls from ~9.4 to ~1.3 GB kept for backward, the decode from ~25 to ~2.8 GB. The images
-are unchanged: checkpointing recomputes the same operations in eval mode (no dropout; diffusers
-0.3x+ checkpoints whenever ``torch.is_grad_enabled()``, training mode or not), and the gradients
+one (:func:`decoder_checkpointing`). Predicted by :mod:`augment.models.memory` (``augment plan``,
+docs/memory.md) for SD 2.1-base, batch 5, 512 px, bf16: what a UNet step keeps for backward falls
+from ~7.3 to ~1.1 GB, the decode's backward peak from ~15 to ~5.7 GB, the whole step from ~25 to
+~8.8 GB. The images are unchanged: checkpointing recomputes the same operations in eval mode (no
+dropout; diffusers 0.42 checkpoints whenever ``torch.is_grad_enabled()``, training mode or not), and the gradients
 are the same (tests hold them to the plain ones).
 
 Both samplers take their noise from the samples' seeds: the starting noise from
