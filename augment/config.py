@@ -194,7 +194,9 @@ class TokenConfig:
     grad_clip: float = setting(1.0, range=_between(0, _INF))
     steps: int | None = setting(None, range=_between(1, 10_000), resume=("tokens",))  # sampler steps while training; None: generate.steps
     guidance_scale: float | None = setting(None, resume=("tokens",))  # None: generate.guidance_scale
-    checkpointing: bool = True  # activation checkpointing per denoising step (memory for deep grad_steps)
+    # gradient checkpointing inside the UNet blocks and the VAE decoder (diffusers' own): the token
+    # step keeps ~1/8 of the activations for backward (docs/memory.md); same images and gradients
+    checkpointing: bool = True
     # vectors per token ([n, D] file; the token expands to n tokens in prompts)
     n_vectors: int = setting(1, range=_between(1, _INF), resume=("tokens",))
     # name in the negative prompt the (up to) this many classes the guide confuses the class with

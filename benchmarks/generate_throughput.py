@@ -420,9 +420,8 @@ def _row_dict(r: Row) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from augment.generate.worker import default_batch_size
     from augment.models.backbone import load_backbone, native_resolution
-    from augment.models.device import resolve_device
+    from augment.models.device import default_batch_size, resolve_device
     from augment.models.diffusion import Diffusion
     from augment.models.labels import load_dataset
     from augment.tokens.textual_inversion import load_tokens

@@ -5,11 +5,12 @@ Diffusion 1.5 and 2.1-base architectures from their public component configs (co
 ``benchmarks/configs/``) with random weights, so no download is needed and random weights cost
 exactly what trained ones do (same shapes, same kernels), and measures, side by side in one run:
 
-* **one DisCo token step** (``augment.tokens.disco.DiscoTrainer.train`` with ``max_steps=1``: the
-  sampler forward, VAE decode, classifier, loss, backward and optimiser step, batch 1 as in the
-  paper) at ``grad_steps`` 1 / 5 / all with augment's per-step activation checkpointing, plus
-  extra rows with diffusers' ``unet.enable_gradient_checkpointing()`` (and the VAE's): seconds
-  (split into forward and backward) and peak memory;
+* **one DisCo token step** (``augment.tokens.disco.DiscoTrainer.train`` with ``max_steps=1`` and
+  validation off, :class:`OneStepTrainer`: the sampler forward, VAE decode, classifier, loss,
+  backward and optimiser step, nothing else; batch ``--token-batch``) at ``grad_steps`` 1 / 5 / all
+  with ``tokens.checkpointing`` on (the default: each gradient step checkpointed, and inside it the
+  UNet's and the VAE decoder's blocks) and off: seconds (split into forward and backward) and peak
+  memory;
 * **generation** images/s by batch size through ``Diffusion.generate`` (the generate worker's call).
 
 Each row runs in a fresh child process (``--isolate row``) so that its peak memory is its own:
@@ -63,13 +64,10 @@ CONFIGS = HERE / "configs"
 MODELS = ("sd15", "sd21-base")
 #: how the token step keeps memory down; "ckpt" is augment's default (tokens.checkpointing: true)
 VARIANTS = {
-    "ckpt": "augment's per-step checkpointing (the default)",
-    "unet-gc": "+ diffusers unet.enable_gradient_checkpointing()",
-    "vae-gc": "+ diffusers vae.enable_gradient_checkpointing()",
-    "unet+vae-gc": "+ both diffusers gradient checkpointings",
-    "no-ckpt": "tokens.checkpointing: false (every gradient step keeps its activations)",
+    "ckpt": "tokens.checkpointing: true (the default): per gradient step, inside the UNet's and the VAE decoder's blocks",
+    "no-ckpt": "tokens.checkpointing: false (every gradient step and the decode keep their activations)",
 }
-DEFAULT_ROWS = "1,5,all,1:unet-gc,1:unet+vae-gc"
+DEFAULT_ROWS = "1,5,all,1:no-ckpt"
 #: prompts, initialiser and class count of the CUB preset (pipelines/cub.yaml): the paper's setting
 PROMPTS = ["A high-resolution realistic image of a {token} {name}", "A photo of {token} {name}"]
 INIT_TOKEN = "bird"
@@ -102,7 +100,7 @@ class TokenSpec:
 
 
 def parse_token_rows(text: str, steps: int, all_steps: int) -> list[TokenSpec]:
-    """``"1,5,all,1:unet-gc@10"`` -> specs; ``@S`` overrides the sampler steps of one row.
+    """``"1,5,all,1:no-ckpt@10"`` -> specs; ``@S`` overrides the sampler steps of one row.
 
     Without ``@S`` a row runs ``steps`` sampler steps, ``all`` rows ``all_steps``. ValueError names
     the bad item and the accepted forms.
@@ -119,7 +117,7 @@ def parse_token_rows(text: str, steps: int, all_steps: int) -> list[TokenSpec]:
         elif depth.isdigit() and int(depth) > 0:
             gs = int(depth)
         else:
-            raise ValueError(f"row {item!r}: grad_steps must be a positive integer or 'all' (e.g. 1,5,all,1:unet-gc@10)")
+            raise ValueError(f"row {item!r}: grad_steps must be a positive integer or 'all' (e.g. 1,5,all,1:no-ckpt@10)")
         if at and not (at.isdigit() and int(at) > 0):
             raise ValueError(f"row {item!r}: '@{at}' must be a positive number of sampler steps")
         n = int(at) if at else (all_steps if gs == "all" else steps)
@@ -182,8 +180,10 @@ def build_tokenizer(folder: Path, vocab_size: int, max_length: int):
     return tokenizer
 
 
-def build_pipeline(model: str, device, dtype, tiny: bool, workdir: Path):
+def build_pipeline(model: str, device, dtype, tiny: bool, workdir: Path, cfgs: dict[str, dict[str, Any]] | None = None):
     """A ``StableDiffusionPipeline`` assembled in memory from the configs, prepared like ``load_backbone``.
+
+    ``cfgs`` replaces ``model``'s copied configs (``tests/models/test_memory.py`` measures reduced ones).
 
     Random weights (seeded), the scheduler swapped for DDIM (``set_scheduler``, as augment always
     does), progress bars off, moved to ``device`` in the compute dtype, SDPA attention processors.
@@ -196,7 +196,7 @@ def build_pipeline(model: str, device, dtype, tiny: bool, workdir: Path):
 
     from augment.models.backbone import set_scheduler
 
-    cfgs = load_configs(model, tiny)
+    cfgs = cfgs or load_configs(model, tiny)
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(cfgs["unet"])
     vae = AutoencoderKL.from_config(cfgs["vae"])
@@ -335,54 +335,75 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def run_token_row(pipe, classifier, spec: TokenSpec, job: dict[str, Any], class_index: int, device) -> dict[str, Any]:
-    """One DisCo token step through ``DiscoTrainer.train`` (``max_steps=1``), timed and measured.
+def one_step_trainer(pipe, classifier, cfg, resolution: int, on_step_start: Callable[[], None]):
+    """A ``DiscoTrainer`` whose validation is off and that reports the start of its one step.
 
-    ``acc_threshold=1.0`` keeps a lucky first batch from stopping before the backward (the trainer
-    stops when accuracy is strictly above it). The trainer's progress callback fires after the
-    forward and loss, before the backward: it splits the time and reads the forward's peak.
+    Since validated selection, ``train`` scores ``val_seeds`` (32) images at the generation's 30
+    steps before the first step and after the last: ~150 UNet calls and 65 decodes around a step of
+    31 calls and one decode, which a row would time instead of the step. Here a validation returns
+    one row of zero logits at once (accuracy never above ``acc_threshold``, so the step runs), and
+    ``on_step_start`` fires as the step's gradient forward begins, after the token is added.
+    """
+    import torch
+
+    from augment.tokens.disco import DiscoTrainer
+
+    class OneStepTrainer(DiscoTrainer):
+        def _validation_logits(self, class_index, token, name, negative):  # validation off
+            return torch.zeros(1, NUM_CLASSES, device=self.device)
+
+        def _forward(self, prompts, seeds, grad, *args, **kwargs):
+            if grad:
+                on_step_start()
+            return super()._forward(prompts, seeds, grad, *args, **kwargs)
+
+    return OneStepTrainer(pipe, classifier, cfg, run_seed=0, resolution=resolution)
+
+
+def run_token_row(pipe, classifier, spec: TokenSpec, job: dict[str, Any], class_index: int, device) -> dict[str, Any]:
+    """Exactly one DisCo optimisation step (:func:`one_step_trainer`), timed and measured.
+
+    The meter starts and the clock runs from the step's gradient forward to the end of ``train``
+    (backward, clipping, update); adding the token and the (switched-off) validation are outside.
+    ``acc_threshold=1.0`` keeps the trainer from stopping before the step (it stops when accuracy
+    is strictly above it). The trainer's progress callback fires after the forward and loss, before
+    the backward: it splits the time and reads the forward's peak.
     """
     import torch
 
     from augment.config import TokenConfig
-    from augment.tokens.disco import DiscoTrainer
 
     cfg = dataclasses.replace(TokenConfig(), init_token=INIT_TOKEN, prompts=list(PROMPTS), batch_size=job["token_batch"],
                               grad_steps=spec.grad_steps, max_steps=1, acc_threshold=1.0, steps=spec.steps,
-                              guidance_scale=7.0, checkpointing=spec.variant != "no-ckpt")
-    if "unet" in spec.variant and spec.variant.endswith("gc"):
-        pipe.unet.enable_gradient_checkpointing()
-    if "vae" in spec.variant:
-        pipe.vae.enable_gradient_checkpointing()
-    trainer = DiscoTrainer(pipe, classifier, cfg, run_seed=0, resolution=job["resolution"])
+                              guidance_scale=7.0, checkpointing=spec.variant == "ckpt")
     meter = Meter(device)
     marks: dict[str, float] = {}
+
+    def step_start() -> None:
+        marks["load_start"] = _load()
+        meter.start()
+        marks["start"] = time.perf_counter()
 
     def progress(step: int, loss: float, acc: float) -> None:
         marks["forward_end"], marks["forward_peak"], marks["loss"] = time.perf_counter(), meter.peak(), loss
 
-    load0 = _load()
-    meter.start()
-    t0 = time.perf_counter()
-    try:
-        result = trainer.train(class_index, f"species {class_index:03d}", progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        peak = meter.stop()
-    finally:
-        pipe.unet.disable_gradient_checkpointing()
-        pipe.vae.disable_gradient_checkpointing()
-    row = {
+    trainer = one_step_trainer(pipe, classifier, cfg, job["resolution"], step_start)
+    result = trainer.train(class_index, f"species {class_index:03d}", progress)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    peak = meter.stop() if "start" in marks else 0
+    t0 = marks.get("start", t1)
+    ok = result.status == "ok" and result.steps == 1 and "forward_end" in marks
+    return {
         "kind": "token", "grad_steps": str(spec.grad_steps), "variant": spec.variant, "steps": spec.steps,
         "k": depth(spec), "batch": job["token_batch"], "seconds": t1 - t0,
         "forward_s": marks.get("forward_end", t1) - t0, "backward_s": t1 - marks.get("forward_end", t1),
         "base_mb": meter.base / 1e6, "peak_mb": peak / 1e6, "delta_mb": (peak - meter.base) / 1e6,
         "forward_peak_mb": marks.get("forward_peak", peak) / 1e6, "loss": marks.get("loss", float("nan")),
-        "memory_method": meter.method, "load_start": load0, "load_end": _load(),
-        "status": "ok" if result.status == "ok" and "forward_end" in marks else f"failed: {result.error}",
+        "memory_method": meter.method, "load_start": marks.get("load_start", _load()), "load_end": _load(),
+        "status": "ok" if ok else f"failed: {result.error or f'{result.steps} steps'}",
     }
-    return row
 
 
 def run_generate_rows(pipe, job: dict[str, Any], device) -> list[dict[str, Any]]:

@@ -45,12 +45,12 @@ def test_copied_configs_are_the_full_size_architectures():
 
 def test_token_rows_parse_depth_variant_and_steps():
     rs = _script()
-    specs = rs.parse_token_rows("1,5,all,1:unet-gc@10,all:no-ckpt@4", steps=30, all_steps=10)
+    specs = rs.parse_token_rows("1,5,all,1:no-ckpt@10,all:no-ckpt@4", steps=30, all_steps=10)
     assert [(s.grad_steps, s.variant, s.steps) for s in specs] == [
-        (1, "ckpt", 30), (5, "ckpt", 30), ("all", "ckpt", 10), (1, "unet-gc", 10), ("all", "no-ckpt", 4)]
+        (1, "ckpt", 30), (5, "ckpt", 30), ("all", "ckpt", 10), (1, "no-ckpt", 10), ("all", "no-ckpt", 4)]
     assert [rs.depth(s) for s in specs] == [1, 5, 10, 1, 4]
     assert rs.depth(rs.TokenSpec(5, "ckpt", 3)) == 3  # grad_steps is capped by the sampler steps, as in Diffusion
-    for bad, word in (("1:foo", "foo"), ("0", "positive"), ("x", "positive"), ("1@0", "@0")):
+    for bad, word in (("1:foo", "foo"), ("1:unet-gc", "unet-gc"), ("0", "positive"), ("x", "positive"), ("1@0", "@0")):
         with pytest.raises(ValueError, match=word):
             rs.parse_token_rows(bad, steps=30, all_steps=10)
 
@@ -91,7 +91,7 @@ def test_quick_run_reports_every_row_with_finite_figures(tmp_path):
     rows = data["rows"]
     tokens = {(r["model"], r["grad_steps"], r["variant"]) for r in rows if r["kind"] == "token"}
     assert tokens == {(m, gs, v) for m in ("sd15", "sd21-base")
-                      for gs, v in (("1", "ckpt"), ("5", "ckpt"), ("all", "ckpt"), ("1", "unet-gc"), ("1", "unet+vae-gc"))}
+                      for gs, v in (("1", "ckpt"), ("5", "ckpt"), ("all", "ckpt"), ("1", "no-ckpt"))}
     assert {(r["model"], r["batch"]) for r in rows if r["kind"] == "generate"} == {
         (m, b) for m in ("sd15", "sd21-base") for b in (1, 2)}
     numeric = {"token": ("seconds", "forward_s", "backward_s", "peak_mb", "delta_mb", "base_mb", "forward_peak_mb", "loss",
@@ -110,7 +110,33 @@ def test_quick_run_reports_every_row_with_finite_figures(tmp_path):
         assert all(math.isfinite(p["peak_mb"]) for p in entry["fit"]["predicted"].values())
     assert "sd15" in proc.stdout and "status" in proc.stdout  # the printed table
     shown = subprocess.run([sys.executable, str(SCRIPT), "--show", str(out)], capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0 and "unet+vae-gc" in shown.stdout and "target grad_steps all" in shown.stdout
+    assert shown.returncode == 0 and "no-ckpt" in shown.stdout and "target grad_steps all" in shown.stdout
+
+
+@pytest.mark.parametrize("variant", ["ckpt", "no-ckpt"])
+def test_a_token_row_times_exactly_one_step_without_validation(micro_pipe, micro_classifier, monkeypatch, variant):
+    """One gradient sampler run and one update, no validation images; checkpointing on or off."""
+    import torch
+
+    from augment.models.diffusion import Diffusion
+
+    rs = _script()
+    monkeypatch.setattr(rs, "INIT_TOKEN", "dog")
+    monkeypatch.setattr(rs, "PROMPTS", ["a photo of a {token} {name}"])
+    runs: list[tuple[int, bool, bool | None]] = []
+    real = Diffusion.sample_latents
+
+    def counted(self, latents, *args, **kwargs):
+        runs.append((len(latents), bool(kwargs.get("grad_steps")), kwargs.get("checkpointing")))
+        return real(self, latents, *args, **kwargs)
+
+    monkeypatch.setattr(Diffusion, "sample_latents", counted)
+    job = {"token_batch": 2, "resolution": 32}
+    row = rs.run_token_row(micro_pipe, micro_classifier, rs.TokenSpec(1, variant, 2), job, 0, torch.device("cpu"))
+    assert row["status"] == "ok", row
+    assert runs == [(2, True, variant == "ckpt")]  # the step's sampler run alone: no validation batches
+    assert row["seconds"] == pytest.approx(row["forward_s"] + row["backward_s"])
+    assert row["variant"] == variant and row["peak_mb"] >= row["base_mb"] > 0
 
 
 def test_merge_keeps_every_run_and_refuses_runs_measured_differently(tmp_path):

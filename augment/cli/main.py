@@ -1,6 +1,7 @@
 """The ``augment`` command group: every command, grouped by what it does.
 
     catalog     datasets, models, config       what augment knows; the resolved settings
+    plan        plan                           predicted peak memory of a config (no GPU needed)
     stages      tokens, generate, caso, build  make a run folder (resumable stages)
     inspect     verify, show                   check and look at a run folder
     downstream  train, eval, benchmark         use a run folder: classifiers, Table 1 and 2
@@ -14,7 +15,7 @@ from __future__ import annotations
 import click
 
 from augment import __version__
-from augment.cli import catalog, downstream, inspect, stages
+from augment.cli import catalog, downstream, inspect, plan, stages
 from augment.cli.options import AugmentGroup
 
 
@@ -30,7 +31,7 @@ def cli() -> None:
     """
 
 
-for module in (stages, inspect, downstream, catalog):
+for module in (stages, inspect, downstream, catalog, plan):
     for command in module.COMMANDS:
         cli.add_command(command)
 

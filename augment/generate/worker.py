@@ -31,19 +31,12 @@ from augment.io.manifest import ManifestRow
 from augment.io.shards import SynthSample, sample_key
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
+from augment.models.device import default_batch_size
 from augment.models.diffusion import Diffusion
 from augment.progress import Sink
 from augment.prompts import render_prompt
 from augment.shipping import Payload
 from augment.tokens.textual_inversion import TokenEmbedding, installed_tokens
-
-
-def default_batch_size(device: torch.device, resolution: int) -> int:
-    """Images per sampler call: enough to fill the device at this resolution."""
-    scale = (512 / max(resolution, 8)) ** 2
-    if device.type == "cuda":
-        return int(max(1, min(256, 8 * scale)))
-    return int(max(1, min(64, 0.5 * scale)))
 
 
 def soft_label(probs: np.ndarray, k: int) -> tuple[list[int], list[float]] | None:

@@ -155,3 +155,12 @@ def describe_device(device: torch.device, dtype: torch.dtype) -> DeviceInfo:
     return DeviceInfo(device=str(device), dtype=name, torch=torch.__version__, gpu=props.name,
                       gpu_memory_gb=round(props.total_memory / 2**30, 2), driver=nvidia_driver(),
                       cuda=torch.version.cuda)
+
+
+def default_batch_size(device: torch.device, resolution: int) -> int:
+    """Images per sampler call when generate.batch_size is unset: enough to fill the device at this
+    resolution (the generation worker and the memory estimate both use it)."""
+    scale = (512 / max(resolution, 8)) ** 2
+    if device.type == "cuda":
+        return int(max(1, min(256, 8 * scale)))
+    return int(max(1, min(64, 0.5 * scale)))

@@ -11,8 +11,18 @@ Two samplers live here, on purpose:
 * :meth:`Diffusion.sample_latents` is a classifier-free-guidance loop of our own, because
   ``StableDiffusionPipeline.__call__`` runs under ``torch.no_grad`` and token training needs the
   gradient. ``grad_steps`` sets how many of the final denoising steps keep the autograd graph: 1 is
-  DisCo's "gradient skipping", ``"all"`` is full back-propagation through the sampler; each step
-  with gradient is activation-checkpointed, so deep settings cost compute rather than memory.
+  DisCo's "gradient skipping", ``"all"`` is full back-propagation through the sampler.
+
+Memory (``checkpointing``, ``tokens.checkpointing``): each denoising step with gradient is
+activation-checkpointed as a whole (its backward rebuilds it), and inside it diffusers' own
+gradient checkpointing of the UNet's blocks runs, so rebuilding a step holds one block's
+activations, not the step's; the VAE decode with gradient checkpoints its decoder's layers one by
+one (:func:`decoder_checkpointing`). Predicted by :mod:`augment.models.memory` (``augment plan``,
+docs/memory.md) for SD 2.1-base, batch 5, 512 px, bf16: what a UNet step keeps for backward falls
+from ~7.3 to ~1.1 GB, the decode's backward peak from ~15 to ~5.7 GB, the whole step from ~25 to
+~8.8 GB. The images are unchanged: checkpointing recomputes the same operations in eval mode (no
+dropout; diffusers 0.42 checkpoints whenever ``torch.is_grad_enabled()``, training mode or not), and the gradients
+are the same (tests hold them to the plain ones).
 
 Both samplers take their noise from the samples' seeds: the starting noise from
 :func:`augment.seeds.initial_latents`, the noise stochastic schedulers (DDPM) add at each step from
@@ -23,6 +33,9 @@ neither its batch, the device nor the global RNG.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,7 +44,51 @@ from torch.utils.checkpoint import checkpoint
 from augment.models.device import autocast
 from augment.seeds import initial_latents, step_generators
 
-__all__ = ["Diffusion"]
+__all__ = ["Diffusion", "block_checkpointing", "decoder_checkpointing"]
+
+#: the VAE decoder's layers checkpointed one by one (diffusers' own VAE checkpointing takes whole
+#: up-blocks: rebuilding the last one at 512 px holds ~8 GB at batch 5, one layer ~2-3 GB)
+DECODER_LAYERS = ("ResnetBlock2D", "Upsample2D", "Attention")
+
+
+@contextmanager
+def block_checkpointing(model: Any, enabled: bool = True) -> Iterator[None]:
+    """diffusers' gradient checkpointing inside ``model``'s blocks (UNet, VAE) for the ``with`` body.
+
+    The flag lives on the shared, cached model (the model cache hands the same UNet to every stage
+    of a worker), so it is switched on only for the call and restored after it, whatever it was.
+    diffusers only checkpoints where ``torch.is_grad_enabled()``, so a no-grad call is unaffected.
+    """
+    if not enabled or not getattr(model, "_supports_gradient_checkpointing", False) or model.is_gradient_checkpointing:
+        yield
+        return
+    model.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        model.disable_gradient_checkpointing()
+
+
+@contextmanager
+def decoder_checkpointing(vae: Any, enabled: bool = True) -> Iterator[None]:
+    """Checkpoint each resnet, upsampler and attention layer of ``vae.decoder`` for the ``with`` body.
+
+    Each layer's ``forward`` is wrapped in :func:`torch.utils.checkpoint.checkpoint` (non-reentrant)
+    and restored after, so the decoder's own code (and its diffusers version) runs unchanged; the
+    backward keeps each layer's input and rebuilds one layer at a time.
+    """
+    layers = [m for m in vae.decoder.modules() if type(m).__name__ in DECODER_LAYERS] if enabled else []
+    saved = [(m, m.__dict__.get("forward")) for m in layers]
+    for m in layers:
+        m.forward = partial(checkpoint, m.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for m, own in saved:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own
 
 
 class Diffusion:
@@ -72,14 +129,16 @@ class Diffusion:
                              truncation=True, return_tensors="pt")
         return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
 
-    def decode(self, latents: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, straight_through: bool = False, checkpointing: bool = True) -> torch.Tensor:
         """Latents -> images in [0, 1], float32 (differentiable: the classifier's loss flows back).
 
-        ``straight_through``: the forward pass clamps to [0, 1] as always, the backward pass treats
+        ``checkpointing``: with gradient, the decoder's layers are checkpointed
+        (:func:`decoder_checkpointing`): at 512 px the full-resolution activations of a decode kept
+        for backward are most of a token step's memory. ``straight_through``: the forward pass clamps to [0, 1] as always, the backward pass treats
         the clamp as the identity, so pixels the decoder puts outside the range still get gradient
         (a hard clamp gives none to the pixels below 0, exactly where ink would need adding)."""
         vae = self.pipe.vae
-        with autocast(latents.device, vae.dtype):
+        with autocast(latents.device, vae.dtype), decoder_checkpointing(vae, checkpointing and torch.is_grad_enabled()):
             images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
         images = images.float() / 2 + 0.5
         if straight_through:
@@ -107,13 +166,15 @@ class Diffusion:
     # ------------------------------------------------------------------ denoising
 
     def guided_output(self, model_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                      guidance_scale: float) -> torch.Tensor:
+                      guidance_scale: float, checkpointing: bool = True) -> torch.Tensor:
         """One UNet call on the ``[uncond; cond]`` batch, combined by classifier-free guidance (float32).
 
         ``model_in`` and ``context`` stack the unconditional half first; the result has half
-        their batch size.
+        their batch size. ``checkpointing``: with gradient, the UNet's blocks are checkpointed
+        (:func:`block_checkpointing`; CASO's one-step prediction and every gradient step of
+        :meth:`sample_latents`).
         """
-        with autocast(model_in.device, self.dtype):
+        with autocast(model_in.device, self.dtype), block_checkpointing(self.pipe.unet, checkpointing and torch.is_grad_enabled()):
             out = self.pipe.unet(model_in.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype)).sample
         out_u, out_c = out.float().chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
@@ -163,8 +224,10 @@ class Diffusion:
         to ``scheduler.timesteps[start]`` (:meth:`noise_latents`; editing a real image), used as is.
 
         ``grad_steps`` = 0 runs without gradient; otherwise the last ``grad_steps`` steps keep the
-        autograd graph (``cond`` must require grad for anything to flow). Only the UNet call is
-        checkpointed, and it reads no scheduler state: ``scale_model_input`` and ``step`` read and
+        autograd graph (``cond`` must require grad for anything to flow). With ``checkpointing``
+        each such step's UNet call is checkpointed whole, and its blocks inside it (so the step's
+        rebuild in the backward holds one block at a time). Only the UNet call is checkpointed,
+        and it reads no scheduler state: ``scale_model_input`` and ``step`` read and
         advance the scheduler's step index (Euler, DPM-Solver), so running them again when backward
         recomputes the step would use the index of the *last* step, not this one.
         ``guided_step`` (an index into the steps that run) applies the guidance at that step only and
@@ -188,9 +251,9 @@ class Diffusion:
                 context = torch.cat([uncond, cond if with_grad else cond.detach()])
                 model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
                 if with_grad and checkpointing and torch.is_grad_enabled():
-                    eps = checkpoint(self.guided_output, model_in, t, context, scale, use_reentrant=False)
+                    eps = checkpoint(self.guided_output, model_in, t, context, scale, True, use_reentrant=False)
                 else:
-                    eps = self.guided_output(model_in, t, context, scale)
+                    eps = self.guided_output(model_in, t, context, scale, checkpointing=False)
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         return latents
 

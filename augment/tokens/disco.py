@@ -172,7 +172,7 @@ class DiscoTrainer:
                                            grad_steps=self.cfg.grad_steps if grad else 0,
                                            checkpointing=self.cfg.checkpointing, seeds=seeds)
         with torch.set_grad_enabled(grad):
-            return self.classifier(diffusion.decode(latents, straight_through=grad))
+            return self.classifier(diffusion.decode(latents, straight_through=grad, checkpointing=self.cfg.checkpointing))
 
     @torch.no_grad()
     def _validation_logits(self, class_index: int, token: str, name: str, negative: str) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from augment.models.diffusion import Diffusion
+from augment.models.diffusion import Diffusion, block_checkpointing
 from augment.seeds import initial_latents, step_generators
 
 RES = 32  # the micro pipeline's native resolution (8x8 latents)
@@ -103,6 +103,96 @@ def test_gradient_depth_does_not_change_the_samples(micro_pipe):
         grads[grad_steps, ckpt] = c.grad
     assert torch.allclose(grads["all", True], grads["all", False], atol=1e-6)  # checkpointing: same gradient
     assert not torch.allclose(grads[1, True], grads["all", True])  # deeper: another gradient
+
+
+def test_block_checkpointing_is_on_only_inside_and_only_where_asked(micro_pipe):
+    """The flag lives on a cached, shared model: switched on for the call, restored after it."""
+    unet = micro_pipe.unet
+    assert not unet.is_gradient_checkpointing
+    with block_checkpointing(unet):
+        assert unet.is_gradient_checkpointing
+    assert not unet.is_gradient_checkpointing
+    with block_checkpointing(unet, enabled=False):
+        assert not unet.is_gradient_checkpointing
+    unet.enable_gradient_checkpointing()  # a user's own setting is left as it was
+    try:
+        with block_checkpointing(unet):
+            pass
+        assert unet.is_gradient_checkpointing
+    finally:
+        unet.disable_gradient_checkpointing()
+
+
+def _watch_checkpoints(monkeypatch) -> list[object]:
+    """Record what is checkpointed: the module (or object) whose method each checkpoint call runs,
+    through diffusers' default function and through augment's own calls."""
+    import augment.models.diffusion as diffusion_module
+
+    calls: list[object] = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append(getattr(fn, "__self__", fn))
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    monkeypatch.setattr(diffusion_module, "checkpoint", spy)
+    return calls
+
+
+def test_checkpointing_runs_inside_the_unet_blocks_and_the_decoder(micro_pipe, monkeypatch):
+    """``checkpointing`` checkpoints inside the UNet's blocks and the VAE decoder's, with gradient
+    only, and leaves the images and the gradient through sampler + decode as they are without it."""
+    d = Diffusion(micro_pipe)
+    d.pipe.unet.requires_grad_(False)
+    d.pipe.vae.requires_grad_(False)
+    cond, uncond = _embeddings(d, ["a photo of a bird"] * 2)
+    start = _start(d, [3, 4])
+    weight = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+    calls = _watch_checkpoints(monkeypatch)
+    out = {}
+    for ckpt in (False, True):
+        c = cond.clone().requires_grad_(True)
+        calls.clear()
+        images = d.decode(d.sample_latents(start, c, uncond, steps=3, guidance_scale=3.0, grad_steps="all",
+                                           checkpointing=ckpt, seeds=[3, 4]), straight_through=True, checkpointing=ckpt)
+        (images * weight).sum().backward()
+        out[ckpt] = images.detach(), c.grad, list(calls)
+    assert torch.equal(out[True][0], out[False][0])  # same images
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-7)  # same gradient
+    assert out[False][2] == []
+    seen = out[True][2]
+    unet_parts = {id(m) for m in d.pipe.unet.modules()}
+    decoder_parts = {id(m) for m in d.pipe.vae.decoder.modules()}
+    assert {type(m).__name__ for m in seen if id(m) in unet_parts} >= {"ResnetBlock2D", "BasicTransformerBlock"}
+    assert {type(m).__name__ for m in seen if id(m) in decoder_parts} >= {"ResnetBlock2D", "Upsample2D"}
+    assert any(isinstance(m, Diffusion) for m in seen)  # and each gradient step whole
+    assert not d.pipe.unet.is_gradient_checkpointing
+    assert not any("forward" in vars(m) for m in d.pipe.vae.decoder.modules())  # the layers' own forward again
+    calls.clear()
+    with torch.no_grad():  # generation and validation: nothing is checkpointed
+        d.decode(d.sample_latents(start, cond, uncond, steps=2, guidance_scale=3.0, seeds=[3, 4]))
+    assert calls == []
+
+
+def test_one_step_prediction_checkpointed_has_the_plain_gradient(micro_pipe):
+    """CASO's step (one guided UNet call, x0, decode) checkpoints by default: same loss, same gradient."""
+    d = Diffusion(micro_pipe)
+    d.pipe.unet.requires_grad_(False)
+    d.pipe.vae.requires_grad_(False)
+    cond, uncond = _embeddings(d, ["a cat", "a cat"])
+    zt = d.noise_latents(d.encode_images(_images(2)), [1, 2], torch.full((2,), 400, dtype=torch.long))
+    tt = torch.full((4,), 400, dtype=torch.long)
+    grads, losses = [], []
+    for ckpt in (False, True):
+        c = cond.clone().requires_grad_(True)
+        x0 = d.predict_x0(zt, d.guided_output(torch.cat([zt, zt]), tt, torch.cat([uncond, c]), 5.0, ckpt), 400)
+        loss = d.decode(x0, checkpointing=ckpt).square().mean()
+        loss.backward()
+        grads.append(c.grad)
+        losses.append(loss.detach())
+    assert torch.equal(losses[0], losses[1])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
 
 
 def test_encode_decode_images(micro_pipe):
