@@ -2,7 +2,9 @@
 
 Work unit = one shard. The driver plans the shards, skips the ones already done (Parquet present
 with the expected keys), removes half-written files, and hands the rest to the pool; each finished
-shard is written by the driver (tar, then Parquet last) and ``_info.json`` is rebuilt. The token
+shard is written by the driver (tar, then Parquet last) and counted in the arm's book
+(:class:`~augment.generate.book.ArmBook`: ``_info.json``, ``acceptance.json`` and the summary's
+figures from what the driver writes, the manifests read once on resume). The token
 arm writes to the run folder; the baseline arm (same prompts and seeds, no token) to its own
 folder (``RunDir.arm_dir("baseline")``). The checks, the run folder and the failure policy are
 :mod:`augment.stage`'s.
@@ -20,18 +22,17 @@ from augment import stage
 from augment.config import MAX_SAMPLES, Config, GenerateConfig, compat_keys
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
+from augment.generate.book import ArmBook, ShardFacts
 from augment.generate.plan import ShardUnit, plan_shards
 from augment.generate.rejection import RejectionStats, quotas
 from augment.generate.worker import GenSpec, ShardResult, make_worker
 from augment.inputs import RunInputs, resolve_inputs
-from augment.io.atomic import atomic_write_json
 from augment.io.rundir import ArmDir
 from augment.io.shards import (
     cleanup_partial,
     complete_shard_keys,
     done_shards,
     sample_key,
-    write_info,
     write_shard,
 )
 from augment.io.tokens_table import read_token_rows
@@ -81,26 +82,6 @@ def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int], g: GenerateConf
             and (stats.min_confidence, stats.max_attempts) == (g.min_confidence, g.max_attempts))
 
 
-def arm_acceptance(arm: ArmDir, units: list[ShardUnit]) -> RejectionStats | None:
-    """The draws per class summed over the done shards of ``units`` (None: none drawn with rejection)."""
-    total: RejectionStats | None = None
-    for i in sorted(done_shards(arm.path) & {u.index for u in units}):
-        stats = RejectionStats.from_metadata(pq.read_schema(arm.manifest_path(i)).metadata)
-        if stats is not None:
-            total = stats if total is None else total.merged(stats)
-    return total
-
-
-def write_acceptance(arm: ArmDir, stats: RejectionStats, class_names: list[str]) -> None:
-    """``acceptance.json``: per class its slots, kept images, draws and acceptance rate, and the totals."""
-    classes = [{**a.to_json(), "class_name": class_names[a.class_index]} for a in stats.classes]
-    slots, kept, drawn = (sum(getattr(a, f) for a in stats.classes) for f in ("slots", "accepted", "attempts"))
-    atomic_write_json(arm.acceptance_json, {
-        "min_confidence": stats.min_confidence, "max_attempts": stats.max_attempts, "classes": classes,
-        "total": {"slots": slots, "accepted": kept, "attempts": drawn, "rate": round(kept / drawn, 6) if drawn else None},
-    })
-
-
 class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
     """Units are planned shards; results are their encoded samples, in shard order (and their draws
     under rejection sampling)."""
@@ -119,6 +100,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         self.spec: Payload[GenSpec] | None = None
         self.classifier: Payload[ClassifierSource] | None = None
         self.units: list[ShardUnit] = []
+        self.book: ArmBook | None = None
 
     @property
     def arm(self) -> ArmDir:
@@ -182,6 +164,10 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         # Shards beyond the plan (a smaller --per-class than before) are left alone; redo changed ones.
         done = done_shards(self.arm.path)  # one directory listing, not one per shard
         todo = [u for u in self.units if force or not _shard_is_done(self.arm, u, done, self.cfg.generate)]
+        # the bookkeeping reads the done manifests once, here; then it counts what it writes
+        self.book = ArmBook(self.arm, self.info_name, (u.index for u in self.units), self.names,
+                            acceptance=self.cfg.generate.min_confidence > 0)
+        self.book.seed(done_shards(self.arm.path), {u.index for u in todo})
         return stage.Plan(todo, skipped=len(self.units) - len(todo), total=len(self.units),
                           work=sum(len(u.entries) for u in todo), work_done=0)
 
@@ -190,19 +176,23 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
 
     def on_result(self, unit: ShardUnit, result: ShardResult) -> str | None:
         if not result.samples:  # every draw rejected: an empty tar is never written
+            self._book.failed(unit.index)
             return (f"no image of its {len({c for c, _ in unit.entries})} classes reached guide confidence "
                     f"{self.cfg.generate.min_confidence:g} in {self.cfg.generate.max_attempts} draws per image; "
                     "lower --min-confidence or raise --max-attempts")
-        write_shard(self.arm.path, unit.index, result.samples,
-                    result.rejection.metadata() if result.rejection is not None else None)
-        write_info(self.arm.path, self.info_name)
-        self._write_acceptance()
+        written = write_shard(self.arm.path, unit.index, result.samples,
+                              result.rejection.metadata() if result.rejection is not None else None)
+        self._book.wrote(unit.index, ShardFacts.of_written(written, result.samples, result.rejection))
         return None
 
-    def _write_acceptance(self) -> None:
-        stats = arm_acceptance(self.arm, self.units) if self.cfg.generate.min_confidence > 0 else None
-        if stats is not None:
-            write_acceptance(self.arm, stats, self.names)
+    def on_failed(self, unit: ShardUnit, error: str) -> None:
+        self._book.failed(unit.index)
+
+    @property
+    def _book(self) -> ArmBook:
+        if self.book is None:
+            raise RuntimeError("GenerateStage: plan() keeps the book; it was not called")
+        return self.book
 
     def unit_label(self, unit: ShardUnit) -> str:
         return f"shard {unit.index}"
@@ -217,18 +207,17 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         return {"shard": unit.index}
 
     def finish(self) -> None:
-        write_info(self.arm.path, self.info_name)
-        self._write_acceptance()
+        self._book.write()
 
     def summary(self, **common: Any) -> GenerateSummary:
         g = self.cfg.generate
-        acceptance = arm_acceptance(self.arm, self.units) if g.min_confidence > 0 else None
+        acceptance = self._book.acceptance() if g.min_confidence > 0 else None
         if g.min_confidence <= 0:
             samples = sum(len(u.entries) for u in self.units)
         else:  # what the done shards kept: the plan's slots are an upper bound
             samples = sum(a.accepted for a in acceptance.classes) if acceptance is not None else 0
         return GenerateSummary(**common, classes=len(self.classes), samples=samples,
-                               shards=len({u.index for u in self.units}), mean_confidence=_mean_confidence(self.arm),
+                               shards=len({u.index for u in self.units}), mean_confidence=self._book.mean_confidence(),
                                acceptance=acceptance, class_names=self.names)
 
 
@@ -238,15 +227,3 @@ def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_
     ``pool``, the one ``augment build`` shares between its stages, else on a pool of its own;
     ``inputs``: the run's set-up when another stage resolved it already)."""
     return stage.run_stage(GenerateStage(cfg, baseline, inputs), force, show_progress, pool)
-
-
-def _mean_confidence(arm: ArmDir) -> float | None:
-    from augment.io.manifest import read_manifests
-
-    try:
-        table = read_manifests(arm.manifests)
-    except Exception:  # noqa: BLE001 - no manifests yet
-        return None
-    col = table.column("guide_confidence").to_pylist() if table.num_rows else []
-    vals = [v for v in col if v is not None]
-    return sum(vals) / len(vals) if vals else None

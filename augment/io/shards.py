@@ -49,6 +49,8 @@ __all__ = [
     "complete_shard_keys",
     "done_shards",
     "image_size",
+    "info_dict",
+    "info_of",
     "manifest_path",
     "parse_shard_name",
     "sample_key",
@@ -339,27 +341,32 @@ def shard_urls(out_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def info_dict(out_dir: str | os.PathLike[str], name: str) -> dict[str, Any]:
-    """timm's wds split info for the complete shards (counts from the manifests' row counts)."""
+    """timm's wds split info for the complete shards (counts from the manifests' row counts: one
+    footer read per shard; a driver that writes shards keeps the counts itself, :func:`info_of`)."""
     out_dir = Path(out_dir)
-    filenames: list[str] = []
-    lengths: list[int] = []
-    for i in sorted(done_shards(out_dir)):
-        filenames.append(shard_path(out_dir, i).name)
-        lengths.append(pq.read_metadata(manifest_path(out_dir, i)).num_rows)
+    return info_of(name, {i: pq.read_metadata(manifest_path(out_dir, i)).num_rows
+                          for i in sorted(done_shards(out_dir))})
+
+
+def info_of(name: str, lengths: Mapping[int, int]) -> dict[str, Any]:
+    """timm's wds split info for the shards ``lengths`` holds (shard index -> samples), in index order."""
+    order = sorted(lengths)
     return {
         "name": name,
         "splits": {
             "train": {
                 "name": "train",
-                "num_samples": sum(lengths),
-                "filenames": filenames,
-                "shard_lengths": lengths,
+                "num_samples": sum(lengths[i] for i in order),
+                "filenames": [f"{shard_name(i)}.tar" for i in order],
+                "shard_lengths": [lengths[i] for i in order],
             }
         },
     }
 
 
-def write_info(out_dir: str | os.PathLike[str], name: str) -> Path:
-    """Rebuild ``shards/_info.json`` (timm ``create_dataset("wds/<name>", root=shards/,
-    split="train")``) from the complete shards' manifests, atomically. Returns its path."""
-    return atomic_write_json(ArmDir(out_dir).info_json, info_dict(out_dir, name))
+def write_info(out_dir: str | os.PathLike[str], name: str, lengths: Mapping[int, int] | None = None) -> Path:
+    """Write ``shards/_info.json`` (timm ``create_dataset("wds/<name>", root=shards/,
+    split="train")``) atomically: from ``lengths`` (shard index -> samples) when the caller keeps
+    them, else rebuilt from the complete shards' manifests. Returns its path."""
+    info = info_dict(out_dir, name) if lengths is None else info_of(name, lengths)
+    return atomic_write_json(ArmDir(out_dir).info_json, info)
