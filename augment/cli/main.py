@@ -3,6 +3,7 @@
     catalog     datasets, models, config       what augment knows; the resolved settings
     stages      tokens, generate, caso, build  make a run folder (resumable stages)
     inspect     verify, show                   check and look at a run folder
+    report      report                         the run as one HTML page
     downstream  train, eval, benchmark         use a run folder: classifiers, Table 1 and 2
 
 Each command is a thin call into a stage; shared options, config resolution and error handling
@@ -14,7 +15,7 @@ from __future__ import annotations
 import click
 
 from augment import __version__
-from augment.cli import catalog, downstream, inspect, stages
+from augment.cli import catalog, downstream, inspect, report, stages
 from augment.cli.options import AugmentGroup
 
 
@@ -30,7 +31,7 @@ def cli() -> None:
     """
 
 
-for module in (stages, inspect, downstream, catalog):
+for module in (stages, inspect, report, downstream, catalog):
     for command in module.COMMANDS:
         cli.add_command(command)
 
