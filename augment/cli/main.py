@@ -16,6 +16,7 @@ import click
 
 from augment import __version__
 from augment.cli import catalog, downstream, inspect, report, stages
+from augment.cli.examples import add_examples
 from augment.cli.options import AugmentGroup
 
 
@@ -34,6 +35,7 @@ def cli() -> None:
 for module in (stages, inspect, report, downstream, catalog):
     for command in module.COMMANDS:
         cli.add_command(command)
+add_examples(cli)
 
 
 def main() -> None:

@@ -11,14 +11,8 @@ import click
 
 from augment.cli.options import command
 
-EXAMPLE = """\b
-Example:
-  augment build --out runs/digits && augment eval runs/digits && augment report runs/digits
-  # then open runs/digits/report/index.html (no network needed)
-"""
 
-
-@command(epilog=EXAMPLE)
+@command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @click.option("--per-class", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per class and arm on the page.")
