@@ -33,7 +33,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from augment.downstream.benchmark_result import BenchmarkResult
-from augment.downstream.eval_result import EvalResult
+from augment.downstream.eval_result import FID_MIN_IMAGES, EvalResult
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_write_text
 from augment.io.rundir import ArmDir, RunDir, RunRecord, read_run_json
@@ -44,8 +44,6 @@ __all__ = ["PAGE_NAME", "ClassView", "RunView", "render_page", "read_run", "writ
 PAGE_NAME = "index.html"
 #: images larger than this are shrunk (and JPEG-encoded) before inlining, so a 512 px run stays light
 THUMB = 128
-#: FID/KID from fewer images per set than this are flagged as unreliable
-SMALL_SAMPLE = 50
 
 
 @dataclass
@@ -371,11 +369,10 @@ def _eval_section(view: RunView) -> str:
     if r.distances:
         rows = []
         for d in r.distances:
-            small = d.n < SMALL_SAMPLE or d.n_real < SMALL_SAMPLE
             fid = "–" if d.fid is None else f"{d.fid:.2f}"
             kid = "–" if d.kid is None else f"{1000 * d.kid:.2f} ± {1000 * (d.kid_std or 0):.2f}"
             rows.append((_e(d.images), d.n, d.n_real, fid, kid,
-                         f'<span class="warn">fewer than {SMALL_SAMPLE} images: unreliable</span>' if small else ""))
+                         f'<span class="warn">fewer than {FID_MIN_IMAGES} images: unreliable</span>' if d.small_sample else ""))
         out += (f"<h3>FID / KID against real {_e(r.split)} images (features: <code>{_e(r.feature_classifier)}</code>)"
                 "</h3>" + _table(["images", "n", "n real", "FID", "KID ×10³", ""], rows))
     if r.notes:
