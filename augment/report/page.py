@@ -9,12 +9,12 @@ tables, a per-class PNG). The page puts them together, read only from what the r
 - a section per class: the token arm's images beside the baseline arm's for the *same keys* (same
   seeds, no token; chosen as :mod:`augment.report.contact` chooses them), CASO edits when present,
   and the token's training curve from ``tokens/history/`` (loss, batch accuracy, validation score,
-  the kept step);
+  the kept step; inline SVG);
 - Table 1 per class (``report/eval.json``; the page says how to make it when absent), FID/KID;
 - the acceptance per class (``acceptance.json`` of each arm);
 - Table 2 with its spread and the accuracy-vs-k plot with error bars (``report/benchmark.json``).
 
-Every image is inlined as a ``data:`` URI and there is no script, so the page opens from any disk
+Every image is inlined (a ``data:`` URI, or SVG) and there is no script, so the page opens from any disk
 with no network, and can be mailed as one file. It is written atomically.
 """
 
@@ -173,47 +173,70 @@ def image_uri(im: Image.Image) -> str:
     return _data_uri(buf.getvalue(), "image/jpeg")
 
 
-def _figure_uri(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return _data_uri(buf.getvalue(), "image/png")
+_W, _H, _L, _R, _T, _B = 380, 190, 44, 40, 22, 26  # curve size and margins (px)
 
 
-def curve_uri(history: Mapping[str, Any]) -> str | None:
-    """The token's training curve as a PNG data URI: per-step loss (left axis), batch accuracy and
-    validation score (right axis, 0-1), a dashed line at the kept step; None with no steps."""
-    steps = [s for s in history.get("steps", []) if isinstance(s, dict)]
-    vals = [v for v in history.get("validations", []) if isinstance(v, dict)]
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _points(xs: list[float], ys: list[float], x_of: Callable[[float], float], y_of: Callable[[float], float]) -> str:
+    return " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in zip(xs, ys, strict=True))
+
+
+def curve_svg(history: Mapping[str, Any], class_index: int) -> str | None:
+    """The token's training curve as inline SVG: per-step loss (red, left axis, its own range),
+    batch accuracy (blue) and validation score (green dots; right axis, 0-1), a dashed line at the
+    kept step; None when the record has neither steps nor validations. Drawn by hand rather than
+    with matplotlib: a thousand classes take milliseconds, not minutes, and stay crisp."""
+    steps = [(x, _num(s.get("loss")), _num(s.get("accuracy"))) for s in history.get("steps", [])
+             if isinstance(s, dict) and (x := _num(s.get("step"))) is not None]
+    vals = [(x, a) for v in history.get("validations", []) if isinstance(v, dict)
+            and (x := _num(v.get("step"))) is not None and (a := _num(v.get("accuracy"))) is not None]
     if not steps and not vals:
         return None
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    best = _num(history.get("best_step"))
+    x_max = max([1.0] + [x for x, *_ in steps] + [x for x, _ in vals] + ([best] if best is not None else []))
+    losses = [(x, loss) for x, loss, _ in steps if loss is not None]
+    lo, hi = (min(v for _, v in losses), max(v for _, v in losses)) if losses else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1.0
 
-    fig = Figure(figsize=(4.4, 2.4))
-    ax = fig.subplots()
-    if steps:
-        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], color="#d62728", lw=1, label="loss")
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("loss", fontsize=8, color="#d62728")
-    ax.tick_params(labelsize=7)
-    acc = ax.twinx()
-    acc.set_ylim(-0.02, 1.02)
-    acc.tick_params(labelsize=7)
-    acc.set_ylabel("accuracy", fontsize=8)
-    if steps:
-        acc.plot([s["step"] for s in steps], [s["accuracy"] for s in steps], color="#1f77b4", lw=0.8, alpha=0.6,
-                 label="batch accuracy")
-    if vals:
-        acc.plot([v["step"] for v in vals], [v["accuracy"] for v in vals], "o-", color="#2ca02c", ms=3, lw=1,
-                 label="validation")
-    best = history.get("best_step")
-    if isinstance(best, int):
-        acc.axvline(best, color="k", ls="--", lw=0.8, label=f"kept (step {best})")
-    if not steps:
-        ax.set_title("no optimisation step: the initialiser scored best", fontsize=7)
-    handles = [h for a in (ax, acc) for h in a.get_legend_handles_labels()[0]]
-    acc.legend(handles=handles, fontsize=6, loc="lower right", frameon=False)
-    fig.tight_layout()
-    return _figure_uri(fig)
+    def x_of(x: float) -> float:
+        return _L + (_W - _L - _R) * x / x_max
+
+    def y_acc(a: float) -> float:
+        return _T + (_H - _T - _B) * (1.0 - a)
+
+    def y_loss(v: float) -> float:
+        return _T + (_H - _T - _B) * (hi - v) / (hi - lo)
+
+    label = 'font-size="10" font-family="sans-serif"'
+    parts = [f'<svg class="curve" role="img" aria-label="training curve of class {class_index}" width="{_W}" '
+             f'height="{_H}" viewBox="0 0 {_W} {_H}">',
+             f'<rect x="{_L}" y="{_T}" width="{_W - _L - _R}" height="{_H - _T - _B}" fill="none" stroke="#999"/>',
+             f'<text x="{_L}" y="{_H - 10}" {label}>0</text>',
+             f'<text x="{_W - _R}" y="{_H - 10}" {label} text-anchor="end">{x_max:g}</text>',
+             f'<text x="{(_W + _L - _R) / 2}" y="{_H - 2}" {label} text-anchor="middle">step</text>',
+             f'<text x="{_W - _R + 3}" y="{_T + 8}" {label}>1</text>',
+             f'<text x="{_W - _R + 3}" y="{_H - _B}" {label}>0</text>']
+    if losses:
+        parts += [f'<text x="{_L - 3}" y="{_T + 8}" {label} text-anchor="end" fill="#d62728">{hi:.3g}</text>',
+                  f'<text x="{_L - 3}" y="{_H - _B}" {label} text-anchor="end" fill="#d62728">{lo:.3g}</text>']
+        parts.append(f'<polyline fill="none" stroke="#d62728" stroke-width="1.2" '
+                     f'points="{_points(*map(list, zip(*losses, strict=True)), x_of, y_loss)}"/>')
+    accs = [(x, a) for x, _, a in steps if a is not None]
+    if accs:
+        parts.append(f'<polyline fill="none" stroke="#1f77b4" stroke-opacity="0.6" '
+                     f'points="{_points(*map(list, zip(*accs, strict=True)), x_of, y_acc)}"/>')
+    parts += [f'<circle cx="{x_of(x):.1f}" cy="{y_acc(a):.1f}" r="2.5" fill="#2ca02c"/>' for x, a in vals]
+    if best is not None:
+        parts.append(f'<line x1="{x_of(best):.1f}" x2="{x_of(best):.1f}" y1="{_T}" y2="{_H - _B}" stroke="#000" '
+                     f'stroke-dasharray="4 3"/>')
+    legend = ('<tspan fill="#d62728">loss</tspan> · <tspan fill="#1f77b4">batch accuracy</tspan> · ' if steps
+              else "no optimisation step · ") + '<tspan fill="#2ca02c">validation score</tspan>'
+    legend += f" · kept step {best:g}" if best is not None else ""
+    parts.append(f'<text x="{_L}" y="{_T - 8}" {label}>{legend}</text></svg>')
+    return "".join(parts)
 
 
 def benchmark_plot_uri(result: BenchmarkResult) -> str:
@@ -346,9 +369,9 @@ def _class_section(view: RunView, c: ClassView) -> str:
             parts.append(f'<div class="arm"><div class="label">{_e(_ARM_LABELS.get(arm, arm))}</div>'
                          f'{_tiles(c.images[arm], c.index)}</div>')
     parts.append("</div>")
-    curve = curve_uri(c.history) if c.history else None
+    curve = curve_svg(c.history, c.index) if c.history else None
     if curve:
-        parts.append(f'<img class="curve" src="{curve}" alt="training curve of class {c.index}">')
+        parts.append(curve)
     parts.append("</div></section>")
     return "".join(parts)
 
@@ -419,7 +442,7 @@ section.class{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;margin:.
 .label{font-size:.85em;color:#555}figure.tile{display:inline-block;margin:2px;text-align:center}
 figure.tile img,.blank{width:96px;height:96px;object-fit:contain;display:block}.blank{background:#e1e1e1}
 img.pixelated{image-rendering:pixelated}figcaption{font-size:11px}.ok figcaption{color:#070}
-.wrong figcaption,.missing figcaption,.warn{color:#c00}img.curve{border:1px solid #eee}
+.wrong figcaption,.missing figcaption,.warn{color:#c00}svg.curve{border:1px solid #eee}
 """
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from augment.datasets.digits import DIGIT_NAMES
 from augment.errors import AugmentError
 from augment.io.rundir import RunDir
-from augment.report.page import PAGE_NAME, THUMB, curve_uri, image_uri, read_run, write_report_page
+from augment.report.page import PAGE_NAME, THUMB, curve_svg, image_uri, read_run, write_report_page
 from tests.report import CLASSES, history, make_report_run
 
 
@@ -158,9 +158,13 @@ def test_image_uri_keeps_small_images_and_shrinks_large_ones():
     assert large.startswith("data:image/jpeg;") and decode(large).size == (THUMB, 96)
 
 
-def test_curve_uri():
-    uri = curve_uri(history(0))
-    assert uri is not None and decode(uri).format == "PNG"
-    assert curve_uri({"steps": [], "validations": []}) is None
+def test_curve_svg():
+    svg = curve_svg(history(0), 0)
+    assert svg is not None and svg.startswith("<svg") and svg.endswith("</svg>")
+    assert 'aria-label="training curve of class 0"' in svg and "kept step 2" in svg
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 3  # loss, batch accuracy; validations 0, 2, 4
+    assert curve_svg({"steps": [], "validations": []}, 0) is None
     only_init = {"steps": [], "validations": [{"step": 0, "accuracy": 1.0, "loss": 0.1}], "best_step": 0}
-    assert curve_uri(only_init) is not None
+    assert "no optimisation step" in curve_svg(only_init, 0)
+    failed = {"steps": [{"step": 1, "loss": None, "accuracy": 0.5}], "validations": []}  # a failed class's NaN loss
+    assert curve_svg(failed, 0).count("<polyline") == 1
