@@ -32,7 +32,8 @@ VOLATILE = {"seconds", "created_at", "started", "finished", "started_at", "finis
             "created", "updated"}
 #: cache keys of benchmark cells hash the run folder's path, which differs between two runs
 PATH_KEYED = {"benchmark.json": "key", "benchmark-cells.jsonl": "key"}
-SKIP_NAMES = {".lock", "run.lock", ".augment.lock"}
+#: report/index.html (augment report, written by build) quotes the folder's path and stamps: a view, not a result
+SKIP_NAMES = {".lock", "run.lock", ".augment.lock", "index.html"}
 
 TINY = """\
 tokens: {max_steps: 2, batch_size: 4, steps: 5, val_seeds: 4, val_every: 1}

@@ -34,9 +34,15 @@ def datasets_list() -> None:
 @click.option("--class-list", type=click.Path(dir_okay=False), help="inat: file of class names or ids to keep.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="How many class names to print.")
 def datasets_show(name: str, data_root: str | None, class_list: str | None, limit: int) -> None:
-    """Print a dataset's classes and split sizes."""
-    from augment.datasets import get_dataset
+    """Print a dataset's classes and split sizes (without its --data-root: the layout it expects)."""
+    from augment.datasets import DATASETS, get_dataset
 
+    cls = DATASETS.get(name)
+    if cls is not None and data_root is None and getattr(cls, "needs_data_root", False):
+        click.echo(f"dataset: {name} ({cls.description})")
+        click.echo(getattr(cls, "layout", "needs its images: pass --data-root"))
+        click.echo(f"then: augment datasets show {name} --data-root DATA_ROOT")
+        return
     ds = get_dataset(name, data_root, **({"class_list": class_list} if class_list else {}))
     names = ds.class_names
     click.echo(f"dataset: {name}")

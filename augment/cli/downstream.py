@@ -109,6 +109,7 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
 
     Writes RUN/report/eval.json and RUN/report/eval.md and prints the table.
     """
+    from augment.downstream.eval_result import FID_MIN_IMAGES
     from augment.downstream.evaluate import render_eval_markdown, run_eval
     from augment.inputs import resolve_inputs
     from augment.models.device import resolve_device
@@ -124,6 +125,10 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
     dataset = resolve_inputs(cfg).dataset
     result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device))
     click.echo(render_eval_markdown(result, dataset.class_names))
+    for d in result.distances:
+        if d.small_sample:
+            click.echo(f"warning: FID/KID of {d.images} from {d.n} images against {d.n_real} real ones: fewer than "
+                       f"{FID_MIN_IMAGES} per set, too noisy to compare (raise --per-class)", err=True)
     click.echo(f"wrote {RunDir(run).eval_json} and eval.md")
 
 

@@ -4,6 +4,7 @@
     plan        plan                           predicted peak memory of a config (no GPU needed)
     stages      tokens, generate, caso, build  make a run folder (resumable stages)
     inspect     verify, show                   check and look at a run folder
+    report      report                         the run as one HTML page
     downstream  train, eval, benchmark         use a run folder: classifiers, Table 1 and 2
 
 Each command is a thin call into a stage; shared options, config resolution and error handling
@@ -15,7 +16,8 @@ from __future__ import annotations
 import click
 
 from augment import __version__
-from augment.cli import catalog, downstream, inspect, plan, stages
+from augment.cli import catalog, downstream, inspect, plan, report, stages
+from augment.cli.examples import add_examples
 from augment.cli.options import AugmentGroup
 
 
@@ -31,9 +33,10 @@ def cli() -> None:
     """
 
 
-for module in (stages, inspect, downstream, catalog, plan):
+for module in (stages, inspect, report, downstream, catalog, plan):
     for command in module.COMMANDS:
         cli.add_command(command)
+add_examples(cli)
 
 
 def main() -> None:

@@ -112,7 +112,20 @@ def build(with_baseline: bool | None, force: bool, **kwargs) -> None:
         click.echo(result.stopped, err=True)
         sys.exit(result.exit_code)
     print_built(cfg, result)
+    print_report(cfg.out)
     sys.exit(result.exit_code)
+
+
+def print_report(out: str) -> None:
+    """The run's page (``augment report``), written and its path printed: a build ends with a
+    look at what it made. A page that cannot be drawn is a warning, not a failed build."""
+    from augment.errors import AugmentError
+    from augment.report.page import write_report_page
+
+    try:
+        click.echo(f"  report:    {write_report_page(RunDir(out).path)}")
+    except (AugmentError, OSError) as e:
+        click.echo(f"  report:    not written ({e}); `augment report {out}` retries", err=True)
 
 
 def print_summary(summary: StageSummary) -> None:

@@ -57,6 +57,10 @@ class CubDataset(ImageFileDataset):
     name = "cub"
     description = "Caltech-UCSD Birds 200-2011 from a local CUB_200_2011 folder (200 classes, train/test)"
     needs_data_root = True
+    #: what ``augment datasets show cub`` prints without --data-root
+    layout = ("DATA_ROOT = the unpacked CUB_200_2011/ folder (or its parent), as in the official tarball:\n"
+              "  classes.txt  images.txt  image_class_labels.txt  train_test_split.txt  images/<class>/*.jpg\n"
+              "splits: train and test (train_test_split.txt); 200 classes")
     option_names: tuple[str, ...] = ()
 
     @staticmethod

@@ -162,6 +162,10 @@ class FolderDataset(ImageFileDataset):
     name = "folder"
     description = "any ImageFolder tree: root/<class>/*.jpg (or root/train/<class> + root/test/<class>)"
     needs_data_root = True
+    #: what ``augment datasets show folder`` prints without --data-root
+    layout = ("DATA_ROOT = an ImageFolder tree, one folder per class (folder names are the class names):\n"
+              "  DATA_ROOT/<class>/*.jpg|png|webp                       one split, train\n"
+              "  DATA_ROOT/train/<class>/... + DATA_ROOT/test/<class>/...  splits named after the folders")
     option_names: tuple[str, ...] = ()
 
     @staticmethod

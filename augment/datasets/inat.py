@@ -68,6 +68,10 @@ class INatDataset(ImageFileDataset):
     name = "inat"
     description = "iNaturalist 2021 from a local folder with train.json/val.json; class_list= picks a subset"
     needs_data_root = True
+    #: what ``augment datasets show inat`` prints without --data-root
+    layout = ("DATA_ROOT = a folder holding the iNaturalist 2021 annotation files and the image folders they name:\n"
+              "  train.json and/or val.json (train_mini.json too, if present)  train/...  val/...\n"
+              "splits: one per file found (test = val); --class-list FILE keeps a subset (ids or names, one a line)")
     option_names: tuple[str, ...] = ("class_list",)
 
     @staticmethod

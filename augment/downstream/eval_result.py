@@ -14,7 +14,11 @@ from typing import Any
 
 from augment.io.jsonsafe import json_safe, require_fields
 
-__all__ = ["Accuracy", "Distance", "EvalArm", "EvalResult"]
+__all__ = ["FID_MIN_IMAGES", "Accuracy", "Distance", "EvalArm", "EvalResult"]
+
+#: FID/KID from fewer images than this in either set are too noisy to compare (``eval`` warns, the
+#: report page flags them); the sets are still scored
+FID_MIN_IMAGES = 50
 
 
 def _list(data: Any, where: str) -> list[Any]:
@@ -71,6 +75,11 @@ class Distance:
     fid: float | None
     kid: float | None
     kid_std: float | None
+
+    @property
+    def small_sample(self) -> bool:
+        """Whether either set has fewer than :data:`FID_MIN_IMAGES` images (the scores are unreliable)."""
+        return min(self.n, self.n_real) < FID_MIN_IMAGES
 
 
 @dataclass

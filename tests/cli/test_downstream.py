@@ -69,6 +69,7 @@ def test_eval_prints_and_writes_the_table(tmp_path, run):
     res = CliRunner().invoke(eval_cmd, [str(run), "--eval-classifier", f"timm:test_resnet@{clf}", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "| token | 30 |" in res.output and "| baseline | 30 |" in res.output and "not Inception" in res.output
+    assert "warning: FID/KID of token from 30 images against" in res.output  # fewer than 50: said, still scored
     data = json.loads((run / "report" / "eval.json").read_text())
     assert all(0 <= r["top1"] <= 1 for r in data["accuracy"])
     assert (run / "report" / "eval.md").exists()
