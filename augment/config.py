@@ -67,7 +67,9 @@ class Setting:
     into the value (and refuses bad text, naming the flag). ``resume``: the stages whose resume it
     blocks when changed (their ``COMPAT_KEYS``, :func:`compat_keys`); ``templates``: the placeholders
     each prompt template must hold; ``trainer``: whether one training run reads it
-    (:meth:`TrainConfig.trainer_fields`)."""
+    (:meth:`TrainConfig.trainer_fields`); ``omit_default``: left out of the recorded config
+    (run.json, metrics.json, benchmark cell keys) while it holds its default, so a setting added
+    later leaves the files of runs that do not use it as they were (:func:`omit_defaults`)."""
 
     help: str | None = None
     flag: str | None = None
@@ -81,6 +83,7 @@ class Setting:
     templates: tuple[str, ...] | None = None
     resume: tuple[str, ...] = ()
     trainer: bool = True
+    omit_default: bool = False
 
     def flag_of(self, key: str) -> str | None:
         """The setting's flag: the declared one, else ``--<leaf-with-dashes>`` when a command takes
@@ -255,6 +258,12 @@ class TrainConfig:
                         help="timm architecture of the classifier to train (default: train.arch).")
     arch_kwargs: dict[str, Any] = setting({}, commands=_TRAIN_CMDS, cli_type=str, parse=_json_object,
                                           help='JSON of extra timm.create_model kwargs, e.g. \'{"channels": [16,32,64,128]}\'.')
+    # None: from scratch (digits); presets of real datasets start from ImageNet weights
+    pretrained: str | None = setting(
+        None, commands=_TRAIN_CMDS, order=5.7, omit_default=True,
+        range=(lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a timm name or timm:<arch>@<file>"),
+        help="Start from these weights: a timm name with its tag (resnet50.a1_in1k) read from the local Hugging Face "
+             "cache, or timm:<arch>@<file> (default: train.pretrained; none: from scratch).")
     checkpoint: str | None = setting(None, commands=("train",), order=100,
                                      cli_type="file",
                                      help="Start from this state dict (.safetensors/.pth) instead of scratch.")
@@ -432,7 +441,20 @@ class Config:
     caso: CasoConfig = setting(default_factory=CasoConfig, resume=("caso",))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for name in _SECTIONS:
+            omit_defaults(getattr(self, name), d[name])
+        return d
+
+
+def omit_defaults(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (``obj``'s fields as a dict) without the settings declared ``omit_default`` that hold
+    their default (:class:`Setting`)."""
+    for f in fields(obj):
+        meta = f.metadata.get("setting")
+        if meta is not None and meta.omit_default and f.name in d and d[f.name] == f.default:
+            del d[f.name]
+    return d
 
 
 #: the sections of a Config, by key

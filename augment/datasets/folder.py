@@ -15,6 +15,10 @@ keeps the raw names, and two folders that clean to the same name are refused. Fi
 (``.jpg .jpeg .png .webp``, any case); other files and hidden files (``.DS_Store``, ``._x.jpg``)
 are ignored; class folders with no image at all are left out (listed in ``empty_dirs``).
 
+Any size and mode is fine: :meth:`ImageFileDataset.load_image` opens a file with
+:func:`augment.io.images.open_image` (EXIF rotation, grey/CMYK/palette/16-bit -> RGB, transparency
+on white); consumers resize with :func:`augment.io.images.fit`.
+
 Corrupt images: listing never opens files, so it cannot fail on them. :meth:`load_image` raises
 :class:`~augment.errors.AugmentError` naming the file (and records it in ``skipped``);
 :meth:`load_images` loads many samples, skips unreadable ones with one warning and records them in
@@ -34,6 +38,7 @@ from PIL import Image
 from augment.datasets.base import Dataset, Sample
 from augment.datasets.names import check_distinct, clean_name
 from augment.errors import AugmentError
+from augment.io.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +95,6 @@ def check_inside(root: Path, path: str | os.PathLike) -> None:
                            "copy the file into the data root or remove the link or entry")
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully as RGB; AugmentError naming the file when it is missing or unreadable."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise AugmentError(f"image file {path} does not exist; check the dataset folder") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AugmentError(f"cannot read image {path} ({reason}); remove or replace the file") from None
-
-
 class ImageFileDataset(Dataset):
     """A dataset whose samples are image files: ``Sample.ref`` is the file's path (a str)."""
 
@@ -137,7 +127,7 @@ class ImageFileDataset(Dataset):
         if root is not None:  # every file dataset: a metadata line (cub's images.txt) may point anywhere
             check_inside(root, sample.ref)
         try:
-            return open_rgb(sample.ref)
+            return open_image(sample.ref)
         except AugmentError:
             if str(sample.ref) not in self.skipped:
                 self.skipped.append(str(sample.ref))

@@ -8,7 +8,11 @@ index tell them apart. :attr:`ImageNetDataset.wnids` keeps the WordNet ids.
 With ``data_root``: either a folder of ``<wnid>/*.JPEG`` class folders (split ``val``), or a folder
 holding ``train/`` and/or ``val/`` laid out that way (splits named after them). Class folders that
 are not ImageNet-1k ids are ignored; a subset of the 1000 classes is fine (k-shot then needs a
-split that has every class). The flat ``ILSVRC2012_val_*.JPEG`` folder is refused with a hint.
+split that has every class). ``val/`` may also be the flat folder of ``ILSVRC2012_val_*.JPEG`` as
+the official tarball unpacks, read with its label file next to it (in ``data_root``):
+:data:`VAL_LABEL_FILES`, Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` whose first
+word is the wnid) or Caffe's ``val.txt`` (``<file> <class index>``, timm's order). A flat folder
+without one is refused with a hint.
 """
 
 from __future__ import annotations
@@ -57,6 +61,29 @@ def imagenet_info() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(wnids), tuple(imagenet_class_name(d) for d in descriptions)
 
 
+#: label files of a flat val/ folder, looked for in data_root, in this order
+VAL_LABEL_FILES = ("LOC_val_solution.csv", "val.txt")
+
+
+def read_val_labels(path: Path, wnids: list[str]) -> dict[str, int]:
+    """Image file stem -> class index, from a flat val folder's label file (:data:`VAL_LABEL_FILES`)."""
+    index = {w: i for i, w in enumerate(wnids)}
+    out: dict[str, int] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or (path.suffix == ".csv" and n == 1 and line.startswith("ImageId")):
+            continue
+        parts = line.replace(",", " ", 1).split() if path.suffix == ".csv" else line.split()
+        label = index.get(parts[1]) if len(parts) >= 2 else None
+        if label is None and len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < len(wnids):
+            label = int(parts[1])
+        if label is None:
+            raise AugmentError(f"{path} line {n} does not give an image and an ImageNet class: "
+                               f"{line.strip()[:60]!r}; fix or re-download the label file")
+        out[Path(parts[0]).stem] = label
+    return out
+
+
 def _wnid_dirs(folder: Path) -> list[str]:
     with os.scandir(folder) as it:
         return sorted(e.name for e in it if e.is_dir() and is_wnid(e.name))
@@ -97,12 +124,21 @@ class ImageNetDataset(ImageFileDataset):
                 self._samples[split] = [
                     Sample(str(p), index[d]) for d in dirs for p in list_images(sroot / d, self.root)
                 ]
+        flat_val = self.root / "val"
+        if "val" not in self._samples and flat_val.is_dir() and not _wnid_dirs(flat_val):
+            label_file = next((self.root / f for f in VAL_LABEL_FILES if (self.root / f).is_file()), None)
+            if label_file is not None:
+                labels = read_val_labels(label_file, self.wnids)
+                files = [p for p in list_images(flat_val, self.root) if p.stem in labels]
+                if files:
+                    self._samples["val"] = [Sample(str(p), labels[p.stem]) for p in files]
         if not self._samples:
             flat = self.root / "val" if (self.root / "val").is_dir() else self.root
             with os.scandir(flat) as it:
                 has_flat_images = any(e.is_file() and is_image_file(e.name) for e in it)
             hint = (
-                "sort the flat validation images into <wnid>/ class folders (e.g. with valprep.sh)"
+                "put its label file (LOC_val_solution.csv or val.txt) in the data root, or sort the flat "
+                "validation images into <wnid>/ class folders (e.g. with valprep.sh)"
                 if has_flat_images
                 else "lay it out as <wnid>/*.JPEG (e.g. n01440764/ILSVRC2012_val_00000293.JPEG)"
             )

@@ -121,6 +121,21 @@ def _restrict(syn: SyntheticSet, keys: set[str]) -> SyntheticSet:
                         [syn.confidence[i] for i in idx], syn.total, dict(syn.dropped), syn.min_confidence)
 
 
+class _RealSets:
+    """A real split decoded at each classifier's input size (its data config), once per size: the
+    dataset's images may have any size, each classifier sees them as its own preprocessing would."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._loaded: dict[tuple[str, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, split: str, clf: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        size = tuple(int(v) for v in clf.data.input_size[-2:])
+        if (split, size) not in self._loaded:
+            self._loaded[(split, size)] = load_real(self.dataset, self.dataset.samples(split), size)
+        return self._loaded[(split, size)]
+
+
 def run_eval(
     out: str | Path,
     dataset: Dataset,
@@ -162,18 +177,17 @@ def run_eval(
     images = {a: read_synthetic_images(s) for a, s in sets.items()}
     labels = {a: torch.tensor(s.labels) for a, s in sets.items()}
 
-    real_images = real_labels = None
-    if split in dataset.splits():
-        real_images, real_labels = load_real(dataset, dataset.samples(split))
-    elif dataset.splits():
+    has_real = split in dataset.splits()
+    if not has_real and dataset.splits():
         raise AugmentError(
             f"dataset {dataset.name!r} has no real split {split!r} (available: {', '.join(dataset.splits())}); pass --split"
         )
-    else:
+    if not has_real:
         notes.append(f"dataset {dataset.name!r} has no real images (no --data-root): reference accuracy and FID/KID skipped")
+    reals = _RealSets(dataset)
 
     accuracy: list[Accuracy] = []
-    bar = tqdm(total=len(specs) * (len(images) + (real_images is not None)), desc="eval", unit="set",
+    bar = tqdm(total=len(specs) * (len(images) + has_real), desc="eval", unit="set",
                disable=progress_disabled(progress), leave=False)
     for spec in specs:
         clf = load_classifier(spec, device)
@@ -183,7 +197,8 @@ def run_eval(
             accuracy.append(Accuracy(images=a, dir=str(arms[a]), classifier=spec,
                                      **accuracy_table(logits, cols[labels[a]], labels[a], names)))
             bar.update(1)
-        if real_images is not None:
+        if has_real:
+            real_images, real_labels = reals.get(split, clf)
             logits = _logits(clf, real_images, batch_size)
             accuracy.append(Accuracy(images=f"real {split}", dir=None, classifier=spec,
                                      **accuracy_table(logits, cols[real_labels], real_labels, names)))
@@ -192,13 +207,13 @@ def run_eval(
 
     distances: list[Distance] = []
     feature_spec = feature_spec or specs[-1]
-    if real_images is not None:
+    if has_real:
         clf = load_classifier(feature_spec, device)
-        ref = penultimate_features(clf, real_images, batch_size)
+        ref = penultimate_features(clf, reals.get(split, clf)[0], batch_size)
         rows = [(a, imgs) for a, imgs in images.items()]
         other = "train" if split != "train" and "train" in dataset.splits() else None
         if other:
-            rows.append((f"real {other} (reference)", load_real(dataset, dataset.samples(other))[0]))
+            rows.append((f"real {other} (reference)", reals.get(other, clf)[0]))
         for a, imgs in rows:
             f = penultimate_features(clf, imgs, batch_size)
             k_mean, k_std = kid(f, ref, subsets=kid_subsets)
@@ -211,7 +226,7 @@ def run_eval(
         dataset=dataset.name,
         split=split,
         classifiers=specs,
-        feature_classifier=feature_spec if real_images is not None else None,
+        feature_classifier=feature_spec if has_real else None,
         arms={a: EvalArm(dir=str(p), images=int(len(images[a]))) for a, p in arms.items()},
         accuracy=accuracy,
         distances=distances,

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from augment.config import check_value
 from augment.datasets.base import Dataset, Sample
 from augment.errors import AugmentError
+from augment.io.images import image_tensor
 from augment.io.manifest import read_manifests
 from augment.io.rundir import ArmDir, parse_shard_name
 from augment.io.shards import shard_urls
@@ -250,13 +251,6 @@ def _image_of(sample: dict[str, Any]) -> bytes:
     raise AugmentError(f"shard sample {sample.get('__key__')!r} has no image (.jpg/.png/.webp); re-run generate")
 
 
-def _to_uint8(img: Image.Image, size: int | None) -> torch.Tensor:
-    img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
 def read_synthetic_images(syn: SyntheticSet, size: int | None = None) -> torch.Tensor:
     """Decode the kept images of ``syn`` into a uint8 tensor (N,3,H,W), in ``syn.keys`` order.
 
@@ -270,7 +264,7 @@ def read_synthetic_images(syn: SyntheticSet, size: int | None = None) -> torch.T
         try:
             for sample in pipe:
                 with Image.open(io.BytesIO(_image_of(sample))) as im:
-                    out[wanted[sample["__key__"]]] = _to_uint8(im, size)
+                    out[wanted[sample["__key__"]]] = image_tensor(im, size)
         except Exception as e:  # noqa: BLE001 - truncated tar, corrupt image: one user problem whatever raised it
             reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             raise AugmentError(f"shard {url} cannot be read ({reason}); `augment verify {syn.root}` lists what is "
@@ -288,14 +282,21 @@ def read_synthetic_images(syn: SyntheticSet, size: int | None = None) -> torch.T
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-def load_real(dataset: Dataset, samples: Sequence[Sample], size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real samples as (uint8 images (N,3,H,W), int64 labels); (empty, empty) for no samples."""
+def load_real(dataset: Dataset, samples: Sequence[Sample], size: int | tuple[int, int] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real samples as (uint8 images (N,3,H,W), int64 labels); (empty, empty) for no samples.
+
+    Images of any size and mode are brought to ``size`` (the consumer's: a classifier's input
+    size, ``train.input_size``) by :func:`augment.io.images.fit`. Without ``size`` they keep their
+    own when they share one, else all are fitted to the smallest one's shorter side (no image is
+    enlarged), so a dataset never has to be made uniform first."""
     if not samples:
-        s = size or 1
+        s = size if isinstance(size, int) else (size[0] if size else 1)
         return torch.zeros(0, 3, s, s, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    images = [_to_uint8(dataset.load_image(s), size) for s in samples]
-    if len({tuple(t.shape) for t in images}) > 1:
-        raise AugmentError(f"dataset {dataset.name!r} has images of several sizes; pass an input size to resize them")
+    pictures = [dataset.load_image(s) for s in samples]
+    if size is None and len({p.size for p in pictures}) > 1:
+        size = min(min(p.size) for p in pictures)
+    images = [image_tensor(p, size) for p in pictures]
     return torch.stack(images), torch.tensor([int(s.label) for s in samples], dtype=torch.int64)
 
 
@@ -530,7 +531,7 @@ def _synthetic_stream(syn: SyntheticSet, size: int | None, transform: Callable |
 
     def convert(sample: dict[str, Any]) -> tuple[torch.Tensor, int, float]:
         with Image.open(io.BytesIO(_image_of(sample))) as im:
-            img = _to_uint8(im, size)
+            img = image_tensor(im, size)
         return (transform(img) if transform else img), label_of[sample["__key__"]], weight
 
     pipe = wds.WebDataset(syn.urls, resampled=True, shardshuffle=False, seed=seed, empty_check=False)

@@ -1,9 +1,12 @@
 """Train a timm classifier on a :class:`~augment.downstream.mixing.MixedDataset`, evaluating on a
 real split every epoch.
 
-timm builds the model (``create_model``), the optimizer (``create_optimizer_v2``) and the
-schedule (``create_scheduler_v2``, stepped per update); augmentation is a batched random
-shift/rotation/scale/flip (:class:`~augment.downstream.transforms.BatchAugment`). Synthetic samples carry a
+timm builds the model (``create_model``; from scratch, or from ``train.pretrained``: timm weights
+in the local Hugging Face cache or ``timm:<arch>@<file>``), the optimizer (``create_optimizer_v2``)
+and the schedule (``create_scheduler_v2``, stepped per update); augmentation is a batched random
+shift/rotation/scale/flip for small inputs and timm's ImageNet train transform with the
+backbone's mean/std above 64 px (:func:`~augment.downstream.transforms.training_recipe`); on
+CUDA the forward pass runs under bfloat16 autocast. Synthetic samples carry a
 loss weight, so the loss is ``mean(cross_entropy * weight)`` over the batch (a weight of 0.5 halves
 a synthetic image's pull, whatever the batch holds). With distillation (a mixed set built with a
 ``distill_temperature``), synthetic images are trained on the guide's soft labels instead
@@ -19,9 +22,11 @@ best epoch, because picking the best epoch on the test split is optimistic.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from augment.config import TrainConfig
+from augment.config import TrainConfig, omit_defaults
 from augment.downstream.metrics import classification_metrics, predict_logits
 from augment.downstream.mixing import MixedDataset, mixed_loader
 from augment.downstream.train_metrics import TrainMetrics
-from augment.downstream.transforms import BatchAugment, normalize
+from augment.downstream.transforms import normalize, training_recipe
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_json
 from augment.io.jsonsafe import json_safe
@@ -69,7 +74,7 @@ class TrainSettings(TrainConfig):
         """What metrics.json records under ``config.train`` and benchmark cell keys hash: the trainer's
         fields (:meth:`TrainConfig.trainer_fields`), seed and device; sequences as lists. Keeping this
         exact keeps existing cell caches valid."""
-        d = {name: copy.deepcopy(getattr(self, name)) for name in self.trainer_fields()}
+        d = omit_defaults(self, {name: copy.deepcopy(getattr(self, name)) for name in self.trainer_fields()})
         d["scale"] = list(self.scale)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["seed"], d["device"] = self.seed, self.device
@@ -120,47 +125,110 @@ def _checkpoint_state(checkpoint: str, shipped: ClassifierSource | None) -> dict
     return _load_state_dict(path)
 
 
+def _fit_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str, arch: str) -> list[str]:
+    """Load ``sd`` into ``model``; weights whose shape does not fit (the head of another class
+    count) stay freshly initialised and are returned. AugmentError when other keys do not match."""
+    own = model.state_dict()
+    reset = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if k not in reset}, strict=False)
+    missing = [k for k in missing if k not in set(reset)]
+    if missing or unexpected:
+        raise AugmentError(
+            f"checkpoint {where} does not fit timm:{arch} (missing {len(missing)} keys "
+            f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); check --arch"
+        )
+    return sorted(reset)
+
+
+def _same_arch(name: str, arch: str) -> None:
+    if name.split(".", 1)[0] != arch.split(".", 1)[0]:
+        raise AugmentError(f"train.pretrained {name!r} is not a {arch} (train.arch); "
+                           f"name weights of {arch}, e.g. {arch.split('.', 1)[0]}.<tag>, or change --arch")
+
+
+def cached_weights(name: str) -> str:
+    """The local Hugging Face cache's file of timm weights ``name`` (``resnet50.a1_in1k``; without a
+    tag, timm's default one); nothing is downloaded. AugmentError with the download command when
+    the cache lacks them."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise AugmentError(f"timm has no pretrained weights named {name!r} (train.pretrained); "
+                           "pick one from timm.list_pretrained(), or pass timm:<arch>@<file>")
+    repo = cfg.hf_hub_id.split("@", 1)[0]
+    for filename in [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    raise AugmentError(f"timm weights {name!r} (train.pretrained) are not in the local Hugging Face cache; "
+                       f"download them on a connected machine with `hf download {repo}` and copy the cache here")
+
+
+def _pretrained(settings: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model ``settings.pretrained`` names: timm weights from the local cache, or
+    ``timm:<arch>@<file>`` (a state dict; the head is re-initialised for ``num_classes``)."""
+    import timm
+
+    from augment.models.classifier import _load_state_dict
+
+    name = str(settings.pretrained).strip()
+    name = name[len("timm:"):] if name.startswith("timm:") else name
+    if "@" in name:
+        arch, file = name.split("@", 1)
+        _same_arch(arch, settings.arch)
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise AugmentError(f"pretrained weights {path} (train.pretrained) do not exist; fix the path")
+        model = timm.create_model(settings.arch, pretrained=False, num_classes=num_classes, **settings.arch_kwargs)
+        reset = _fit_state(model, _load_state_dict(path), str(path), settings.arch)
+        return model, {"pretrained": str(settings.pretrained), "weights": str(path), "reinitialised": reset}
+    _same_arch(name, settings.arch)
+    file = cached_weights(name)
+    model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+                              pretrained_cfg_overlay={"file": file}, **settings.arch_kwargs)
+    return model, {"pretrained": str(settings.pretrained), "weights": file}
+
+
 def create_classifier(settings: TrainConfig, num_classes: int,
                       shipped: ClassifierSource | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A fresh timm model for ``num_classes``, initialised from ``settings.checkpoint`` when given
-    (a state dict; head weights whose shape does not fit are left freshly initialised). Returns the
-    model and a note of what was loaded. ``shipped``: that checkpoint's bytes as the driver read
-    them (:func:`read_checkpoint`); without them the file is read here."""
+    """A timm model for ``num_classes``: from scratch, or from ``settings.pretrained`` (timm
+    weights in the local cache, or ``timm:<arch>@<file>``), then from ``settings.checkpoint`` when
+    given (a state dict; head weights whose shape does not fit are left freshly initialised).
+    Returns the model and a note of what was loaded. ``shipped``: that checkpoint's bytes as the
+    driver read them (:func:`read_checkpoint`); without them the file is read here."""
     import timm
 
     _check_arch(settings.arch)
+    note: dict[str, Any] = {"checkpoint": None}
     try:
-        model = timm.create_model(settings.arch, pretrained=False, num_classes=num_classes, **settings.arch_kwargs)
+        if settings.pretrained:
+            model, loaded = _pretrained(settings, num_classes)
+            note.update(loaded)
+        else:
+            model = timm.create_model(settings.arch, pretrained=False, num_classes=num_classes, **settings.arch_kwargs)
     except TypeError as e:
         raise AugmentError(f"timm:{settings.arch} does not take these arch kwargs {settings.arch_kwargs}: {e}") from None
-    note: dict[str, Any] = {"checkpoint": None}
     if settings.checkpoint:
         sd = _checkpoint_state(settings.checkpoint, shipped)
-        own = model.state_dict()
-        reset = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-        sd = {k: v for k, v in sd.items() if k not in reset}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        head = set(reset)
-        missing = [k for k in missing if k not in head]
-        if missing or unexpected:
-            raise AugmentError(
-                f"checkpoint {settings.checkpoint} does not fit timm:{settings.arch} (missing {len(missing)} keys "
-                f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); check --arch"
-            )
-        note = {"checkpoint": str(settings.checkpoint), "reinitialised": sorted(reset)}
+        reset = _fit_state(model, sd, str(settings.checkpoint), settings.arch)
+        note.update({"checkpoint": str(settings.checkpoint), "reinitialised": reset})
     return model, note
 
 
-def sidecar(settings: TrainConfig, class_names: list[str]) -> dict[str, Any]:
-    """The JSON next to a checkpoint, in the format ``augment.models.classifier`` reads."""
+def sidecar(settings: TrainConfig, class_names: list[str], mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None) -> dict[str, Any]:
+    """The JSON next to a checkpoint, in the format ``augment.models.classifier`` reads (``mean``/
+    ``std``: the normalisation trained with, default ``settings``')."""
     return {
         "arch": settings.arch,
         "kwargs": settings.arch_kwargs,
         "class_names": list(class_names),
         "num_classes": len(class_names),
         "input_size": [3, settings.input_size, settings.input_size],
-        "mean": list(settings.mean),
-        "std": list(settings.std),
+        "mean": list(settings.mean if mean is None else mean),
+        "std": list(settings.std if std is None else std),
         "crop_pct": 1.0,
     }
 
@@ -174,6 +242,12 @@ def save_checkpoint(model: torch.nn.Module | dict[str, torch.Tensor], path: Path
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     atomic_write_json(path.with_suffix(".json"), side)
     return path
+
+
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA (no loss scaling needed, unlike float16); nothing elsewhere, so a
+    CPU run computes exactly what it did without it."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def distill_loss(logits: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -208,8 +282,8 @@ def train_classifier(
     torch.manual_seed(settings.seed)
     model, note = create_classifier(settings, len(class_names), checkpoint)
     model.to(device)
-    mixed.transform = None  # uint8 in, augmented per batch below
-    augment = BatchAugment(settings.pad, settings.degrees, tuple(settings.scale), settings.hflip, settings.mean, settings.std)
+    recipe = training_recipe(settings, model)
+    mixed.transform = recipe.sample  # small inputs: None, uint8 in, augmented per batch below
     aug_gen = torch.Generator().manual_seed(settings.seed)
     per_epoch = settings.samples_per_epoch or max(len(mixed), MIN_SAMPLES_PER_EPOCH)
     loader = mixed_loader(mixed, settings.batch_size, per_epoch, settings.seed)
@@ -223,14 +297,14 @@ def train_classifier(
     )
 
     def norm(x: torch.Tensor) -> torch.Tensor:
-        return normalize(x, settings.mean, settings.std)
+        return normalize(x, recipe.mean, recipe.std)
 
     if test_images.shape[-1] != settings.input_size or test_images.shape[-2] != settings.input_size:
         from torchvision.transforms import v2 as T
 
         test_images = T.Resize((settings.input_size, settings.input_size), antialias=True)(test_images)
     out = Path(out) if out is not None else None
-    side = sidecar(settings, class_names)
+    side = sidecar(settings, class_names, recipe.mean, recipe.std)
     history: list[dict[str, Any]] = []
     best_top1, best_epoch, best_state = -1.0, -1, None
     updates = 0
@@ -241,13 +315,14 @@ def train_classifier(
         t0 = time.perf_counter()
         total, count = 0.0, 0
         for images, labels, weights, *soft in loader:
-            images = augment(images, aug_gen).to(device)
+            images = (recipe.batch(images, aug_gen) if recipe.batch else images).to(device)
             labels, weights = labels.to(device), weights.to(device)
-            logits = model(images)
-            loss_each = F.cross_entropy(logits, labels, reduction="none", label_smoothing=settings.label_smoothing)
-            if soft:
-                loss_each = distill_loss(logits, loss_each, soft[0].to(device), mixed.distill_temperature or 1.0)
-            loss = (loss_each * weights).mean()
+            with mixed_precision(device):
+                logits = model(images)
+                loss_each = F.cross_entropy(logits, labels, reduction="none", label_smoothing=settings.label_smoothing)
+                if soft:
+                    loss_each = distill_loss(logits, loss_each, soft[0].to(device), mixed.distill_temperature or 1.0)
+                loss = (loss_each * weights).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -261,7 +336,8 @@ def train_classifier(
             history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "test_top1": None,
                             "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
             continue
-        logits = predict_logits(model, test_images, settings.eval_batch_size, norm, device)
+        with mixed_precision(device):
+            logits = predict_logits(model, test_images, settings.eval_batch_size, norm, device).float()
         top1 = float((logits.argmax(1) == test_labels).float().mean())
         history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "test_top1": top1,
                         "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
@@ -279,8 +355,9 @@ def train_classifier(
     else:
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(best_state)
-        best = classification_metrics(predict_logits(best_model, test_images, settings.eval_batch_size, norm, device),
-                                      test_labels, class_names)
+        with mixed_precision(device):
+            best_logits = predict_logits(best_model, test_images, settings.eval_batch_size, norm, device).float()
+        best = classification_metrics(best_logits, test_labels, class_names)
     best["epoch"] = best_epoch
     seconds = time.perf_counter() - start
     metrics = TrainMetrics.from_json(json_safe({  # JSON-safe values, so the result equals the file

@@ -6,18 +6,27 @@ warping the whole batch with ``F.affine_grid`` / ``F.grid_sample`` costs well un
 per batch. The augmentation is the standard small-image one: a random shift of up to ``pad``
 pixels (random crop with zero padding), a small rotation and scale, and an optional horizontal
 flip (off by default: a mirrored digit is another glyph, mirrored birds are still birds).
+
+Above :data:`SMALL_INPUT` pixels (CUB, iNat, ImageNet, a user's photos at 224) training follows
+the literature instead: timm's ImageNet train transform (``create_transform``: RandomResizedCrop,
+flip with ``train.hflip``, colour jitter) per image, normalised with the backbone's mean/std
+(``resolve_data_config``). :func:`training_recipe` picks one of the two, once per run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "normalize"]
+__all__ = ["SMALL_INPUT", "BatchAugment", "Recipe", "normalize", "training_recipe"]
+
+#: the largest input side trained with :class:`BatchAugment`; larger ones use timm's transform
+SMALL_INPUT = 64
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -66,3 +75,37 @@ class BatchAugment:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return normalize(x, self.mean, self.std)
+
+
+@dataclass
+class Recipe:
+    """How one training run augments and normalises: ``batch`` (small inputs: one warp per batch,
+    normalising too) or ``sample`` (larger: timm's per-image transform of a [0,1] float image,
+    normalising too); ``mean``/``std``: the normalisation, for the test images and the sidecar."""
+
+    mean: list[float]
+    std: list[float]
+    batch: BatchAugment | None = None
+    sample: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def training_recipe(settings: Any, model: torch.nn.Module) -> Recipe:
+    """The recipe for ``settings`` (a ``TrainConfig``) and the model it trains: :class:`BatchAugment`
+    with ``settings``' pad/degrees/scale/hflip/mean/std up to :data:`SMALL_INPUT` px, else timm's
+    ``create_transform(is_training=True)`` with the model's data config (``resolve_data_config``:
+    its mean, std and interpolation) and ``settings.hflip``."""
+    if settings.input_size <= SMALL_INPUT:
+        return Recipe(list(settings.mean), list(settings.std),
+                      batch=BatchAugment(settings.pad, settings.degrees, tuple(settings.scale), settings.hflip,
+                                         settings.mean, settings.std))
+    from timm.data import create_transform, resolve_data_config
+
+    data = resolve_data_config({}, model=model)
+    mean, std = [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
+    timm_transform = create_transform(settings.input_size, is_training=True, hflip=settings.hflip, mean=mean,
+                                      std=std, interpolation=data.get("interpolation", "bilinear"))
+
+    def sample(image: torch.Tensor) -> torch.Tensor:
+        return timm_transform(image.float().div(255.0) if image.dtype == torch.uint8 else image)
+
+    return Recipe(mean, std, sample=sample)

@@ -31,7 +31,7 @@ from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import remove_temp_files
-from augment.io.images import encode_image
+from augment.io.images import encode_image, image_tensor
 from augment.io.manifest import ManifestRow
 from augment.io.rundir import ArmDir
 from augment.io.shards import (
@@ -124,9 +124,7 @@ class CasoWorker:
         c, shard_index, reals = unit.class_index, unit.shard, unit.reals.get()
         cfg, cc = self.cfg, self.cfg.caso
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        images = torch.stack([
-            torch.from_numpy(np.array(Image.fromarray(a).resize((size, size)))).permute(2, 0, 1)
-            for a in reals.images]).float() / 255
+        images = torch.stack([image_tensor(Image.fromarray(a), size) for a in reals.images]).float() / 255
         conds = edit_conditions(cc.target, c, self.classes, len(self.names))
         learned = {t: self._embedding(unit.reals, images, t) for t in sorted({t for cond in conds for t in cond})}
         mine = [j for j, label in enumerate(reals.labels) if label == c]

@@ -98,3 +98,15 @@ def test_eval_result_round_trips_and_draws_the_eval_figure(tmp_path, digits, dig
     doc["accuracy"][0]["top_1"] = doc["accuracy"][0].pop("top1")
     with pytest.raises(ValueError, match="'top1'"):
         EvalResult.from_json(doc)
+
+
+def test_eval_on_a_folder_of_mixed_sizes_and_modes(tmp_path, mixed_folder):
+    """A user's folder (grey, CMYK, palette, 16-bit, EXIF-rotated, 17x31 to 640x480): the reals are
+    brought to each classifier's input size, not refused for differing in size."""
+    ds = get_dataset("folder", data_root=mixed_folder)
+    run = make_digit_run(tmp_path / "run", per_class=2, classes=(0, 1), names=["apple", "pear"])
+    clf = build_micro_classifier(tmp_path / "fruit.safetensors", ["apple", "pear"])
+    res = run_eval(run, ds, [f"timm:test_resnet@{clf}"], split="train", progress=False, kid_subsets=2)
+    rows = {r.images: r for r in res.accuracy}
+    assert rows["real train"].n == 8 and rows["token"].n == 4
+    assert {d.images for d in res.distances} == {"token"}
