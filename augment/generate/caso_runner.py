@@ -29,6 +29,7 @@ from augment.config import Config, compat_keys, config_from_dict
 from augment.datasets.base import Dataset
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
+from augment.generate.book import ArmBook, ShardFacts
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.atomic import remove_temp_files
 from augment.io.images import encode_image, image_tensor
@@ -40,7 +41,6 @@ from augment.io.shards import (
     complete_shard_keys,
     done_shards,
     sample_key,
-    write_info,
     write_shard,
 )
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
@@ -190,6 +190,7 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         self.dataset: Dataset | None = None
         self.classifier: Payload[ClassifierSource] | None = None
         self.pool: Payload[CasoReals] | None = None
+        self.book: ArmBook | None = None  # the arm's _info.json, kept from what is written (generate/book.py)
 
     @property
     def arm(self) -> ArmDir:
@@ -242,6 +243,10 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
         todo = [CasoUnit(c, i, pool) for i, c in enumerate(sources)
                 if force or i not in done or not complete_shard_keys(self.arm.path, i)]  # unreadable: redone
         self.token_rows = read_token_rows(self.arm.tokens_parquet)
+        # the done manifests are read once, here; then the book counts what is written (one
+        # _info.json write per N shards, not a read of every manifest per class)
+        self.book = ArmBook(self.arm, f"{self.cfg.dataset}-caso", range(len(sources)), self.names, acceptance=False)
+        self.book.seed(done, {u.shard for u in todo})
         return stage.Plan(todo, skipped=len(sources) - len(todo), total=len(sources))
 
     def worker_factory(self) -> WorkerFactory:
@@ -261,14 +266,25 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
                                           steps=cc.max_steps, final_accuracy=emb.final_accuracy,
                                           seconds=emb.seconds, status="ok", lr=cc.lr, model_id=cfg.model)
         write_token_rows(self.arm.tokens_parquet, self.token_rows)
-        write_shard(self.arm.path, res.shard, res.samples)
-        write_info(self.arm.path, f"{cfg.dataset}-caso")
+        written = write_shard(self.arm.path, res.shard, res.samples)
+        self._book.wrote(res.shard, ShardFacts.of_written(written, res.samples, None))
         self.rows.append(res.row)
         return None
+
+    def on_failed(self, unit: CasoUnit, error: str) -> None:
+        self._book.failed(unit.shard)
+
+    @property
+    def _book(self) -> ArmBook:
+        if self.book is None:
+            raise RuntimeError("CasoStage: plan() keeps the book; it was not called")
+        return self.book
 
     def finish(self) -> None:
         if self.pool is not None:
             self.pool.release()
+        if self.book is not None and self.book.lengths:  # nothing done and nothing there: no _info.json
+            self.book.write()
 
     def unit_label(self, unit: CasoUnit) -> str:
         return f"class {unit.class_index}"

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
 from augment.config import CasoConfig, Config
 from augment.errors import AugmentError
 from augment.generate.caso_runner import run_caso
+from augment.io import shards as shards_mod
 from augment.io.atomic import temp_path_for
 from augment.verify import verify_run
 
 
-def test_caso_stage(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_path):
+def test_caso_stage(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_path, monkeypatch):
     """Counterfactual edits towards class 2 (sdedit, two per image): labels = the target, one
-    embedding learned (from the reals of every class), manifests carry the edit's facts, resume."""
+    embedding learned (from the reals of every class), manifests carry the edit's facts, resume;
+    _info.json is kept from what the stage wrote, never rebuilt by reading every manifest."""
+    rebuilt = []
+    real_info_dict = shards_mod.info_dict
+    monkeypatch.setattr(shards_mod, "info_dict", lambda *a, **k: rebuilt.append(a) or real_info_dict(*a, **k))
     cfg = Config(dataset="cub", data_root=str(fake_cub), model=str(micro_pipeline_dir),
                  classifier=f"timm:test_resnet@{micro_classifier_path}", judge=None, out=str(tmp_path / "run"),
                  workers=0, classes="0,1",
@@ -28,6 +35,9 @@ def test_caso_stage(tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_pat
     assert {r["edit_mode"] for r in rows} == {"sdedit"} and {r["targets"] for r in rows} == {"2"}
     assert all(r["source_key"].startswith("cub:train:") and r["strength"] == pytest.approx(0.5) for r in rows)
     assert verify_run(tmp_path / "run" / "caso").ok
+    assert rebuilt == []  # no full manifest scan while the stage ran
+    info = json.loads((tmp_path / "run" / "caso" / "shards" / "_info.json").read_text())
+    assert info == real_info_dict(tmp_path / "run" / "caso", "cub-caso")  # what a rebuild would say
     assert sorted(p.name for p in (tmp_path / "run" / "caso" / "tokens").glob("*.safetensors")) == [
         "0002-sooty-albatross.safetensors"]
     assert run_caso(cfg, show_progress=False).skipped == 2
