@@ -24,3 +24,22 @@ class AugmentError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class AugmentErrors(AugmentError):
+    """Several user-fixable problems found by one check, each on its own line (the CLI prints one
+    ``Error:`` line per problem), so that a user fixes them all before running again instead of
+    discovering them one run at a time."""
+
+    def __init__(self, problems: list[AugmentError]) -> None:
+        self.problems = list(problems)
+        super().__init__("")
+        self.message = "\n".join(p.message for p in self.problems)
+
+
+def raise_all(problems: list[AugmentError]) -> None:
+    """Raise nothing for no problem, the problem itself for one, :class:`AugmentErrors` for several."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise AugmentErrors(problems)

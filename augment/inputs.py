@@ -10,7 +10,11 @@ driver, not once per stage. A stage run alone builds its own.
 
 Each piece is resolved on first use, in the order a stage's preflight asks for it: a stage's own
 cheap checks (a bad ``--classes``, a bad target) still come before any model is loaded, and
-nothing is resolved before the stage skeleton's own preflight (``augment.stage``) ran.
+nothing is resolved before the stage skeleton's own preflight (``augment.stage``) ran. A stage's
+preflight starts with :meth:`RunInputs.check`: the cheap checks of every piece (the dataset and
+``--classes``, the model spec and folder, the classifier spec and files, its output count as its
+files declare it), all problems reported at once, one line each, so that a user with a wrong model,
+classifier and class list fixes them in one go instead of over three runs.
 
 This module sits above the stages (they import it) and below :mod:`augment.pipeline`.
 """
@@ -22,7 +26,7 @@ from functools import cached_property
 from augment.config import Config
 from augment.datasets.base import Dataset
 from augment.datasets.selection import dataset_of, needs_classifier_names, select_classes
-from augment.errors import AugmentError
+from augment.errors import AugmentError, raise_all
 from augment.models.classifier import Classifier, ClassifierSource
 from augment.shipping import Payload
 
@@ -37,6 +41,45 @@ class RunInputs:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._checked = False
+
+    def check(self) -> None:
+        """Every cheap check of the inputs, all problems at once (see the module doc); no model loads.
+
+        Once per run: the stages ``augment build`` chains share one :class:`RunInputs`. The class
+        count is checked here only where the classifier's files declare it
+        (:func:`~augment.models.classifier.declared_outputs`); otherwise :attr:`classifier` checks
+        it when it loads the model."""
+        if self._checked:
+            return
+        from augment.models.classifier import check_class_count, declared_outputs
+
+        problems: list[AugmentError] = []
+
+        def attempt(get):  # the value, or None with the problem noted
+            try:
+                return get()
+            except AugmentError as e:
+                problems.append(e)
+                return None
+
+        names = None
+        try:
+            self.__dict__["dataset"] = dataset_of(self.cfg)  # primes the cached property
+            names = self.class_names
+        except AugmentError as e:
+            if not needs_classifier_names(self.cfg):  # else the names come from the classifier, later
+                problems.append(e)
+        if names is not None:
+            attempt(lambda: self.classes)
+        attempt(lambda: self.backbone)
+        source = attempt(lambda: self._source)
+        if source is not None and names is not None:
+            n = declared_outputs(source)
+            if n is not None:
+                attempt(lambda: check_class_count(source.spec, n, names))
+        raise_all(problems)
+        self._checked = True
 
     @cached_property
     def _source(self) -> ClassifierSource:

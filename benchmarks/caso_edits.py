@@ -16,7 +16,7 @@ the same guidance scale and steps (``caso.edit_guidance``, ``caso.edit_steps``).
 
     python benchmarks/caso_edits.py --k 3 --strengths 0.3,0.5,0.7 --json /tmp/caso_edits.json
 
-The figures quoted in the README (CASO section) come from this script.
+The figures quoted in docs/results.md (CASO section) come from this script.
 """
 
 from __future__ import annotations

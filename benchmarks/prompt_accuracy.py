@@ -11,7 +11,7 @@ the embedded model's captions use for that digit (never swapped, see
     python benchmarks/prompt_accuracy.py --per-class 50 \
         --template "a photo of the digit {name}" --template "a digit shaped like a {shape}"
 
-The README's "What was measured" quotes this script's output for the two templates above.
+docs/embedded.md ("The model") quotes this script's output for the two templates above.
 """
 
 from __future__ import annotations

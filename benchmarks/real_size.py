@@ -24,7 +24,7 @@ measured rows extrapolates to ``--steps``: forward seconds = a + f * sampler ste
 seconds = c + b * gradient steps, memory = M0 + m * gradient steps (each gradient step keeps
 only its checkpointed inputs; one step's activations are rebuilt at a time in the backward).
 
-Run (hours on 2 shared CPU cores; the README's figures)::
+Run (hours on 2 shared CPU cores; the figures in docs/results.md)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/real_size.py --steps 30 --all-steps 10 \\
         --out real_size.json

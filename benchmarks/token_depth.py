@@ -7,7 +7,7 @@ Prints one table, side by side, and writes it as JSON.
 
     python benchmarks/token_depth.py --depths 1,3,all --per-class 100 --json /tmp/token_depth.json
 
-The figures quoted in the README come from this script.
+The figures quoted in docs/results.md come from this script.
 """
 
 from __future__ import annotations

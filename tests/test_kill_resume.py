@@ -14,7 +14,7 @@ inline ones), and a ``ray::UnitActor`` process killed mid-unit costs nothing (ex
 
 Settings are tiny (2 classes, 2 optimisation steps, 4 images per class, shards of 2) so that the
 module stays within a few minutes on 2 cores. ``KILL_REPORT`` (a path in the environment) gets
-the figures the README's "What survives what" section quotes.
+the figures docs/reliability.md ("What survives what") quotes.
 """
 
 from __future__ import annotations

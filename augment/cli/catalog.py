@@ -10,7 +10,6 @@ import click
 import yaml
 
 from augment.cli.options import build_config, command, config_options, group
-from augment.errors import AugmentError
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -83,19 +82,15 @@ def models_list() -> None:
 @models.command("show")
 @click.argument("spec")
 def models_show(spec: str) -> None:
-    """Print an embedded model's card (config, data, seeds, wall time, measured accuracy)."""
-    from augment.models.backbone import embedded_dir
-    from augment.models.spec import split_prefix
+    """Describe any model spec from its configs, without loading weights.
 
-    scheme, name = split_prefix(spec)
-    if scheme != "embedded":
-        raise AugmentError(f"models show reads the cards of embedded models; {spec!r} is not embedded:<name>")
-    for card in (embedded_dir() / name / "card.json", embedded_dir() / f"{name}.json"):
-        if card.exists():
-            data = json.loads(card.read_text())
-            click.echo(json.dumps(data.get("card", data), indent=2))
-            return
-    raise AugmentError(f"no embedded model {spec!r}; see `augment models list`")
+    A pipeline folder or hub id (from the local cache): its pipeline class, components, resolution;
+    timm:<arch>[@checkpoint]: pretrained config, checkpoint, number of outputs; hf:<repo-or-folder>:
+    its labels; embedded:<name>: its card.
+    """
+    from augment.models.describe import describe_spec
+
+    click.echo(yaml.safe_dump(describe_spec(spec), sort_keys=False, allow_unicode=True, default_flow_style=None), nl=False)
 
 
 @models.command("build-embedded")

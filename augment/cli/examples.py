@@ -35,7 +35,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                       "augment datasets show cub --data-root ~/data/CUB_200_2011 --limit 5"),
     "models": ("augment models show embedded:tiny-digits",),
     "models list": ("augment models list",),
-    "models show": ("augment models show timm:resnet18",),
+    "models show": ("augment models show stabilityai/stable-diffusion-2-1-base", "augment models show timm:resnet18"),
     "models build-embedded": ("augment models build-embedded --budget smoke --out /tmp/embedded",),
 }
 

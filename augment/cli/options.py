@@ -33,8 +33,8 @@ class UserError(click.ClickException):
 def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -> Any:
     try:
         return invoke(ctx)
-    except AugmentError as e:
-        raise UserError(e.message) from None
+    except AugmentError as e:  # several problems (AugmentErrors): one `Error:` line each
+        raise UserError("\nError: ".join(e.message.splitlines())) from None
     except KeyboardInterrupt:
         click.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(130)

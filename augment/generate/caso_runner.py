@@ -203,6 +203,7 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
 
     def preflight(self) -> None:
         cfg, cc, inputs = self.cfg, self.cfg.caso, self.inputs  # inputs: the run's set-up, resolved once
+        inputs.check()  # model, classifier, classes: every problem at once, before any model loads
         self.dataset = dataset = inputs.dataset
         self.names = names = dataset.class_names
         check_names_hold_no_token(names)

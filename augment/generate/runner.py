@@ -125,6 +125,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         )
 
         cfg, g, inputs = self.cfg, self.cfg.generate, self.inputs  # inputs: the run's set-up, resolved once
+        inputs.check()  # model, classifier, classes: every problem at once, before any model loads
         self.names = names = inputs.class_names
         check_names_hold_no_token(names)
         self.classes = inputs.classes

@@ -326,12 +326,70 @@ def load_classifier(spec: str | ClassifierSource | None, device: str | torch.dev
 
 def check_classes(clf: Classifier, class_names: list[str]) -> None:
     """Refuse a classifier whose number of outputs differs from the class list (names both numbers)."""
-    n = clf.num_classes
+    check_class_count(clf.spec, clf.num_classes, class_names)
+
+
+def check_class_count(spec: str, n: int, class_names: list[str]) -> None:
+    """:func:`check_classes` for an output count known without loading the model (:func:`declared_outputs`)."""
     if n != len(class_names):
         raise AugmentError(
-            f"classifier {clf.spec} has {n} outputs but the dataset has {len(class_names)} classes; "
+            f"classifier {spec} has {n} outputs but the dataset has {len(class_names)} classes; "
             "pass a classifier trained on this class list (--classifier) or the matching --dataset"
         )
+
+
+def declared_outputs(source: ClassifierSource) -> int | None:
+    """The classifier's number of outputs as its files declare it, without building the model: a
+    sidecar's ``num_classes`` / ``class_names``, the head's shape in a safetensors header, timm's
+    pretrained config, a transformers ``config.json``. None when only loading the model would tell
+    (a ``.pth`` state dict, an unreadable config): then the load checks it.
+
+    This lets a command report a classifier of the wrong size together with its other input
+    problems, before any model loads (:meth:`augment.inputs.RunInputs.check`)."""
+    parsed = _parse(source.spec)
+    try:
+        if parsed.scheme == "embedded":
+            side = embedded_dir() / f"{parsed.name}.json"
+            names = json.loads(side.read_text(encoding="utf-8")).get("class_names") if side.is_file() else None
+            return len(names) if names else None
+        if parsed.scheme == "timm":
+            return _timm_declared_outputs(parsed.name, parsed.checkpoint, source.files)
+        return _hf_declared_outputs(parsed.name, source.files)
+    except (OSError, ValueError, KeyError, TypeError, AugmentError):
+        return None
+
+
+def _timm_declared_outputs(arch: str, checkpoint: str | None, files: dict[str, bytes]) -> int | None:
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(arch) if timm.is_model(arch.split(".", 1)[0]) else None
+    if not checkpoint:
+        return cfg.num_classes if cfg is not None else None
+    ckpt = Path(checkpoint).expanduser()
+    side = _sidecar(ckpt.name, files, ckpt)
+    if "num_classes" in side or "class_names" in side:
+        return int(side.get("num_classes") or len(side["class_names"]))
+    if cfg is None or not ckpt.name.endswith(".safetensors") or not ckpt.is_file() or side.get("kwargs"):
+        return None  # kwargs may rename or drop the head: the load tells
+    from safetensors import safe_open
+
+    head = cfg.classifier[0] if isinstance(cfg.classifier, (list, tuple)) else cfg.classifier
+    with safe_open(str(ckpt), framework="pt") as f:  # the header only: no tensor is read
+        keys = [k for k in (f"{head}.weight", f"module.{head}.weight") if k in f.keys()]
+        return int(f.get_slice(keys[0]).get_shape()[0]) if keys else None
+
+
+def _hf_declared_outputs(where: str, files: dict[str, bytes]) -> int | None:
+    from transformers import AutoConfig
+
+    with tempfile.TemporaryDirectory(prefix="augment-hf-") as tmp:
+        if "config.json" in files:  # a folder read on this machine: the bytes are what workers get
+            (Path(tmp) / "config.json").write_bytes(files["config.json"])
+            where = tmp
+        config = AutoConfig.from_pretrained(where, local_files_only=True)
+    if not {"id2label", "num_labels"} & set(config.to_diff_dict()):
+        return None  # transformers' default of 2 labels says nothing about this model
+    return int(config.num_labels)
 
 
 def list_embedded_classifiers() -> list[str]:

@@ -47,7 +47,7 @@ from augment.models.diffusion import block_checkpointing, decoder_checkpointing
 __all__ = ["GB", "Estimate", "LiveMemory", "MetaModels", "check_fits", "downstream_batch", "free_cuda_memory",
            "generation_batch", "load_meta_models", "model_configs", "plan", "preflight", "token_step"]
 
-GB = 1e9  # decimal gigabytes, as the README and docs/memory.md state them
+GB = 1e9  # decimal gigabytes, as docs/results.md and docs/memory.md state them
 #: public configs of the models the presets name, for planning before a model is downloaded
 KNOWN_CONFIGS = {"stabilityai/stable-diffusion-2-1-base": "sd21-base", "runwayml/stable-diffusion-v1-5": "sd15",
                  "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15", "sd15": "sd15", "sd21-base": "sd21-base"}

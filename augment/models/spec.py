@@ -116,6 +116,11 @@ def parse_spec(text: str | None, kind: Kind) -> ModelSpec:
     if kind == "backbone":
         if Path(text).expanduser().exists():
             return ModelSpec(text, kind, "path", text)
+        if looks_like_path(text):  # meant as a folder (/abs, ./rel, ~/x): say so, not "cannot read"
+            raise AugmentError(
+                f"model folder {text} does not exist; check the path (a diffusers pipeline folder saved with "
+                "save_pretrained), or pass a hub id like stabilityai/stable-diffusion-2-1-base"
+            )
         if HUB_ID.match(text):
             return ModelSpec(text, kind, "hub", text)
     raise _unreadable(text, kind)

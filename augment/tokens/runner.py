@@ -99,6 +99,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
 
     def preflight(self) -> None:
         inputs = self.inputs  # the run's set-up, resolved once for all its stages (augment.inputs)
+        inputs.check()  # model, classifier, classes: every problem at once, before any model loads
         self.names = inputs.class_names
         check_names_hold_no_token(self.names)
         self.classes = inputs.classes

@@ -73,7 +73,7 @@ def _cub_line_escapes(w: Path) -> None:
 
 
 def _corrupt_reals(w: Path) -> None:
-    for c in ("cat", "dog"):
+    for c in ("bird", "cat", "dog"):  # the micro classifier's 3 classes: the only problem is the image
         (w / "data" / c).mkdir(parents=True)
         (w / "data" / c / "0.jpg").write_bytes(b"not a jpeg at all")
 
@@ -95,7 +95,7 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def _huge_real(w: Path) -> None:
-    for c in ("cat", "dog"):
+    for c in ("bird", "cat", "dog"):
         (w / "data" / c).mkdir(parents=True)
         (w / "data" / c / "0.png").write_bytes(_png_claiming(40000, 40000))
 
@@ -226,20 +226,29 @@ CASES = [
     case("device-unknown", "generate", "--device", "tpu9", "--workers", "2", fragment="'tpu9' is not a device"),
     # --- datasets, data roots, real images --------------------------------------------------------------
     case("dataset-unknown", "tokens", "--dataset", "nosuch", fragment="nosuch"),
-    case("data-root-missing", "tokens", "--dataset", "folder", "--data-root", "{w}/nope", *FAST,
+    case("data-root-missing", "tokens", "--dataset", "folder", "--data-root", "{w}/nope",
+         "--model", "{pipe}", "--classifier", "{clf}", *FAST,
          fragment="data root {w}/nope for dataset 'folder' does not exist"),
-    case("data-root-is-a-file", "caso", "--dataset", "folder", "--data-root", "{w}/file.txt", *FAST, setup=_a_file,
+    case("data-root-is-a-file", "caso", "--dataset", "folder", "--data-root", "{w}/file.txt",
+         "--model", "{pipe}", "--classifier", "{clf}", *FAST,
+         setup=_a_file,
          fragment="is a file, not a folder; check --data-root"),
-    case("data-root-empty", "tokens", "--dataset", "folder", "--data-root", "{w}/data", *FAST, setup=_empty_data,
+    case("data-root-empty", "tokens", "--dataset", "folder", "--data-root", "{w}/data",
+         "--model", "{pipe}", "--classifier", "{clf}", *FAST,
+         setup=_empty_data,
          fragment="has no class folders with images"),
-    case("data-root-symlink-leaves", "caso", "--dataset", "folder", "--data-root", "{w}/data", *FAST,
+    case("data-root-symlink-leaves", "caso", "--dataset", "folder", "--data-root", "{w}/data",
+         "--model", "{pipe}", "--classifier", "{clf}", *FAST,
          setup=_symlink_out_of_root, fragment="outside the data root {w}/data"),
     case("cub-images-txt-leaves-root", "caso", "--dataset", "cub", "--data-root", "{w}/CUB_200_2011", "--k", "4",
-         *FAST, setup=_cub_line_escapes, fragment="outside the data root {w}/CUB_200_2011"),
-    case("reals-corrupt", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1", *FAST,
-         setup=_corrupt_reals, fragment="cannot read image {w}/data/cat/0.jpg"),
-    case("reals-decompression-bomb", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1", *FAST,
-         setup=_huge_real, fragment="cannot read image {w}/data/cat/0.png"),
+         "--model", "{pipe}", "--classifier", "{clf}", *FAST,
+         setup=_cub_line_escapes, fragment="outside the data root {w}/CUB_200_2011"),
+    case("reals-corrupt", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1",
+         "--model", "{pipe}", "--classifier", "{clf}", *FAST,
+         setup=_corrupt_reals, fragment="cannot read image {w}/data/bird/0.jpg"),
+    case("reals-decompression-bomb", "caso", "--dataset", "folder", "--data-root", "{w}/data", "--k", "1",
+         "--model", "{pipe}", "--classifier", "{clf}",
+         *FAST, setup=_huge_real, fragment="cannot read image {w}/data/bird/0.png"),
     case("datasets-show-unknown", "datasets", "show", "nosuch", fragment="unknown dataset 'nosuch'"),
     # --- model and classifier specs -----------------------------------------------------------------------
     case("model-spec-unreadable", "tokens", "--model", "not a spec!", fragment="cannot read model spec"),

@@ -293,8 +293,8 @@ def test_backbone_missing_on_a_worker_node_names_the_node(monkeypatch, tmp_path)
     with pytest.raises(AugmentError, match=r"^on node gpu-7 \(10\.0\.0\.7\): model 'someone/absent' is not in "
                                            r"the local Hugging Face cache"):
         load_backbone("someone/absent")
-    monkeypatch.setattr(backbone, "node_label", lambda: None)  # on the driver: the message as before
-    with pytest.raises(AugmentError, match="^cannot read model spec '/nonexistent/sd'"):
+    monkeypatch.setattr(backbone, "node_label", lambda: None)  # on the driver: no node named
+    with pytest.raises(AugmentError, match="^model folder /nonexistent/sd does not exist; check the path"):
         load_backbone("/nonexistent/sd")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from augment.errors import AugmentError
@@ -46,11 +48,18 @@ def test_a_local_folder_is_a_path_even_when_it_reads_like_a_hub_id(tmp_path, mon
     assert parse_spec("owner/other", "backbone").scheme == "hub"
 
 
-@pytest.mark.parametrize("text", ["not a spec!", "/nonexistent/sd", "timm:resnet18", "clip:ViT-B-32", "a/b/c"])
+@pytest.mark.parametrize("text", ["not a spec!", "timm:resnet18", "clip:ViT-B-32"])
 def test_bad_backbone_specs_keep_their_message(text):
     with pytest.raises(AugmentError) as e:
         parse_spec(text, "backbone")
     assert e.value.message == f"cannot read model spec {text!r}: use {MODEL_FORMS}"
+
+
+@pytest.mark.parametrize("text", ["/nonexistent/sd", "a/b/c", "./sd", "~/no-such-sd"])
+def test_a_missing_folder_does_not_exist(text):
+    """Meant as a folder (looks_like_path), so the message says it is missing, not unreadable."""
+    with pytest.raises(AugmentError, match=f"^model folder {re.escape(text)} does not exist; check the path"):
+        parse_spec(text, "backbone")
 
 
 @pytest.mark.parametrize("text", ["resnet18", "/models/clf.safetensors", "someone/vit", "TIMM:resnet18"])
@@ -100,12 +109,13 @@ def test_looks_like_path(text, expected):
     assert looks_like_path(text) is expected
 
 
-def test_models_show_reads_the_prefix():
+def test_models_show_reads_any_prefix():
+    """`models show` describes timm specs too now (tests/cli/test_models_show.py has the forms)."""
     from click.testing import CliRunner
 
     from augment.cli.main import cli
 
     result = CliRunner().invoke(cli, ["models", "show", "timm:resnet18"])
-    assert result.exit_code == 2
-    assert "models show reads the cards of embedded models; 'timm:resnet18' is not embedded:<name>" in result.output
+    assert result.exit_code == 0, result.output
+    assert "architecture: resnet18" in result.output
     assert CliRunner().invoke(cli, ["models", "show", "embedded:digits-guide"]).exit_code == 0
