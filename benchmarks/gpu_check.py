@@ -372,6 +372,9 @@ def markdown(result: dict[str, Any]) -> str:
              "", f"torch {env['versions'].get('torch')}, diffusers {env['versions'].get('diffusers')}, CUDA {env.get('cuda')}, "
              f"driver {env.get('driver')}; model {result['config']['model']} (random weights); "
              f"{result['seconds']:.0f} s in all; status {result['status']}.", ""]
+    if not result["config"]["device"].startswith("cuda"):
+        lines += ["On the CPU \"peak\" is the process's resident memory (libraries included): compare the "
+                  "added memory with the estimate's (added/est.).", ""]
     sections = [
         ("token_step", "Token step (one DisCo step, validation off)",
          [("checkpointing", "checkpointing"), ("batch", "batch"), ("resolution", "px"), ("steps", "steps"),
