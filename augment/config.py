@@ -241,6 +241,12 @@ class GenerateConfig:
                                 help="Under --min-confidence: a class's budget, in draws per requested image (default 5).")
     # top-k of the guide's probabilities stored per sample (0: none; >= classes: the full vector)
     soft_labels: int = setting(5, range=_between(0, 100_000), resume=("generate",))
+    # speed (augment/models/speed.py): kernels, not samples, change, so no resume is blocked; CUDA only
+    channels_last: bool = setting(True, omit_default=True)  # the UNet and VAE in channels_last memory format
+    fuse_qkv: bool = setting(True, omit_default=True)  # diffusers' fused QKV projections
+    compile: bool = setting(
+        False, omit_default=True, commands=_GENERATE_CMDS, order=2.4,
+        help="torch.compile the UNet for generation (CUDA: faster batches after minutes of compiling; default off).")
 
 
 @dataclass

@@ -61,13 +61,15 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256,
                    transform=None, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Logits of ``model`` over ``images`` in batches (``transform`` maps a uint8 batch to its input)."""
+    """Logits of ``model`` over ``images`` in batches (``transform`` maps a uint8 batch to its input).
+
+    A batch moves to ``device`` before ``transform``: uint8 crosses to a GPU, not float32."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
+        x = images[i : i + batch_size].to(device, non_blocking=True)
         x = transform(x) if transform is not None else x
-        out.append(model(x.to(device)).float().cpu())
+        out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

@@ -6,7 +6,9 @@ in the local Hugging Face cache or ``timm:<arch>@<file>``), the optimizer (``cre
 and the schedule (``create_scheduler_v2``, stepped per update); augmentation is a batched random
 shift/rotation/scale/flip for small inputs and timm's ImageNet train transform with the
 backbone's mean/std above 64 px (:func:`~augment.downstream.transforms.training_recipe`); on
-CUDA the forward pass runs under bfloat16 autocast. Synthetic samples carry a
+CUDA batches cross as uint8 and are augmented/normalised on the GPU
+(:func:`~augment.downstream.transforms.device_batch`) and the forward pass runs under bfloat16
+autocast. Synthetic samples carry a
 loss weight, so the loss is ``mean(cross_entropy * weight)`` over the batch (a weight of 0.5 halves
 a synthetic image's pull, whatever the batch holds). With distillation (a mixed set built with a
 ``distill_temperature``), synthetic images are trained on the guide's soft labels instead
@@ -39,7 +41,7 @@ from augment.config import TrainConfig, omit_defaults
 from augment.downstream.metrics import classification_metrics, predict_logits
 from augment.downstream.mixing import MixedDataset, mixed_loader
 from augment.downstream.train_metrics import TrainMetrics
-from augment.downstream.transforms import normalize, training_recipe
+from augment.downstream.transforms import device_batch, normalize, training_recipe
 from augment.errors import AugmentError
 from augment.io.atomic import atomic_path, atomic_write_json
 from augment.io.jsonsafe import json_safe
@@ -282,7 +284,7 @@ def train_classifier(
     torch.manual_seed(settings.seed)
     model, note = create_classifier(settings, len(class_names), checkpoint)
     model.to(device)
-    recipe = training_recipe(settings, model)
+    recipe = training_recipe(settings, model, uint8_samples=device.type == "cuda")
     mixed.transform = recipe.sample  # small inputs: None, uint8 in, augmented per batch below
     aug_gen = torch.Generator().manual_seed(settings.seed)
     per_epoch = settings.samples_per_epoch or max(len(mixed), MIN_SAMPLES_PER_EPOCH)
@@ -315,7 +317,7 @@ def train_classifier(
         t0 = time.perf_counter()
         total, count = 0.0, 0
         for images, labels, weights, *soft in loader:
-            images = (recipe.batch(images, aug_gen) if recipe.batch else images).to(device)
+            images = device_batch(images, recipe, device, aug_gen)  # uint8 across, augmented there
             labels, weights = labels.to(device), weights.to(device)
             with mixed_precision(device):
                 logits = model(images)

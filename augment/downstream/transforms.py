@@ -11,6 +11,14 @@ Above :data:`SMALL_INPUT` pixels (CUB, iNat, ImageNet, a user's photos at 224) t
 the literature instead: timm's ImageNet train transform (``create_transform``: RandomResizedCrop,
 flip with ``train.hflip``, colour jitter) per image, normalised with the backbone's mean/std
 (``resolve_data_config``). :func:`training_recipe` picks one of the two, once per run.
+
+On CUDA a batch crosses to the GPU as uint8 (a quarter of float32's bytes) and is augmented and
+normalised there: :class:`BatchAugment` runs on whatever device its images are on, and with
+``uint8_samples`` timm's per-image transform stops before normalising (``use_prefetcher=True``, as
+timm's own GPU prefetcher does) and hands back uint8, normalised on the device
+(:func:`device_batch`). That rounds each pixel to the nearest 1/255 once more, after the crop and
+colour jitter: at most half a level, which on the CPU would be the only change, so the CPU keeps
+the float path and its exact results.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SMALL_INPUT", "BatchAugment", "Recipe", "normalize", "training_recipe"]
+__all__ = ["SMALL_INPUT", "BatchAugment", "Recipe", "device_batch", "normalize", "to_uint8", "training_recipe"]
 
 #: the largest input side trained with :class:`BatchAugment`; larger ones use timm's transform
 SMALL_INPUT = 64
@@ -35,6 +43,11 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0,1] float images -> uint8, rounded to the nearest level (the bytes a batch crosses to the GPU as)."""
+    return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass
@@ -89,11 +102,24 @@ class Recipe:
     sample: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def training_recipe(settings: Any, model: torch.nn.Module) -> Recipe:
+def device_batch(images: torch.Tensor, recipe: Recipe, device: torch.device,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """A loader's batch as the model takes it, moved first and transformed on ``device``: small
+    inputs (uint8) warped and normalised by :class:`BatchAugment`; uint8 from timm's transform
+    (``uint8_samples``) normalised; float ones (already normalised per image) as they are."""
+    images = images.to(device, non_blocking=True)
+    if recipe.batch is not None:
+        return recipe.batch(images, generator)
+    return normalize(images, recipe.mean, recipe.std) if images.dtype == torch.uint8 else images
+
+
+def training_recipe(settings: Any, model: torch.nn.Module, uint8_samples: bool = False) -> Recipe:
     """The recipe for ``settings`` (a ``TrainConfig``) and the model it trains: :class:`BatchAugment`
     with ``settings``' pad/degrees/scale/hflip/mean/std up to :data:`SMALL_INPUT` px, else timm's
     ``create_transform(is_training=True)`` with the model's data config (``resolve_data_config``:
-    its mean, std and interpolation) and ``settings.hflip``."""
+    its mean, std and interpolation) and ``settings.hflip``. ``uint8_samples`` (CUDA): timm's
+    transform without its normalisation, its output rounded to uint8 (:func:`device_batch`
+    normalises on the device)."""
     if settings.input_size <= SMALL_INPUT:
         return Recipe(list(settings.mean), list(settings.std),
                       batch=BatchAugment(settings.pad, settings.degrees, tuple(settings.scale), settings.hflip,
@@ -103,9 +129,11 @@ def training_recipe(settings: Any, model: torch.nn.Module) -> Recipe:
     data = resolve_data_config({}, model=model)
     mean, std = [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
     timm_transform = create_transform(settings.input_size, is_training=True, hflip=settings.hflip, mean=mean,
-                                      std=std, interpolation=data.get("interpolation", "bilinear"))
+                                      std=std, interpolation=data.get("interpolation", "bilinear"),
+                                      use_prefetcher=uint8_samples)
 
     def sample(image: torch.Tensor) -> torch.Tensor:
-        return timm_transform(image.float().div(255.0) if image.dtype == torch.uint8 else image)
+        out = timm_transform(image.float().div(255.0) if image.dtype == torch.uint8 else image)
+        return to_uint8(out) if uint8_samples else out
 
     return Recipe(mean, std, sample=sample)

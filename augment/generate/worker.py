@@ -33,6 +33,7 @@ from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.models.device import default_batch_size
 from augment.models.diffusion import Diffusion
+from augment.models.speed import compiled_unet, tune_pipeline
 from augment.progress import Sink
 from augment.prompts import render_prompt
 from augment.shipping import Payload
@@ -102,6 +103,8 @@ class GenerateWorker:
         self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         self.device = self.pipe.unet.device
         self.classifier = cache.classifier(classifier, self.device)
+        # channels_last + fused QKV on CUDA (a no-op elsewhere); generate.compile in sample()
+        tune_pipeline(self.pipe, channels_last=cfg.generate.channels_last, fuse_qkv=cfg.generate.fuse_qkv)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
         self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)
@@ -128,8 +131,9 @@ class GenerateWorker:
     def sample(self, prompts: list[str], seeds: list[int], negatives: list[str] | None = None) -> torch.Tensor:
         """Images in [0,1] (N,3,H,W) from diffusers' own pipeline call, noise from per-sample seeds."""
         g = self.cfg.generate
-        return self.diffusion.generate(prompts, seeds, g.steps, g.guidance_scale,
-                                       g.negative_prompt if negatives is None else negatives, self.resolution)
+        with compiled_unet(self.pipe, g.compile):
+            return self.diffusion.generate(prompts, seeds, g.steps, g.guidance_scale,
+                                           g.negative_prompt if negatives is None else negatives, self.resolution)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from augment.downstream.transforms import BatchAugment, normalize
@@ -49,3 +51,46 @@ def test_seeded_generator_repeats():
     a = aug(x, torch.Generator().manual_seed(1))
     b = aug(x, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, aug(x, torch.Generator().manual_seed(2)))
+
+
+def _recipes(size: int):
+    import timm
+
+    from augment.downstream.train import TrainSettings
+    from augment.downstream.transforms import training_recipe
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    settings = TrainSettings(input_size=size, hflip=0.5)
+    return training_recipe(settings, model), training_recipe(settings, model, uint8_samples=True)
+
+
+def test_small_batches_augmented_after_the_move_are_the_batches_augmented_before():
+    """device_batch moves uint8 first, then warps: the same draws, the same pixels as warping first."""
+    from augment.downstream.transforms import device_batch
+
+    plain, _ = _recipes(8)
+    x = _batch()
+    before = plain.batch(x, torch.Generator().manual_seed(3))
+    after = device_batch(x, plain, torch.device("cpu"), torch.Generator().manual_seed(3))
+    assert after.dtype == torch.float32 and torch.equal(after, before)
+
+
+def test_uint8_samples_normalised_on_the_device_match_timm_float_samples_within_half_a_level():
+    """timm's per-image transform handing back uint8 (CUDA) and normalised after the move gives the
+    float path's tensor up to the one rounding to 1/255 (half a level over the std)."""
+    from augment.downstream.transforms import device_batch
+
+    size = 72
+    plain, as_uint8 = _recipes(size)
+    images = torch.randint(0, 256, (3, 3, 90, 80), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    random.seed(5)  # timm draws crops from Python's random, flips and jitter from torch's
+    torch.manual_seed(5)
+    floats = torch.stack([plain.sample(im) for im in images])
+    random.seed(5)
+    torch.manual_seed(5)
+    bytes_ = torch.stack([as_uint8.sample(im) for im in images])
+    assert floats.dtype == torch.float32 and bytes_.dtype == torch.uint8 and bytes_.shape == (3, 3, size, size)
+    moved = device_batch(bytes_, as_uint8, torch.device("cpu"))
+    assert torch.equal(device_batch(floats, plain, torch.device("cpu")), floats)  # float batches pass as they are
+    tolerance = 0.5 / 255 / min(plain.std) + 1e-4
+    assert float((moved - floats).abs().max()) <= tolerance
