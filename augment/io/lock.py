@@ -172,10 +172,11 @@ def check_in_place(run: str | os.PathLike[str]) -> None:
 
 
 def is_locked(run: str | os.PathLike[str]) -> bool:
-    """Whether another process holds the write lock of ``run`` now (readers: ``verify`` says so)."""
+    """Whether another process holds the write lock of ``run`` now (readers: ``verify`` says so);
+    False when this process holds it (``build`` verifying what it just wrote)."""
     path = RunDir(run).lock_file
     if _key(Path(run)) in _HELD:
-        return True
+        return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
