@@ -13,7 +13,13 @@ anything. What it checks:
   sidecar parses and its ``class_name`` (and ``key``/``class_index`` when present) match;
 * keys are unique across shards and each class index has one class name;
 * ``shards/_info.json`` lists exactly the complete shards with their true lengths and total;
-* ``tokens/*.safetensors`` against ``tokens/tokens.parquet``: each ``ok`` row's file exists, has
+* against the plan: the arm's run.json ``generate`` entry gives, through the stage's own
+  :func:`augment.generate.plan.plan_shards`, the shards, keys, classes, seeds, prompts and tokens
+  the arm should hold: a missing shard, a relabelled sample, a swapped arm, an edited seed are
+  named; every sidecar field agrees with its manifest row, and the guide's fields with each other;
+* a run whose lock another process holds is reported incomplete (a writer is running);
+* ``tokens/*.safetensors`` against ``tokens/tokens.parquet``: every listed file matches its row's
+  sha256 whatever the row's status; each ``ok`` row's file exists, has
   the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [n, D] (n > 1: a multi-vector CASO embedding);
   no unlisted token files; manifests' ``token_sha256`` agree with the tokens table.
 
