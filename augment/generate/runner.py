@@ -94,9 +94,8 @@ def stale_line(arm: ArmDir, index: int, cfg: Config, names: list[str], token_sha
     counted such a shard as done would mix two versions in one arm (issue 24)."""
     from augment.tokens.textual_inversion import token_string
 
-    path = arm.manifest_path(index)
-    present = pq.read_schema(path).names
-    rows = pq.read_table(path, columns=[c for c in _CONTENT if c in present]).to_pylist()
+    pf = pq.ParquetFile(arm.manifest_path(index))  # one read of the manifest: the resume reads each once more
+    rows = pf.read(columns=[c for c in _CONTENT if c in pf.schema_arrow.names]).to_pylist()
     g, what = cfg.generate, f"{arm.spec.name} arm shard {index}"
     for r in rows:
         c, i, key = r.get("class_index"), r.get("sample_index"), r.get("key")
