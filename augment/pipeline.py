@@ -35,7 +35,7 @@ from augment.downstream.arms import missing_arms, missing_draws
 from augment.downstream.benchmark_result import Treatment
 from augment.errors import AugmentError
 from augment.inputs import RunInputs, resolve_inputs
-from augment.io.lock import enclosing_run, keep_lock, run_lock
+from augment.io.lock import check_in_place, enclosing_run, keep_lock, run_lock
 from augment.io.rundir import RunDir, check_contained
 from augment.stage import StageSummary, open_pool
 
@@ -243,7 +243,7 @@ def train(cfg: Config, request: TrainRequest, log: Log = _ignore) -> TrainOutcom
     with run_lock(run) if run is not None else contextlib.nullcontext():
         if run is not None:
             check_contained(run)
-        return _train_locked(cfg, request, settings, k, out, log)
+        return _train_locked(cfg, request, settings, k, out, log, run)
 
 
 def _existing(path: Path) -> Path:
@@ -264,8 +264,8 @@ def _train_out(cfg: Config, request: TrainRequest, k: int) -> Path:
 
 
 def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k: int, out: Path,
-                  log: Log) -> TrainOutcome:
-    """:func:`train` once the lock of the run ``out`` lies in is held (if any)."""
+                  log: Log, run: Path | None) -> TrainOutcome:
+    """:func:`train` once the lock of the run ``out`` lies in (``run``) is held (if any)."""
     from augment.downstream.mixing import load_split, make_mixed_dataset
     from augment.downstream.train import train_classifier
 
@@ -285,7 +285,9 @@ def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k
     extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split,
              "test_split": request.test_split, "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
              "distill_temperature": mixed.distill_temperature}
-    result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
+    guard = (lambda: check_in_place(run)) if run is not None else None  # a run moved away: stop, write nothing
+    result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra,
+                              before_write=guard)
     return TrainOutcome(mixed, settings, k, out, result)
 
 

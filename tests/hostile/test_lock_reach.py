@@ -93,3 +93,25 @@ def test_a_run_moved_during_generate_stops_and_writes_nothing_elsewhere(run, tin
     assert code == 2, out
     assert "moved or vanished" in out.strip().splitlines()[-1]
     assert len(calls) == 1 and not run.exists()
+
+
+def test_a_run_moved_during_train_stops_before_the_next_write(run, tiny, monkeypatch):
+    """``train`` into its run (``<run>/train/...``): moved after the first checkpoint, it used to
+    recreate the folder for metrics.json; now it stops with one line."""
+    import augment.downstream.train as train_mod
+
+    moved = run.parent / "run2"
+    real_save = train_mod.save_checkpoint
+
+    def save_then_move(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if run.exists():
+            run.rename(moved)
+        return path
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_move)
+    code, out = augment("train", "--synthetic", str(run), "--config", str(tiny), "--epochs", "1",
+                        "--samples-per-epoch", "8", "--real-k", "1")
+    assert code == 2, out
+    assert "moved or vanished" in out.strip().splitlines()[-1]
+    assert not run.exists() and not (moved / "train" / "k1-run-seed0" / "metrics.json").exists()
