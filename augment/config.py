@@ -165,8 +165,9 @@ class TokenConfig:
     never worse than its starting word on validation; one noisy training batch decides nothing.
     """
 
-    init_token: str | None = None  # None: the class name's last word if it is one token, else init_fallback
-    init_fallback: str = "a"
+    # None: the class name's last word if it is one token, else init_fallback
+    init_token: str | None = setting(None, resume=("tokens",))
+    init_fallback: str = setting("a", resume=("tokens",))
     prompts: list[str] = setting(_TEMPLATE_HELP, templates=("token",), resume=("tokens",))
     # Adam's learning rate, unless step_size is set
     lr: float = setting(0.00125, range=_between(0, _INF, lo_open=True), resume=("tokens",),
@@ -179,22 +180,22 @@ class TokenConfig:
     trust_radius: float | None = setting(None, range=(lambda v: v > 0, ""), resume=("tokens",),
                                          error="tokens.trust_radius must be positive or null, got {value}")
     lr_schedule: str = setting("constant", choices=("constant", "cosine"), resume=("tokens",))  # cosine: to 0 at max_steps
-    weight_decay: float = setting(0.01, range=_between(0, _INF))
+    weight_decay: float = setting(0.01, range=_between(0, _INF), resume=("tokens",))
     batch_size: int = setting(5, range=_between(1, 4096), resume=("tokens",))  # images per step, one batched forward
     # final denoising steps the gradient flows through; "all" = every step
     grad_steps: int | str = setting(1, resume=("tokens",), cli_type=str, parse=_grad_steps_flag, order=-1,
                                     help="Final denoising steps the gradient flows through: an integer or 'all'.",
                                     commands=("tokens", "build", "config"))
-    max_steps: int = setting(50, range=_between(0, 1_000_000), help="Most optimisation steps per class.",
+    max_steps: int = setting(50, range=_between(0, 1_000_000), help="Most optimisation steps per class.", resume=("tokens",),
                              commands=("tokens",))
     # validation images per score (fixed seeds, disjoint from training and generation)
     val_seeds: int = setting(32, range=_between(1, _INF), resume=("tokens",))
-    val_every: int = setting(5, range=_between(1, _INF))  # optimisation steps between validation scores
-    patience: int = setting(3, range=_between(1, 1_000_000))  # stop after this many validation scores without a better one
+    val_every: int = setting(5, range=_between(1, _INF), resume=("tokens",))  # optimisation steps between validation scores
+    patience: int = setting(3, range=_between(1, 1_000_000), resume=("tokens",))  # stop after this many validation scores without a better one
     # stop when the validation accuracy is strictly above this; above 1: never stop early (tests use 1.1)
-    acc_threshold: float = setting(0.95, range=_between(0, _INF))
-    fresh_seeds: bool = False  # False: the same seeds every step (the reference code)
-    grad_clip: float = setting(1.0, range=_between(0, _INF))
+    acc_threshold: float = setting(0.95, range=_between(0, _INF), resume=("tokens",))
+    fresh_seeds: bool = setting(False, resume=("tokens",))  # False: the same seeds every step (the reference code)
+    grad_clip: float = setting(1.0, range=_between(0, _INF), resume=("tokens",))
     steps: int | None = setting(None, range=_between(1, 10_000), resume=("tokens",))  # sampler steps while training; None: generate.steps
     guidance_scale: float | None = setting(None, resume=("tokens",))  # None: generate.guidance_scale
     # gradient checkpointing inside the UNet blocks and the VAE decoder (diffusers' own): the token
@@ -440,7 +441,7 @@ class Config:
     classes: str | None = setting(None, resume=("generate", "caso"), commands=CONFIG_COMMANDS, order=9.5,
                                   help="Class selection: indices 3,8, ranges 0-9 or class names (default: all).")
     resolution: int | None = setting(None, range=_between(8, 16384), resume=("tokens", "generate"))  # None: native
-    scheduler: str = setting("ddim", resume=("generate",))
+    scheduler: str = setting("ddim", resume=("tokens", "generate"))  # tokens train through the sampler too
     tokens: TokenConfig = field(default_factory=TokenConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ from augment.downstream.arms import missing_arms, missing_draws
 from augment.downstream.benchmark_result import Treatment
 from augment.errors import AugmentError
 from augment.inputs import RunInputs, resolve_inputs
-from augment.io.lock import keep_lock, run_lock
-from augment.io.rundir import RunDir
+from augment.io.lock import check_in_place, enclosing_run, keep_lock, run_lock
+from augment.io.rundir import RunDir, check_contained
 from augment.stage import StageSummary, open_pool
 
 if TYPE_CHECKING:
@@ -233,23 +234,47 @@ def train(cfg: Config, request: TrainRequest, log: Log = _ignore) -> TrainOutcom
     """Train a classifier on ``request.real_k`` reals per class + the synthetic sets; test it on
     the real test split; write metrics and the best checkpoint into the outcome's ``out``. ``log``
     gets what is kept of each synthetic set and the training line, before training starts."""
+    settings = request.flags.settings(cfg)
+    k = request.real_k if request.real_k is not None else max(cfg.train.k_values or [0])
+    out = _train_out(cfg, request, k)
+    # every writer takes the lock of the run its output lies in, wherever --out points, and before
+    # the data loads: a refusal costs nothing
+    run = enclosing_run(_existing(out))
+    with run_lock(run) if run is not None else contextlib.nullcontext():
+        if run is not None:
+            check_contained(run)
+        return _train_locked(cfg, request, settings, k, out, log, run)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (the run it will be written into exists already)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _train_out(cfg: Config, request: TrainRequest, k: int) -> Path:
+    """Where ``train`` writes: ``--out``, else ``<run>/train/k<K>-<arms>-seed<S>``."""
+    if request.out is not None:
+        return request.out
+    located = [(s, RunDir.locate(s)[1]) for s in request.synthetic]
+    arms = [Path(s).name if name == "token" else name for s, name in located]
+    return RunDir(cfg.out if request.run else f"runs/{cfg.dataset}").train_dir(k, arms, cfg.seed)
+
+
+def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k: int, out: Path,
+                  log: Log, run: Path | None) -> TrainOutcome:
+    """:func:`train` once the lock of the run ``out`` lies in (``run``) is held (if any)."""
     from augment.downstream.mixing import load_split, make_mixed_dataset
     from augment.downstream.train import train_classifier
 
-    settings = request.flags.settings(cfg)
-    k = request.real_k if request.real_k is not None else max(cfg.train.k_values or [0])
     dataset = resolve_inputs(cfg).dataset
     synthetic, split = request.synthetic, request.split
     mixed = make_mixed_dataset(dataset, k, cfg.seed, synthetic, request.flags.synthetic_prob(cfg),
                                cfg.train.synthetic_weight, cfg.train.min_confidence, settings.input_size, split,
                                distill_temperature=cfg.train.distill_temperature if cfg.train.distill else None)
     test_images, test_labels = load_split(dataset, request.test_split, settings.input_size)
-    if request.out is not None:
-        out = request.out
-    else:
-        located = [(s, RunDir.locate(s)[1]) for s in synthetic]
-        arms = [Path(s).name if name == "token" else name for s, name in located]
-        out = RunDir(cfg.out if request.run else f"runs/{cfg.dataset}").train_dir(k, arms, cfg.seed)
     for s in mixed.sets:
         dropped = ", ".join(f"{n} {r}" for r, n in s.dropped.items())
         log(f"synthetic {s.root}: {s.kept} of {s.total} images" + (f" (dropped {dropped})" if dropped else ""))
@@ -260,9 +285,9 @@ def train(cfg: Config, request: TrainRequest, log: Log = _ignore) -> TrainOutcom
     extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split,
              "test_split": request.test_split, "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
              "distill_temperature": mixed.distill_temperature}
-    writes_run = request.run and request.out is None  # it writes <run>/train/
-    with run_lock(request.run) if writes_run else contextlib.nullcontext():
-        result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
+    guard = (lambda: check_in_place(run)) if run is not None else None  # a run moved away: stop, write nothing
+    result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra,
+                              before_write=guard)
     return TrainOutcome(mixed, settings, k, out, result)
 
 

@@ -45,11 +45,12 @@ from tqdm.auto import tqdm
 from augment.config import Config, validate
 from augment.distributed import Pool, PoolSpec, WorkerFactory, check_pool, run_units
 from augment.errors import AugmentError
-from augment.io.lock import run_lock
+from augment.io.lock import check_in_place, run_lock
 from augment.io.rundir import (
     ArmDir,
     RunDir,
     check_compatible,
+    check_contained,
     check_out_in_ray_job,
     check_writable,
     stage_ran,
@@ -258,6 +259,7 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
         _preflight(stage)
         check_writable(run)  # the folder must exist to hold its lock file
         with run_lock(run):
+            check_contained(run)  # the lock guards the folder: none of its sub-folders may lead elsewhere
             return _run_locked(stage, force, show_progress, start, pool)
 
 
@@ -274,6 +276,7 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
     stage.progress = live.sink(on_ray)
 
     def guarded(unit: U, write: Callable[[], Any]) -> Any:
+        check_in_place(stage.run.path)  # a folder moved away mid-run: stop rather than recreate it
         try:
             return write()
         except OSError as e:
@@ -302,6 +305,7 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
                 pool.run(factory, plan.todo, on_result, on_error)
             else:
                 run_units(factory, plan.todo, pool_spec(stage.cfg), on_result, on_error)
+        check_in_place(stage.run.path)
         try:  # only the driver's own writes: an OSError of Ray (ConnectionError) is not a disk problem
             stage.finish()
             if stage.records_run:

@@ -13,7 +13,13 @@ anything. What it checks:
   sidecar parses and its ``class_name`` (and ``key``/``class_index`` when present) match;
 * keys are unique across shards and each class index has one class name;
 * ``shards/_info.json`` lists exactly the complete shards with their true lengths and total;
-* ``tokens/*.safetensors`` against ``tokens/tokens.parquet``: each ``ok`` row's file exists, has
+* against the plan: the arm's run.json ``generate`` entry gives, through the stage's own
+  :func:`augment.generate.plan.plan_shards`, the shards, keys, classes, seeds, prompts and tokens
+  the arm should hold: a missing shard, a relabelled sample, a swapped arm, an edited seed are
+  named; every sidecar field agrees with its manifest row, and the guide's fields with each other;
+* a run whose lock another process holds is reported incomplete (a writer is running);
+* ``tokens/*.safetensors`` against ``tokens/tokens.parquet``: every listed file matches its row's
+  sha256 whatever the row's status; each ``ok`` row's file exists, has
   the recorded sha256 and exactly one tensor, keyed by the token string, shaped [D] or [n, D] (n > 1: a multi-vector CASO embedding);
   no unlisted token files; manifests' ``token_sha256`` agree with the tokens table.
 
@@ -43,12 +49,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from augment.config import config_from_dict
+from augment.datasets.selection import select_classes
 from augment.errors import AugmentError
+from augment.generate.plan import ShardUnit, plan_shards, sample_prompt, sample_seed
 from augment.io.atomic import is_temp_name, sha256_file
+from augment.io.jsonsafe import json_safe
+from augment.io.lock import holder, is_locked
 from augment.io.manifest import ADDED_COLUMNS, MANIFEST_SCHEMA, TOKENS_SCHEMA
 from augment.io.rundir import ARMS, ArmDir, RunDir, parse_shard_name, read_run_json, shard_name
-from augment.io.shards import manifest_path, shard_path
+from augment.io.shards import JSON_EXCLUDE, manifest_path, sample_key, shard_path
 from augment.stage import StageSummary
+from augment.tokens.textual_inversion import token_string
 
 __all__ = ["VerifyCounts", "VerifyReport", "VerifySummary", "arm_present", "verify_arms", "verify_run"]
 
@@ -263,6 +275,43 @@ def _check_sample(
                     probs.add(
                         f"{shard}: sample {key}: .json {name} {doc[name]!r} != manifest {row.get(name)!r}"
                     )
+            # every other field the sidecar copies from the row (guide_confidence, soft_classes,
+            # seed, prompt ... what `train --min-confidence` and `--distill` read) agrees with it
+            for name, value in row.items():
+                if name in JSON_EXCLUDE or name in ("key", "class_index", "class_name") or name not in doc:
+                    continue
+                if not _same(doc[name], json_safe(value)):
+                    probs.add(f"{shard}: sample {key}: .json {name} {_short(doc[name])} != manifest {_short(value)}")
+    _check_guide(shard, key, row, probs)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored: a float32 column read back against the sidecar's float (7.3 vs 7.300000190734863)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b or abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)), abs(float(b)))
+    return a == b
+
+
+def _check_guide(shard: str, key: str, row: dict[str, Any], probs: _Problems) -> None:
+    """The guide's fields agree with each other: ``guide_pred`` is the top of ``soft_classes``
+    (up to the 6-decimal rounding of ``soft_probs``) and ``guide_confidence`` is the class's
+    soft probability when listed, so a field edited in both the manifest and the sidecar shows."""
+    classes, soft, pred, conf = (row.get(n) for n in ("soft_classes", "soft_probs", "guide_pred", "guide_confidence"))
+    if not classes or not soft or len(classes) != len(soft):
+        return
+    p = dict(zip(classes, soft, strict=True))
+    if pred is not None and (pred not in p and len(p) > 1 or pred in p and p[pred] < max(soft) - 2e-6):
+        probs.add(f"{shard}: sample {key}: guide_pred {pred} is not the top of soft_classes {_short(classes)}")
+    c = row.get("class_index")
+    if conf is not None and c in p and abs(p[c] - conf) > 2e-6:
+        probs.add(f"{shard}: sample {key}: guide_confidence {conf:.6f} != its soft probability {p[c]:.6f}")
 
 
 def _check_shard(out_dir: Path, i: int, problems: list[str], decode: bool) -> pa.Table | None:
@@ -375,6 +424,11 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: VerifyCounts) -> 
         if r.get("token_file"):
             listed.add(r["token_file"])
         if r.get("status") != "ok":
+            # a file it lists must still be the one it records (a replaced vector behind a "failed" row)
+            other = folder / r["token_file"] if r.get("token_file") else None
+            if other is not None and other.is_file() and sha256_file(other) != r.get("token_sha256"):
+                problems.append(f"{where}: {other.name} does not match the row's token_sha256 "
+                                f"({str(r.get('token_sha256'))[:12]}) (file changed)")
             continue
         fname, token = r.get("token_file"), r.get("token")
         if not fname:
@@ -385,8 +439,9 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: VerifyCounts) -> 
             problems.append(f"{where}: token file {fname} is missing")
             continue
         sha = sha256_file(path)
-        if r.get("token_sha256") and sha != r["token_sha256"]:
-            problems.append(f"{where}: {fname} sha256 differs from tokens.parquet (file changed)")
+        if sha != r.get("token_sha256"):  # a nulled sha256 hides nothing
+            problems.append(f"{where}: {fname} sha256 differs from tokens.parquet "
+                            f"({str(r.get('token_sha256'))[:12]}) (file changed)")
         if r.get("class_index") is not None and r.get("token_sha256"):
             shas[int(r["class_index"])] = r["token_sha256"]
         try:
@@ -406,6 +461,84 @@ def _check_tokens(out_dir: Path, problems: list[str], summary: VerifyCounts) -> 
         if name not in listed:
             problems.append(f"{folder / name}: token file not listed in tokens.parquet")
     return shas
+
+
+@dataclass
+class _ArmPlan:
+    """What run.json says the arm should hold: its shards (index -> planned entries), the run
+    seed, class names, prompt templates, the arm (baseline: no token), rejection sampling, and
+    each class's token sha256 as the token files hold it now (None on the baseline arm)."""
+
+    units: dict[int, ShardUnit]
+    seed: int
+    names: list[str]
+    templates: list[str]
+    baseline: bool
+    rejection: bool
+    token_shas: dict[int, str | None]
+    per_class: int
+
+
+def _plan_of(arm: ArmDir, problems: list[str]) -> _ArmPlan | None:
+    """The arm's plan, recomputed from what its run.json's ``generate`` entry records (the same
+    :func:`augment.generate.plan.plan_shards` the stage runs); None for an arm with no such entry
+    (a caso arm, a folder from before run.json kept each stage's settings)."""
+    try:
+        record = read_run_json(arm)
+    except AugmentError as e:
+        problems.append(f"run.json: {e.message}")
+        return None
+    settings = record.stage_settings("generate") if record is not None else None
+    if not isinstance(settings, dict) or not isinstance(settings.get("config"), dict):
+        return None
+    try:
+        cfg = config_from_dict(settings["config"])
+        names = list(settings.get("class_names") or record.class_names or [])
+        classes = select_classes(cfg.classes, len(names), names)
+    except (AugmentError, TypeError, ValueError) as e:
+        problems.append(f"{arm.run_json}: its generate settings give no plan ({getattr(e, 'message', e)})")
+        return None
+    g, baseline = cfg.generate, bool(settings.get("baseline", False))
+    shas: dict[int, str | None] = {}
+    for c in classes:
+        path = arm.token_file(c, names[c])
+        shas[c] = None if baseline or not path.is_file() else sha256_file(path)
+    units = {u.index: u for u in plan_shards(classes, g.per_class, g.shard_size)}
+    return _ArmPlan(units, cfg.seed, names, list(g.prompts), baseline, g.min_confidence > 0, shas, g.per_class)
+
+
+def _check_plan(plan: _ArmPlan, complete: list[int], tables: dict[int, pa.Table], problems: list[str]) -> None:
+    """Every planned shard is there and holds what the plan puts in it: its keys, each key's class
+    (a relabelled sample), name, seed and prompt (without rejection sampling: both follow the draws
+    under it), and the token this arm's samples are made with (a swapped arm, retrained tokens)."""
+    missing = sorted(set(plan.units) - set(complete))
+    if missing:
+        shown = ", ".join(shard_name(i) for i in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        problems.append(f"{len(missing)} of the {len(plan.units)} planned shards are missing ({shown}; run.json plans "
+                        f"{plan.per_class} per class): re-run the same generate or build to finish them")
+    for i in sorted(set(plan.units) & set(tables)):
+        name, unit, probs = shard_name(i), plan.units[i], _Problems(problems, MAX_PROBLEMS_PER_SHARD)
+        planned = {sample_key(c, j): (c, j) for c, j in unit.entries}
+        rows = tables[i].to_pylist()
+        if not plan.rejection and [r.get("key") for r in rows] != list(planned):
+            probs.add(f"{name}: holds {len(rows)} samples, not the {len(planned)} its plan lists in order")
+        for r in rows:
+            key = r.get("key")
+            if key not in planned:
+                probs.add(f"{name}: sample {key} is not in this shard's plan")
+                continue
+            c, j = planned[key]
+            token = "" if plan.baseline else token_string(c)
+            checks = [("class_index", c), ("class_name", plan.names[c]), ("sample_index", j),
+                      ("token_sha256", plan.token_shas.get(c))]
+            if not plan.rejection:
+                checks += [("seed", sample_seed(plan.seed, c, j)), ("prompt", sample_prompt(plan.templates, j, token,
+                                                                                             plan.names[c]))]
+            for field_name, want in checks:
+                if field_name in r and r[field_name] != want:
+                    probs.add(f"{name}: sample {key}: {field_name} {_short(r[field_name])}, the plan of run.json "
+                              f"says {_short(want)}")
+        probs.close(name)
 
 
 def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> VerifyReport:
@@ -433,13 +566,18 @@ def verify_run(out_dir: str | os.PathLike[str], decode_images: bool = True) -> V
 
     lengths: dict[int, int] = {}
     tables: list[pa.Table] = []
+    by_index: dict[int, pa.Table] = {}
     for i in complete:
         table = _check_shard(out_dir, i, problems, decode_images)
         if table is not None:
             lengths[i] = table.num_rows
             tables.append(table)
+            by_index[i] = table
     _check_info(out_dir, complete, lengths, problems)
     token_shas = _check_tokens(out_dir, problems, summary)
+    plan = _plan_of(ArmDir(out_dir), problems)
+    if plan is not None:
+        _check_plan(plan, complete, by_index, problems)
 
     per_class: dict[int, int] = {}
     names: dict[int, str] = {}
@@ -507,6 +645,11 @@ def verify_arms(out: str | os.PathLike[str], decode_images: bool = True) -> Veri
             if (_token_arm_present(run) if name == "token" else arm_present(run.arm_dir(name)))}
     arms = arms or {"token": run.arm_dir("token")}
     reports = {name: verify_run(arm.path, decode_images=decode_images) for name, arm in arms.items()}
+    if is_locked(run.path):  # what it holds now is a moment of a run still being written
+        who = holder(run.path) or {}
+        first = next(iter(reports))
+        reports[first].problems.insert(0, f"incomplete: a writer is running (PID {who.get('pid', '?')} on "
+                                          f"{who.get('host', '?')}); verify again once it ends")
     for name, r in reports.items():
         r.problems[:] = [p if p.startswith(f"{name}: ") else f"{name}: {p}" for p in r.problems]
     failed = [f"{arms[name]}: {len(r.problems)} problems" for name, r in reports.items() if not r.ok]

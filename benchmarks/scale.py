@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from augment import stage
 from augment.config import Config, GenerateConfig
 from augment.distributed import ignoring_cache
-from augment.generate.plan import ShardUnit, plan_shards, sample_seed
+from augment.generate.plan import ShardUnit, plan_shards, sample_prompt, sample_seed
 from augment.generate.rejection import ClassAcceptance, RejectionStats
 from augment.generate.runner import GenerateStage
 from augment.generate.worker import ShardResult
@@ -61,10 +61,13 @@ class StubWorker:
     names: list[str]
     min_confidence: float = 0.0
     max_attempts: int = 1
+    #: the templates of the plan's prompts (baseline: no token), which a resume checks the rows against
+    prompts: list[str] = field(default_factory=lambda: list(GenerateConfig().prompts))
 
     def run(self, unit: ShardUnit) -> ShardResult:
         samples = [SynthSample(sample_key(c, i), c, PNG_1x1, "png", ManifestRow(
             class_name=self.names[c], seed=sample_seed(0, c, i), mode="txt2img", status="ok",
+            prompt=sample_prompt(self.prompts, i, "", self.names[c]),
             guide_confidence=((c * 7919 + i * 104729) % 1000) / 1000, attempts=1)) for c, i in unit.entries]
         rejection = None
         if self.min_confidence > 0:

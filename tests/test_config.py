@@ -107,12 +107,15 @@ def test_compat_keys_come_from_the_declarations():
     from augment.tokens import runner as tokens_runner
 
     assert tokens_runner.COMPAT_KEYS == compat_keys("tokens", after={"model": ["model_fingerprint"],
-                                                                     "seed": ["class_names"]})
+                                                                     "seed": ["class_names"]}, tail=("sampler",))
     assert set(tokens_runner.COMPAT_KEYS) == {
         "model", "model_fingerprint", "classifier", "seed", "class_names", "tokens.prompts", "tokens.grad_steps",
         "tokens.lr", "tokens.step_size", "tokens.trust_radius", "tokens.lr_schedule", "tokens.steps",
         "tokens.guidance_scale", "tokens.batch_size", "tokens.n_vectors", "tokens.negative_confusers",
-        "tokens.val_seeds", "resolution"}
+        "tokens.val_seeds", "resolution",
+        # issue 24: every setting that changes a token (max_steps used to be missing)
+        "tokens.init_token", "tokens.init_fallback", "tokens.weight_decay", "tokens.max_steps", "tokens.val_every",
+        "tokens.patience", "tokens.acc_threshold", "tokens.fresh_seeds", "tokens.grad_clip", "scheduler", "sampler"}
     assert set(generate_runner.COMPAT_KEYS) == {
         "model", "model_fingerprint", "classifier", "seed", "class_names", "classes", "resolution", "scheduler",
         "generate.prompts", "generate.negative_prompt", "generate.steps", "generate.guidance_scale",
@@ -122,7 +125,7 @@ def test_compat_keys_come_from_the_declarations():
     assert caso_runner.COMPAT_KEYS == ["model", "classifier", "seed", "class_names", "classes", "caso"]
     declared = {key for key, s in settings_of() if s.resume}
     assert declared == {k for keys in (tokens_runner.COMPAT_KEYS, generate_runner.COMPAT_KEYS, caso_runner.COMPAT_KEYS)
-                        for k in keys} - {"model_fingerprint", "class_names", "baseline"}
+                        for k in keys} - {"model_fingerprint", "class_names", "baseline", "sampler"}
 
 
 def test_recorded_settings_are_the_run_json_layer(tmp_path):

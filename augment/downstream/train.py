@@ -28,7 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,11 +272,15 @@ def train_classifier(
     desc: str = "train",
     extra: dict[str, Any] | None = None,
     checkpoint: ClassifierSource | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train on ``mixed`` (uint8 images, transformed here), test on the real ``test_images`` after
     every epoch; with ``out``, write ``metrics.json`` and ``best.safetensors``/``best.json`` there.
     ``extra`` is stored under ``config`` in metrics.json (e.g. the command line's options);
-    ``checkpoint``: ``settings.checkpoint``'s bytes as the driver read them (:func:`read_checkpoint`)."""
+    ``checkpoint``: ``settings.checkpoint``'s bytes as the driver read them (:func:`read_checkpoint`);
+    ``before_write``: called before each write into ``out`` (raises to stop: the run folder ``out``
+    lies in moved away, :func:`augment.io.lock.check_in_place`)."""
+    guard = before_write or (lambda: None)
     settings.validate()
     start = time.perf_counter()
     class_names = list(mixed.class_names)
@@ -348,6 +352,7 @@ def train_classifier(
             best_top1, best_epoch = top1, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
             if out is not None:
+                guard()
                 save_checkpoint(best_state, out / "best.safetensors", side)
     bar.close()
     final = classification_metrics(logits, test_labels, class_names)
@@ -376,6 +381,7 @@ def train_classifier(
         "seconds": seconds,
     }))
     if out is not None:
+        guard()
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "metrics.json", metrics.to_json())
     return TrainResult(model, metrics, float(final["top1"]), best_top1, best_epoch, seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from augment.prompts import render_prompt
 from augment.seeds import derive_seed
 
 
@@ -32,3 +33,9 @@ def sample_seed(run_seed: int, class_index: int, sample_index: int, attempt: int
     if attempt == 0:
         return derive_seed(run_seed, "generate", class_index, sample_index)
     return derive_seed(run_seed, "generate", class_index, sample_index, attempt)
+
+
+def sample_prompt(templates: list[str], index: int, token: str, name: str) -> str:
+    """The prompt of sample ``index`` of a class (``token`` "" on the baseline arm): the worker
+    writes it, the resume and ``verify`` compare a shard's rows with it."""
+    return render_prompt(templates[index % len(templates)], token, name)

@@ -23,7 +23,7 @@ from augment.config import MAX_SAMPLES, Config, GenerateConfig, compat_keys
 from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.book import ArmBook, ShardFacts
-from augment.generate.plan import ShardUnit, plan_shards
+from augment.generate.plan import ShardUnit, plan_shards, sample_prompt, sample_seed
 from augment.generate.rejection import RejectionStats, quotas
 from augment.generate.worker import GenSpec, ShardResult, make_worker
 from augment.inputs import RunInputs, resolve_inputs
@@ -82,6 +82,40 @@ def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int], g: GenerateConf
             and (stats.min_confidence, stats.max_attempts) == (g.min_confidence, g.max_attempts))
 
 
+#: the manifest columns the resume compares with what this run would write now
+_CONTENT = ("key", "class_index", "sample_index", "seed", "prompt", "token_sha256")
+
+
+def stale_line(arm: ArmDir, index: int, cfg: Config, names: list[str], token_shas: dict[int, str | None],
+               baseline: bool) -> str | None:
+    """Why done shard ``index`` is not what this run would write now (None: it is): a sample made
+    with another token (``token_sha256``: the tokens were retrained), or, without rejection sampling,
+    another seed or prompt (another run seed, run.json edited, other templates). A resume that
+    counted such a shard as done would mix two versions in one arm (issue 24)."""
+    from augment.tokens.textual_inversion import token_string
+
+    pf = pq.ParquetFile(arm.manifest_path(index))  # one read of the manifest: the resume reads each once more
+    rows = pf.read(columns=[c for c in _CONTENT if c in pf.schema_arrow.names]).to_pylist()
+    g, what = cfg.generate, f"{arm.spec.name} arm shard {index}"
+    for r in rows:
+        c, i, key = r.get("class_index"), r.get("sample_index"), r.get("key")
+        if c is None or i is None or not 0 <= c < len(names):
+            return f"{what}: sample {key} names no class of this run"
+        want = None if baseline else token_shas.get(c)
+        if r.get("token_sha256") != want:
+            old, new = (str(v)[:12] + "..." if v else "none" for v in (r.get("token_sha256"), want))
+            return (f"{what}: class {c}'s images were made with token sha256 {old}, this run's token is {new} "
+                    "(tokens retrained since?)")
+        if g.min_confidence > 0:  # seeds and prompt templates follow the draws: the key plan holds them
+            continue
+        if r.get("seed") != (seed := sample_seed(cfg.seed, c, i)):
+            return f"{what}: sample {key} has seed {r.get('seed')}, run seed {cfg.seed} gives {seed} (another seed)"
+        prompt = sample_prompt(g.prompts, i, "" if baseline else token_string(c), names[c])
+        if r.get("prompt") != prompt:
+            return f"{what}: sample {key} was made from prompt {r.get('prompt')!r}, this run's is {prompt!r}"
+    return None
+
+
 class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
     """Units are planned shards; results are their encoded samples, in shard order (and their draws
     under rejection sampling)."""
@@ -101,6 +135,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         self.classifier: Payload[ClassifierSource] | None = None
         self.units: list[ShardUnit] = []
         self.book: ArmBook | None = None
+        self.token_shas: dict[int, str | None] = {}
 
     @property
     def arm(self) -> ArmDir:
@@ -152,6 +187,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             width = text_width(cfg.model)
             tokens = {c: check_token(read_token_embedding(path := arm.token_file(c, names[c])), str(path),
                                      token_string(c), width) for c in self.classes}
+            self.token_shas = {c: t.sha256 for c, t in tokens.items()}
             rows = read_token_rows(arm.tokens_parquet)
             negatives = {c: rows[c].negative_prompt for c in self.classes if c in rows and rows[c].negative_prompt}
         self.spec = Payload(GenSpec(names, tokens, self.baseline, negatives))
@@ -165,6 +201,13 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         # Shards beyond the plan (a smaller --per-class than before) are left alone; redo changed ones.
         done = done_shards(self.arm.path)  # one directory listing, not one per shard
         todo = [u for u in self.units if force or not _shard_is_done(self.arm, u, done, self.cfg.generate)]
+        if not force:  # done by name; by content too, or the arm would mix two versions: refuse
+            planned_todo = {u.index for u in todo}
+            for u in self.units:
+                why = None if u.index in planned_todo else stale_line(
+                    self.arm, u.index, self.cfg, self.names, self.token_shas, self.baseline)
+                if why is not None:
+                    raise AugmentError(f"{why}; pass --force to regenerate the arm, or use a new --out")
         # the bookkeeping reads the done manifests once, here; then it counts what it writes
         self.book = ArmBook(self.arm, self.info_name, (u.index for u in self.units), self.names,
                             acceptance=self.cfg.generate.min_confidence > 0)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from augment.config import config_from_dict
-from augment.generate.plan import ShardUnit, sample_seed
+from augment.generate.plan import ShardUnit, sample_prompt, sample_seed
 from augment.generate.rejection import RejectionStats, quotas, stream_seed
 from augment.io.images import encode_image
 from augment.io.manifest import ManifestRow
@@ -35,7 +35,6 @@ from augment.models.device import default_batch_size
 from augment.models.diffusion import Diffusion
 from augment.models.speed import compiled_unet, tune_pipeline
 from augment.progress import Sink
-from augment.prompts import render_prompt
 from augment.shipping import Payload
 from augment.tokens.textual_inversion import TokenEmbedding, installed_tokens
 
@@ -120,8 +119,7 @@ class GenerateWorker:
         return self.spec.negative_prompts.get(c, self.cfg.generate.negative_prompt)
 
     def prompt(self, c: int, i: int) -> str:
-        templates = self.cfg.generate.prompts
-        return render_prompt(templates[i % len(templates)], self.token(c), self.spec.class_names[c])
+        return sample_prompt(self.cfg.generate.prompts, i, self.token(c), self.spec.class_names[c])
 
     @cached_property
     def diffusion(self) -> Diffusion:

@@ -32,13 +32,15 @@ from pathlib import Path
 from augment.errors import AugmentError
 from augment.io.rundir import RunDir
 
-__all__ = ["holder", "keep_lock", "run_lock"]
+__all__ = ["check_in_place", "enclosing_run", "holder", "is_locked", "keep_lock", "run_lock"]
 
 
 @dataclass
 class _Held:
     fd: int
     count: int = 0
+    #: the path the lock was taken through, to notice the folder moving away from it (check_in_place)
+    path: str = ""
 
 
 #: locks this process holds, by the run folder's real path
@@ -116,7 +118,7 @@ def run_lock(run: str | os.PathLike[str]) -> Iterator[None]:
     path = Path(run)
     key = _key(path)
     if key not in _HELD:
-        _HELD[key] = _Held(_acquire(path))
+        _HELD[key] = _Held(_acquire(path), path=os.path.abspath(path))
     _HELD[key].count += 1
     try:
         yield
@@ -143,3 +145,65 @@ def keep_lock(run: str | os.PathLike[str]) -> Iterator[None]:
             del _PINS[key]
             if key in _HELD:
                 _release(key)
+
+
+def check_in_place(run: str | os.PathLike[str]) -> None:
+    """Stop a writer whose run folder moved or vanished since it took the lock (``mv run run2``).
+
+    Paths are joined onto the name the user gave, so a writer that went on would recreate an empty
+    ``run/`` and write the rest of the run there, the first half elsewhere, both looking whole
+    (issue 24). The lock file the process holds open is the folder's identity: when the file now
+    at ``run/.augment.lock`` is not that one (or there is none), raise AugmentError naming both
+    places; nothing more is written. Does nothing when this process holds no lock on ``run``.
+    """
+    held = _HELD.get(_key(Path(run))) or next((h for h in _HELD.values() if h.path == os.path.abspath(run)), None)
+    if held is None:
+        return
+    mine = os.fstat(held.fd)
+    try:
+        now = os.stat(RunDir(held.path).lock_file)
+        same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        raise AugmentError(
+            f"run folder {held.path} moved or vanished while this command wrote it; stopped, nothing more "
+            "written: move it back (or pass its new place as --out) and re-run the same command to resume")
+
+
+def is_locked(run: str | os.PathLike[str]) -> bool:
+    """Whether another process holds the write lock of ``run`` now (readers: ``verify`` says so);
+    False when this process holds it (``build`` verifying what it just wrote)."""
+    path = RunDir(run).lock_file
+    if _key(Path(run)) in _HELD:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock taken to test
+    return False
+
+
+def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
+    """The run folder that ``path`` lies in (itself included), by real path; None outside any.
+
+    A run folder is known by its lock file (every writing stage leaves one at the run's top); a
+    folder written only by an older version, by the outermost ``run.json`` above ``path``. For a
+    writer whose ``--out`` may be anywhere (``augment train --out OUT/x``): it must take that
+    run's lock like every other writer.
+    """
+    real = Path(os.path.realpath(path))
+    found: Path | None = None
+    for folder in (real, *real.parents):
+        rd = RunDir(folder)
+        if rd.lock_file.exists():
+            return folder
+        if rd.run_json.exists():
+            found = folder
+    return found

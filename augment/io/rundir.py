@@ -40,6 +40,7 @@ __all__ = [
     "parse_shard_name",
     "shard_name",
     "check_compatible",
+    "check_contained",
     "check_out_in_ray_job",
     "check_writable",
     "git_sha",
@@ -507,6 +508,36 @@ def check_out_in_ray_job(path: str | os.PathLike[str]) -> None:
             f"--out {path} is inside Ray's temporary upload folder ({RAY_UPLOAD_DIR}/), which Ray deletes "
             f"with the session; {fix}"
         )
+
+
+def _inner_folders(run: RunDir) -> list[Path]:
+    """Every folder a writer of ``run`` writes into: each arm and its tokens/ (history/), shards/,
+    manifests/, the caso draws, report/ and train/."""
+    out: list[Path] = [run.report, run.path / TRAIN_DIR, run.arm_dir("caso").path / "draws"]
+    for name in ARMS:
+        arm = run.arm_dir(name)
+        out += [arm.path, arm.tokens, arm.tokens / "history", arm.shards, arm.manifests]
+    return out
+
+
+def check_contained(run: str | os.PathLike[str]) -> None:
+    """Refuse a run folder whose sub-folders lead outside it (a symlinked ``tokens/`` or arm).
+
+    The write lock guards the run folder; a sub-folder that is a link to another run's would let two
+    writers, each holding its own lock, write the same files (issue 24: two ``tokens`` runs both
+    exit 0, one class's row lost). So every folder a writer uses must resolve inside the run's real
+    path. Raises AugmentError naming the link, its target and the fix; folders not there yet pass.
+    """
+    root = RunDir(run)
+    top = Path(os.path.realpath(root.path))
+    for folder in _inner_folders(root):
+        if not os.path.lexists(folder):
+            continue
+        real = Path(os.path.realpath(folder))
+        if real != top and top not in real.parents:
+            raise AugmentError(
+                f"{folder} leads to {real}, outside the run folder {top}; a run's files stay inside it (its "
+                "lock guards only them): replace the link with a real folder, or use another --out")
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:

@@ -30,7 +30,10 @@ from augment.tokens.textual_inversion import check_names_hold_no_token, save_tok
 
 # Settings that make a token different: a folder with other values belongs to another run.
 # (declared on the config's fields, resume=("tokens", ...); the extras are not config keys)
-COMPAT_KEYS = compat_keys("tokens", after={"model": ["model_fingerprint"], "seed": ["class_names"]})
+# ``sampler``: the generation settings validation scores every candidate with (and training uses
+# while tokens.steps / tokens.guidance_scale are unset), so they choose the kept vector too.
+COMPAT_KEYS = compat_keys("tokens", after={"model": ["model_fingerprint"], "seed": ["class_names"]},
+                          tail=("sampler",))
 
 
 class TokenWorker:
@@ -110,7 +113,9 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         self.fingerprint = inputs.fingerprint
 
     def run_json_extra(self) -> dict[str, Any]:
-        return {"class_names": self.names, "model_fingerprint": self.fingerprint}
+        g = self.cfg.generate
+        return {"class_names": self.names, "model_fingerprint": self.fingerprint,
+                "sampler": {"steps": g.steps, "guidance_scale": g.guidance_scale, "negative_prompt": g.negative_prompt}}
 
     def token_file(self, c: int) -> Path:
         return self.arm.token_file(c, self.names[c])
