@@ -28,6 +28,7 @@ one configuration's).
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ from augment.errors import AugmentError
 from augment.models.diffusion import block_checkpointing, decoder_checkpointing
 
 __all__ = ["GB", "Estimate", "LiveMemory", "MetaModels", "check_fits", "downstream_batch", "free_cuda_memory",
-           "generation_batch", "load_meta_models", "model_configs", "plan", "preflight", "token_step"]
+           "generation_batch", "is_out_of_memory", "load_meta_models", "model_configs", "out_of_memory_error", "plan",
+           "preflight", "token_step"]
 
 GB = 1e9  # decimal gigabytes, as the README and docs/memory.md state them
 #: public configs of the models the presets name, for planning before a model is downloaded
@@ -379,6 +381,41 @@ def check_fits(estimates: list[Estimate], free_bytes: int, device_name: str) -> 
                 f"the {est.what} ({settings}) needs about {need / GB:.1f} GB (predicted {est.peak / GB:.1f} GB "
                 f"+ margin) but {device_name} has {free_bytes / GB:.1f} GB free; lower {LOWER.get(est.what, 'the batch size')}"
                 " (`augment plan` prints the estimates)")
+
+
+#: the settings an out-of-memory stage is told to lower, per stage (dotted config keys, in the order to try)
+STAGE_KNOBS = {"tokens": ("tokens.batch_size", "resolution", "tokens.grad_steps"),
+               "generate": ("generate.batch_size", "resolution"),
+               "caso": ("caso.batch_size", "caso.k", "caso.edits_per_image"),  # an edit batch: k x edits
+               "benchmark": ("train.batch_size", "train.input_size")}
+_ASKED = re.compile(r"tried to allocate ([0-9.]+ ?[KMGTP]?i?B)", re.IGNORECASE)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or host allocator) running out of memory: torch's
+    ``OutOfMemoryError`` (CUDA), or the RuntimeError the CPU/MPS allocators raise."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def out_of_memory_error(exc: BaseException, stage: str, cfg) -> AugmentError:
+    """The one line an out-of-memory unit stops its stage with (the next unit would run out too,
+    so failing them one after another helps nobody): the figure asked for, as torch reported it,
+    and the settings to lower with their values now (``cfg``: the stage's resolved Config)."""
+    asked = _ASKED.search(str(exc))
+    knobs = []
+    for key in STAGE_KNOBS.get(stage, ()):
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name, None)
+        knobs.append(f"{key} (now {'native' if value is None else value})")
+    lower = ", ".join(knobs) or "the batch size"
+    if stage == "tokens" and not getattr(cfg.tokens, "checkpointing", True):
+        lower += ", or set tokens.checkpointing: true"
+    figure = f" (tried to allocate {asked.group(1)})" if asked else ""
+    return AugmentError(f"out of memory in the {stage} stage{figure}; lower {lower} and re-run the same command "
+                        "to resume (`augment plan` prints the predicted peaks)")
 
 
 def free_cuda_memory(device: torch.device) -> tuple[int, str]:

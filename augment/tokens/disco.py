@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from augment.config import GenerateConfig, TokenConfig
 from augment.models.diffusion import Diffusion
+from augment.models.memory import is_out_of_memory
 from augment.prompts import render_prompt
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import installed_tokens, single_token_id, token_string, vector_tokens
@@ -262,6 +263,8 @@ class DiscoTrainer:
                         else:
                             since_best += 1
             except (FloatingPointError, RuntimeError) as e:
+                if is_out_of_memory(e):  # not this class's failure: the stage stops naming what to lower
+                    raise
                 result.status, result.error = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             finally:
                 for hook in hooks:
