@@ -3,7 +3,6 @@ instead of failing every class or shard one after another (issue 19)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
