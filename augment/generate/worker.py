@@ -34,6 +34,7 @@ from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.models.device import default_batch_size
 from augment.models.diffusion import Diffusion
+from augment.models.memory import preflight
 from augment.progress import Sink
 from augment.prompts import render_prompt
 from augment.shipping import Payload
@@ -100,6 +101,9 @@ class GenerateWorker:
 
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.spec = spec
+        # before any model loads: a CUDA card without the memory for a batch is refused in one line,
+        # or the auto batch lowered to one that fits
+        fitted = preflight(cfg, stage="generate")
         cache = cache if cache is not None else ModelCache()
         # the host's pipeline, shared with the other stages: the tokens go in for each shard and
         # out after it (run), so it is never left holding them
@@ -107,7 +111,7 @@ class GenerateWorker:
         self.device = self.pipe.unet.device
         self.classifier = cache.classifier(classifier, self.device)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
-        self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
+        self.batch_size = cfg.generate.batch_size or fitted or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)
         self.progress = progress  # told how many images of the shard are final, batch by batch
 

@@ -44,10 +44,12 @@ class TokenWorker:
                  cache: ModelCache | None = None) -> None:
         from augment.models.backbone import native_resolution
         from augment.models.classifier import check_classes
+        from augment.models.memory import preflight
         from augment.tokens.disco import DiscoTrainer
 
         cfg = config_from_dict(cfg_dict)
         self.class_names = class_names
+        preflight(cfg, stage="tokens")  # a token step that cannot fit this CUDA card: one line, before any load
         # loaded once per worker host: the generate stages of the same build reuse them
         cache = cache if cache is not None else ModelCache()
         pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
