@@ -25,7 +25,7 @@ from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
-from augment.tokens.disco import TokenResult
+from augment.tokens.disco import TokenResult, check_initialisers
 from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
 
 # Settings that make a token different: a folder with other values belongs to another run.
@@ -105,7 +105,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         check_names_hold_no_token(self.names)
         self.classes = inputs.classes
         # fail on the driver, with one clear line, before any actor starts loading models
-        _ = inputs.backbone
+        check_initialisers(inputs.backbone, self.names, self.classes, self.cfg.tokens)  # the tokenizer alone
         parse_grad_steps(self.cfg.tokens.grad_steps)
         self.classifier = inputs.classifier
         self.fingerprint = inputs.fingerprint
