@@ -466,6 +466,10 @@ def preflight(cfg, device: torch.device | None = None, free: Callable[[torch.dev
     which = STAGE_ESTIMATES.get(stage, ESTIMATES) if stage is not None else ESTIMATES
     if not which:
         return None
+    try:
+        model_configs(cfg.model)
+    except AugmentError:  # not on this node: the loader says which node lacks what (backbone._missing_on_node)
+        return None
     free_bytes, name = (free or free_for_models)(device)
     estimates = plan(cfg, "cuda", which)
     lowered = None
