@@ -19,7 +19,8 @@ always in this order:
 Failures follow one policy for every stage: an :class:`AugmentError` stops the run (the user must
 fix something); an ``OSError`` while the driver writes (disk full, permissions) stops it with one
 line that says how to resume; any other exception, a worker's ``OSError`` included (it happened on
-the worker's node, not in the run folder), fails only its unit, reported as
+the worker's node, not in the run folder), except running out of memory (one line naming the
+settings to lower: the next unit would run out too), fails only its unit, reported as
 ``"<unit label>: <Type>: <first line>"``, and the other units carry on. A Ray cluster lost during
 the stage is the pool's one line (:class:`augment.distributed.Pool`), never a disk problem.
 
@@ -101,6 +102,13 @@ class Plan(Generic[U]):
     total: int
     work: int | None = None
     work_done: int | None = None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """:func:`augment.models.memory.is_out_of_memory`, imported (with torch) only for a failed unit."""
+    from augment.models.memory import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 def failure_line(exc: BaseException) -> str:
@@ -292,6 +300,10 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
     def on_error(unit: U, exc: BaseException) -> None:
         if isinstance(exc, AugmentError):
             raise exc
+        if _out_of_memory(exc):  # every other unit would run out too: one line naming what to lower
+            from augment.models.memory import out_of_memory_error
+
+            raise out_of_memory_error(exc, stage.name, stage.cfg) from None
         error = stage.failure_text(exc)
         failed.append(f"{stage.unit_label(unit)}: {error}")
         guarded(unit, lambda: stage.on_failed(unit, error))

@@ -40,8 +40,9 @@ def print_tokens(t, out: str | None = None) -> None:
 
 def print_generate(s) -> None:
     conf = f", mean guide confidence {s.mean_confidence:.3f}" if s.mean_confidence is not None else ""
+    nan = f", {s.nonfinite} NaN/inf draws rejected (redrawn)" if s.nonfinite else ""
     click.echo(f"generate: {s.samples} samples of {s.classes} classes in {s.shards} shards "
-               f"({s.written} written, {s.skipped} already done) in {s.seconds:.0f}s{conf} -> {s.out}")
+               f"({s.written} written, {s.skipped} already done) in {s.seconds:.0f}s{conf}{nan} -> {s.out}")
     if s.acceptance is not None:
         a = s.acceptance
         names = s.class_names or []

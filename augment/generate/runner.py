@@ -50,7 +50,9 @@ class GenerateSummary(stage.StageSummary):
     ``--min-confidence``, ``samples`` counts the images the done shards kept); ``written``:
     the shards written by this call; ``mean_confidence``: over every manifest row of the arm;
     ``acceptance``: under ``--min-confidence``, the draws per class over the plan's done shards
-    (``class_names`` names them), as written to the arm's ``acceptance.json``."""
+    (``class_names`` names them), as written to the arm's ``acceptance.json``; ``nonfinite``: the
+    draws of the shards written by this call rejected because their image was NaN/inf (an fp16
+    overflow; redrawn, never written)."""
 
     classes: int
     samples: int
@@ -58,6 +60,7 @@ class GenerateSummary(stage.StageSummary):
     mean_confidence: float | None
     acceptance: RejectionStats | None = None
     class_names: list[str] | None = None
+    nonfinite: int = 0
 
     @property
     def written(self) -> int:
@@ -136,6 +139,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         self.units: list[ShardUnit] = []
         self.book: ArmBook | None = None
         self.token_shas: dict[int, str | None] = {}
+        self.nonfinite = 0  # NaN/inf draws rejected in the shards this call wrote
 
     @property
     def arm(self) -> ArmDir:
@@ -219,6 +223,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
         return partial(make_worker, self.cfg_dict, self.spec, self.classifier, self.progress)
 
     def on_result(self, unit: ShardUnit, result: ShardResult) -> str | None:
+        self.nonfinite += result.nonfinite
         if not result.samples:  # every draw rejected: an empty tar is never written
             self._book.failed(unit.index)
             return (f"no image of its {len({c for c, _ in unit.entries})} classes reached guide confidence "
@@ -262,7 +267,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             samples = sum(a.accepted for a in acceptance.classes) if acceptance is not None else 0
         return GenerateSummary(**common, classes=len(self.classes), samples=samples,
                                shards=len({u.index for u in self.units}), mean_confidence=self._book.mean_confidence(),
-                               acceptance=acceptance, class_names=self.names)
+                               acceptance=acceptance, class_names=self.names, nonfinite=self.nonfinite)
 
 
 def run_generate(cfg: Config, baseline: bool = False, force: bool = False, show_progress: bool = True,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from augment.config import config_from_dict
+from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, sample_prompt, sample_seed
 from augment.generate.rejection import RejectionStats, quotas, stream_seed
 from augment.io.images import encode_image
@@ -33,6 +34,7 @@ from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.models.device import default_batch_size
 from augment.models.diffusion import Diffusion
+from augment.models.memory import preflight
 from augment.models.speed import compiled_unet, tune_pipeline
 from augment.progress import Sink
 from augment.shipping import Payload
@@ -53,7 +55,8 @@ def soft_label(probs: np.ndarray, k: int) -> tuple[list[int], list[float]] | Non
 @dataclass
 class Drawn:
     """One sampled and scored image: class, prompt index, seed, the guide's verdict and soft label,
-    and its encoding (None for a rejected draw, which is not encoded)."""
+    and its encoding (None for a rejected draw, which is not encoded). ``finite`` is False when the
+    image or its guide confidence holds NaN/inf (an fp16 overflow): such a draw is always rejected."""
 
     c: int
     i: int
@@ -62,6 +65,7 @@ class Drawn:
     pred: int
     soft: tuple[list[int], list[float]] | None
     future: Future[bytes] | None
+    finite: bool = True
 
 
 @dataclass
@@ -71,6 +75,7 @@ class ShardResult:
 
     samples: list[SynthSample]
     rejection: RejectionStats | None = None
+    nonfinite: int = 0  # draws rejected because their image was NaN/inf (redrawn, never written)
 
 
 @dataclass
@@ -96,6 +101,9 @@ class GenerateWorker:
 
         self.cfg = cfg = config_from_dict(cfg_dict)
         self.spec = spec
+        # before any model loads: a CUDA card without the memory for a batch is refused in one line,
+        # or the auto batch lowered to one that fits
+        fitted = preflight(cfg, stage="generate")
         cache = cache if cache is not None else ModelCache()
         # the host's pipeline, shared with the other stages: the tokens go in for each shard and
         # out after it (run), so it is never left holding them
@@ -105,7 +113,7 @@ class GenerateWorker:
         # channels_last + fused QKV on CUDA (a no-op elsewhere); generate.compile in sample()
         tune_pipeline(self.pipe, channels_last=cfg.generate.channels_last, fuse_qkv=cfg.generate.fuse_qkv)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
-        self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
+        self.batch_size = cfg.generate.batch_size or fitted or default_batch_size(self.device, self.resolution)
         self.encoder = ThreadPoolExecutor(max_workers=2)
         self.progress = progress  # told how many images of the shard are final, batch by batch
 
@@ -151,13 +159,17 @@ class GenerateWorker:
             images = self.sample([self.prompt(c, i) for c, i, _ in batch], [s for _, _, s in batch],
                                  [self.negative_prompt(c) for c, _, _ in batch])
             conf, pred, probs = self.score(images, [c for c, _, _ in batch])
-            arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            # one overflowing image is one rejected draw: `NaN >= x` is False, so it is never encoded
+            finite = torch.isfinite(images).flatten(1).all(1).cpu().numpy() & np.isfinite(conf)
+            pixels = torch.nan_to_num(images.float(), nan=0.0, posinf=1.0, neginf=0.0)
+            arrays = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
             for j, (c, i, s) in enumerate(batch):
-                ok = conf[j] >= g.min_confidence
+                ok = bool(finite[j]) and conf[j] >= g.min_confidence
                 fut = self.encoder.submit(encode_image, arrays[j], g.image_format) if ok else None
-                out.append(Drawn(c, i, s, float(conf[j]), int(pred[j]), soft_label(probs[j], g.soft_labels), fut))
+                out.append(Drawn(c, i, s, float(conf[j]), int(pred[j]), soft_label(probs[j], g.soft_labels), fut,
+                                 bool(finite[j])))
             if report is not None:
-                report(len(out))
+                report(sum(d.finite for d in out))
         return out
 
     def _report(self, unit: ShardUnit, done: int) -> None:
@@ -192,11 +204,10 @@ class GenerateWorker:
         slots filled from the classes' attempt streams (:mod:`augment.generate.rejection`)."""
         g, seed = self.cfg.generate, self.cfg.seed
         if g.min_confidence <= 0:
-            drawn = self.draw([(c, i, sample_seed(seed, c, i)) for c, i in unit.entries],
-                              lambda n: self._report(unit, n))
-            return ShardResult([self.sample_of(d, d.i, 1) for d in drawn])
+            return self.plain_shard(unit)
         streams = quotas(unit, g.max_attempts)
         got: dict[tuple[int, int], Drawn] = {}  # (class, draw) -> an accepted draw
+        nonfinite = 0
         while True:
             todo = [(s, d) for s in streams for d in s.schedule(g.max_attempts)]
             if not todo:
@@ -204,6 +215,7 @@ class GenerateWorker:
             # the prompt template follows the draw (a slot is known only once a draw is accepted)
             results = self.draw([(s.class_index, d, stream_seed(seed, s.class_index, unit.index, d)) for s, d in todo])
             for (s, d), r in zip(todo, results, strict=True):
+                nonfinite += not r.finite
                 s.record(d, r.future is not None)
                 if r.future is not None:
                     got[s.class_index, d] = r
@@ -216,7 +228,39 @@ class GenerateWorker:
                 filled[s.class_index, slot], attempts[s.class_index, slot] = got[s.class_index, d], d - previous
                 previous = d
         samples = [self.sample_of(filled[e], e[1], attempts[e]) for e in unit.entries if e in filled]
-        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts))
+        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts), nonfinite)
+
+    def plain_shard(self, unit: ShardUnit) -> ShardResult:
+        """Every planned sample from its own seed; a NaN/inf image (an fp16 overflow) is one rejected
+        draw, redrawn from its class's attempt stream in this shard (:func:`stream_seed`, the seeds
+        ``--min-confidence`` draws from, taken in slot order), so the shard keeps all its keys and its
+        bytes still depend only on the run seed and the plan. A slot that stays non-finite for
+        ``max_attempts`` draws is a model that overflows at this dtype: one line saying so."""
+        g, seed = self.cfg.generate, self.cfg.seed
+        drawn = self.draw([(c, i, sample_seed(seed, c, i)) for c, i in unit.entries], lambda n: self._report(unit, n))
+        final = {(d.c, d.i): d for d in drawn}
+        attempts = dict.fromkeys(final, 1)
+        nonfinite = 0
+        stream: dict[int, int] = {}  # class -> the next draw of its attempt stream
+        while bad := [e for e in unit.entries if not final[e].finite]:
+            nonfinite += len(bad)
+            spent = [e for e in bad if attempts[e] >= g.max_attempts]
+            if spent:
+                c, i = spent[0]
+                raise AugmentError(
+                    f"class {c} ({self.spec.class_names[c]!r}) sample {i}: {attempts[spent[0]]} draws in a row gave "
+                    f"NaN/inf images ({len(spent)} such samples in shard {unit.index}); the model overflows at "
+                    f"--dtype {self.cfg.dtype}: use --dtype bfloat16 or float32, or raise --max-attempts")
+            redraws = []
+            for c, i in bad:
+                d = stream.get(c, 0)
+                stream[c] = d + 1
+                redraws.append((c, i, stream_seed(seed, c, unit.index, d)))
+            for r in self.draw(redraws):
+                final[r.c, r.i] = r
+                attempts[r.c, r.i] += 1
+            self._report(unit, sum(d.finite for d in final.values()))
+        return ShardResult([self.sample_of(final[e], e[1], attempts[e]) for e in unit.entries], nonfinite=nonfinite)
 
     def sample_of(self, d: Drawn, sample_index: int, attempts: int) -> SynthSample:
         assert d.future is not None

@@ -108,6 +108,19 @@ def cached_hub_snapshot(repo_id: str) -> str:
         ) from None
 
 
+def weights_variant(folder: str | Path) -> str | None:
+    """``"fp16"`` for a pipeline folder whose UNet or VAE holds only half-precision weight files
+    (``*.fp16.safetensors`` / ``*.fp16.bin``, what ``save_pretrained(variant="fp16")`` and the
+    hub's fp16 branches write), else None. diffusers loads such a folder only when told
+    ``variant="fp16"``; a folder that has the full-precision files too loads those (no variant)."""
+    root = Path(folder)
+    for part in ("unet", "vae"):
+        files = [f.name for f in (root / part).glob("*") if f.suffix in (".safetensors", ".bin")]
+        if files and all(".fp16." in name for name in files):
+            return "fp16"
+    return None
+
+
 def load_backbone(
     spec: str, device: str | torch.device = "cpu", dtype: str = "auto", scheduler: str = "ddim"
 ):
@@ -135,6 +148,7 @@ def load_backbone(
             feature_extractor=None,
             requires_safety_checker=False,
             local_files_only=True,
+            variant=weights_variant(where),  # fp16-only folders (auto-detected)
         )
     except (OSError, ValueError) as e:
         if HUB_ID.match(where) and not Path(where).exists():

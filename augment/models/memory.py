@@ -28,6 +28,7 @@ one configuration's).
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ from augment.errors import AugmentError
 from augment.models.diffusion import block_checkpointing, decoder_checkpointing
 
 __all__ = ["GB", "Estimate", "LiveMemory", "MetaModels", "check_fits", "downstream_batch", "free_cuda_memory",
-           "generation_batch", "load_meta_models", "model_configs", "plan", "preflight", "token_step"]
+           "free_for_models", "generation_batch", "is_out_of_memory", "load_meta_models", "model_configs", "out_of_memory_error", "plan",
+           "preflight", "token_step"]
 
 GB = 1e9  # decimal gigabytes, as docs/results.md and docs/memory.md state them
 #: public configs of the models the presets name, for planning before a model is downloaded
@@ -338,23 +340,33 @@ def _dtype(name: str) -> torch.dtype:
             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}.get(name, torch.bfloat16)
 
 
-def plan(cfg, device: str = "cuda") -> list[Estimate]:
-    """The three predicted peaks of ``cfg`` (a resolved :class:`augment.config.Config`) on ``device``."""
+#: the estimates :func:`plan` can make, in the order ``augment plan`` prints them
+ESTIMATES = ("token step", "generation batch", "downstream batch")
+
+
+def plan(cfg, device: str = "cuda", which: tuple[str, ...] = ESTIMATES, *,
+         generation_batch_size: int | None = None) -> list[Estimate]:
+    """The predicted peaks of ``cfg`` (a resolved :class:`augment.config.Config`) on ``device``:
+    those named in ``which`` (a worker's preflight counts only its stage's own); the generation
+    batch at ``generation_batch_size`` when given, else the config's or the device's default."""
     models = load_meta_models(model_configs(cfg.model), _dtype(cfg.dtype) if device == "cuda" else torch.float32)
     resolution = cfg.resolution or int(models.unet.config.sample_size) * models.vae_scale
-    arch, kwargs = classifier_arch(cfg.classifier)
-    guide = meta_classifier(arch, **kwargs)
     t, g = cfg.tokens, cfg.generate
-    gen_batch = g.batch_size or _default_generation_batch(device, resolution)
-    step = token_step(models, guide, batch=t.batch_size, resolution=resolution, steps=t.steps or g.steps,
-                      grad_steps=t.grad_steps, checkpointing=t.checkpointing, attention=device)
-    step.settings["classifier"] = arch  # the default ViT-B/16 where none is configured
-    return [
-        step,
-        generation_batch(models, batch=gen_batch, resolution=resolution, attention=device),
-        downstream_batch(cfg.train.arch, batch=cfg.train.batch_size, input_size=cfg.train.input_size,
-                         attention=device, **cfg.train.arch_kwargs),
-    ]
+    out: list[Estimate] = []
+    if "token step" in which:
+        arch, kwargs = classifier_arch(cfg.classifier)
+        step = token_step(models, meta_classifier(arch, **kwargs), batch=t.batch_size, resolution=resolution,
+                          steps=t.steps or g.steps, grad_steps=t.grad_steps, checkpointing=t.checkpointing,
+                          attention=device)
+        step.settings["classifier"] = arch  # the default ViT-B/16 where none is configured
+        out.append(step)
+    if "generation batch" in which:
+        batch = generation_batch_size or g.batch_size or _default_generation_batch(device, resolution)
+        out.append(generation_batch(models, batch=batch, resolution=resolution, attention=device))
+    if "downstream batch" in which:
+        out.append(downstream_batch(cfg.train.arch, batch=cfg.train.batch_size, input_size=cfg.train.input_size,
+                                    attention=device, **cfg.train.arch_kwargs))
+    return out
 
 
 def _default_generation_batch(device: str, resolution: int) -> int:
@@ -372,7 +384,7 @@ LOWER = {"token step": "tokens.batch_size, resolution or tokens.grad_steps (or t
 def check_fits(estimates: list[Estimate], free_bytes: int, device_name: str) -> None:
     """Refuse, in one line, the first estimate whose peak (plus margin) exceeds ``free_bytes``."""
     for est in estimates:
-        need = est.peak * (1 + MARGIN) + OVERHEAD
+        need = _need(est)
         if need > free_bytes:
             settings = ", ".join(f"{k} {v}" for k, v in est.settings.items())
             raise AugmentError(
@@ -381,14 +393,98 @@ def check_fits(estimates: list[Estimate], free_bytes: int, device_name: str) -> 
                 " (`augment plan` prints the estimates)")
 
 
+#: the settings an out-of-memory stage is told to lower, per stage (dotted config keys, in the order to try)
+STAGE_KNOBS = {"tokens": ("tokens.batch_size", "resolution", "tokens.grad_steps"),
+               "generate": ("generate.batch_size", "resolution"),
+               "caso": ("caso.batch_size", "caso.k", "caso.edits_per_image"),  # an edit batch: k x edits
+               "benchmark": ("train.batch_size", "train.input_size")}
+_ASKED = re.compile(r"tried to allocate ([0-9.]+ ?[KMGTP]?i?B)", re.IGNORECASE)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or host allocator) running out of memory: torch's
+    ``OutOfMemoryError`` (CUDA), or the RuntimeError the CPU/MPS allocators raise."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def out_of_memory_error(exc: BaseException, stage: str, cfg) -> AugmentError:
+    """The one line an out-of-memory unit stops its stage with (the next unit would run out too,
+    so failing them one after another helps nobody): the figure asked for, as torch reported it,
+    and the settings to lower with their values now (``cfg``: the stage's resolved Config)."""
+    asked = _ASKED.search(str(exc))
+    knobs = []
+    for key in STAGE_KNOBS.get(stage, ()):
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name, None)
+        knobs.append(f"{key} (now {'native' if value is None else value})")
+    lower = ", ".join(knobs) or "the batch size"
+    if stage == "tokens" and not getattr(cfg.tokens, "checkpointing", True):
+        lower += ", or set tokens.checkpointing: true"
+    figure = f" (tried to allocate {asked.group(1)})" if asked else ""
+    return AugmentError(f"out of memory in the {stage} stage{figure}; lower {lower} and re-run the same command "
+                        "to resume (`augment plan` prints the predicted peaks)")
+
+
 def free_cuda_memory(device: torch.device) -> tuple[int, str]:
     """Free bytes on ``device`` and its name (``torch.cuda.mem_get_info``)."""
     free, _total = torch.cuda.mem_get_info(device)
     return int(free), f"{torch.cuda.get_device_name(device)} ({device})"
 
 
-def preflight(cfg, device: torch.device, free: Callable[[torch.device], tuple[int, str]] = free_cuda_memory) -> None:
-    """Before any model loads on a CUDA device: refuse a config predicted not to fit (one line)."""
+def free_for_models(device: torch.device) -> tuple[int, str]:
+    """What this process can still use on ``device``: the card's free bytes plus what torch's
+    caching allocator already holds here (the models an earlier stage left in the host's cache, its
+    reusable blocks), so a stage that reuses a loaded pipeline does not count its weights twice."""
+    free, name = free_cuda_memory(device)
+    return free + int(torch.cuda.memory_reserved(device)), name
+
+
+def compute_device(cfg) -> torch.device:
+    """The device a worker built from ``cfg`` loads its models on (``--device``, resolved here)."""
+    from augment.models.device import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+#: the estimates a stage's worker is checked against before it loads a model (caso: not modelled yet)
+STAGE_ESTIMATES = {"tokens": ("token step",), "generate": ("generation batch",), "benchmark": ("downstream batch",)}
+
+
+def preflight(cfg, device: torch.device | None = None, free: Callable[[torch.device], tuple[int, str]] | None = None,
+              stage: str | None = None) -> int | None:
+    """Before any model loads on a CUDA device (a Ray worker, or the driver for ``--workers 0``):
+    refuse, in one line, a config whose predicted peak for ``stage`` (every estimate when None)
+    exceeds the card's free memory. A generation batch the user left on auto (``generate.batch_size``
+    unset) is lowered instead, halving from the device's default until it fits: that batch is returned
+    (None: the user's own batch, or no CUDA). Nothing is counted off CUDA."""
+    device = device if device is not None else compute_device(cfg)
     if device.type != "cuda":
-        return
-    check_fits(plan(cfg, "cuda"), *free(device))
+        return None
+    which = STAGE_ESTIMATES.get(stage, ESTIMATES) if stage is not None else ESTIMATES
+    if not which:
+        return None
+    try:
+        model_configs(cfg.model)
+    except AugmentError:  # not on this node: the loader says which node lacks what (backbone._missing_on_node)
+        return None
+    free_bytes, name = (free or free_for_models)(device)
+    estimates = plan(cfg, "cuda", which)
+    lowered = None
+    gen = next((e for e in estimates if e.what == "generation batch"), None)
+    if gen is not None and cfg.generate.batch_size is None:
+        batch = int(gen.settings["batch"])
+        while batch > 1 and _need(gen) > free_bytes:
+            batch = max(1, batch // 2)
+            gen = plan(cfg, "cuda", ("generation batch",), generation_batch_size=batch)[0]
+        estimates = [gen if e.what == "generation batch" else e for e in estimates]
+        lowered = batch
+    check_fits(estimates, free_bytes, name)
+    return lowered
+
+
+def _need(est: Estimate) -> int:
+    """An estimate's bytes with the allocator margin and the CUDA context: what must be free."""
+    return int(est.peak * (1 + MARGIN) + OVERHEAD)

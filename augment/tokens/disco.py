@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from augment.config import GenerateConfig, TokenConfig
 from augment.models.diffusion import Diffusion
+from augment.models.memory import is_out_of_memory
 from augment.prompts import render_prompt
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import installed_tokens, single_token_id, token_string, vector_tokens
@@ -93,6 +95,22 @@ def choose_init_token(tokenizer, class_name: str, cfg: TokenConfig) -> str:
         return last
     single_token_id(tokenizer, cfg.init_fallback)
     return cfg.init_fallback
+
+
+def check_initialisers(backbone: str, class_names: list[str], classes: list[int], cfg: TokenConfig) -> None:
+    """Every selected class's initialiser word checked on the driver, with the tokenizer alone
+    (``backbone``: the resolved pipeline folder, its ``tokenizer/`` subfolder), so that a word the
+    tokenizer splits is one line before ``run.json`` is written, not an error on a worker after its
+    model loaded, minutes into a cluster run. The worker's own check (:meth:`DiscoTrainer.train`)
+    stays: it holds the tokenizer that trains. A folder without a tokenizer is left to the worker."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(backbone) / "tokenizer"
+    if not folder.is_dir():
+        return
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    for c in classes:
+        choose_init_token(tokenizer, class_names[c], cfg)
 
 
 def learning_rate(cfg: TokenConfig, init: torch.Tensor, step: int) -> float:
@@ -262,6 +280,8 @@ class DiscoTrainer:
                         else:
                             since_best += 1
             except (FloatingPointError, RuntimeError) as e:
+                if is_out_of_memory(e):  # not this class's failure: the stage stops naming what to lower
+                    raise
                 result.status, result.error = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             finally:
                 for hook in hooks:

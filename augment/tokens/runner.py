@@ -25,7 +25,7 @@ from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
 from augment.shipping import Payload
-from augment.tokens.disco import TokenResult
+from augment.tokens.disco import TokenResult, check_initialisers
 from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
 
 # Settings that make a token different: a folder with other values belongs to another run.
@@ -47,10 +47,12 @@ class TokenWorker:
                  cache: ModelCache | None = None) -> None:
         from augment.models.backbone import native_resolution
         from augment.models.classifier import check_classes
+        from augment.models.memory import preflight
         from augment.tokens.disco import DiscoTrainer
 
         cfg = config_from_dict(cfg_dict)
         self.class_names = class_names
+        preflight(cfg, stage="tokens")  # a token step that cannot fit this CUDA card: one line, before any load
         # loaded once per worker host: the generate stages of the same build reuse them
         cache = cache if cache is not None else ModelCache()
         pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
@@ -107,7 +109,7 @@ class TokensStage(stage.Stage[int, TokenResult, TokensSummary]):
         check_names_hold_no_token(self.names)
         self.classes = inputs.classes
         # fail on the driver, with one clear line, before any actor starts loading models
-        _ = inputs.backbone
+        check_initialisers(inputs.backbone, self.names, self.classes, self.cfg.tokens)  # the tokenizer alone
         parse_grad_steps(self.cfg.tokens.grad_steps)
         self.classifier = inputs.classifier
         self.fingerprint = inputs.fingerprint

@@ -284,6 +284,10 @@ CASES = [
     case("benchmark-k-not-ints", "benchmark", "--out", "{w}/run", "--k", "abc", fragment="--k 'abc'"),
     case("benchmark-seeds-zero", "benchmark", "--out", "{w}/run", "--seeds", "0", fragment="--seeds 0"),
     # --- a full disk: the write fails; one line, and the folder stays resumable -------------------------
+    # --- the initialiser word: checked on the driver with the tokenizer alone, before run.json (issue 19)
+    case("tokens-init-not-one-token", "tokens", "--dataset", "folder", "--data-root", "{w}/data", "--model", "{pipe}",
+         "--classifier", "{clf}", "--out", "{w}/run", "--workers", "0", "--set", "tokens.init_token=zzqx",
+         setup=_folder_data, fragment="initialiser 'zzqx' is not a single token"),
     case("disk-full-at-run-json", *MICRO_RUN, setup=_folder_data, fsize_limit=1024,
          fragment="cannot write run.json in {w}/run/baseline: [Errno 27] File too large; free space",
          marks=[pytest.mark.slow]),

@@ -13,6 +13,7 @@ import pytest
 
 from augment.config import Config, GenerateConfig, TokenConfig
 from augment.errors import AugmentError
+from augment.generate.rejection import stream_seed
 from augment.generate.runner import run_generate
 from augment.tokens.runner import run_tokens
 from augment.verify import verify_run
@@ -331,3 +332,63 @@ def test_the_worker_reports_images_as_they_finish(trained):
     unit = plan_shards(stage.classes, cfg.generate.per_class, cfg.generate.shard_size)[1]
     stage.worker_factory()().run(unit)
     assert reports == [(1, 2), (1, 4)]
+
+
+def _nan_on(monkeypatch, seeds: set[int]) -> None:
+    """Make the sampler return a NaN image for every draw whose seed is in ``seeds`` (an fp16 overflow)."""
+    from augment.generate.worker import GenerateWorker
+
+    real = GenerateWorker.sample
+
+    def sample(self, prompts, draw_seeds, negatives=None):
+        images = real(self, prompts, draw_seeds, negatives)
+        for j, s in enumerate(draw_seeds):
+            if s in seeds:
+                images[j] = float("nan")
+        return images
+
+    monkeypatch.setattr(GenerateWorker, "sample", sample)
+
+
+def test_a_nan_image_costs_one_draw_not_the_shard(trained, monkeypatch, capsys):
+    """Issue 19: one NaN image was a bare AssertionError that failed its shard; it is a rejected draw,
+    redrawn from its class's attempt stream, counted in the summary and on record as attempts=2."""
+    from augment.cli.stages import print_generate
+    from augment.generate.plan import sample_seed
+
+    cfg = trained
+    bad = sample_seed(cfg.seed, 1, 2)
+    _nan_on(monkeypatch, {bad})
+    s = run_generate(cfg, show_progress=False)
+    assert s.exit_code == 0 and not s.failed and s.nonfinite == 1 and (s.samples, s.written) == (9, 3)
+    rows = {(r["class_index"], r["sample_index"]): r for r in pq.read_table(Path(s.out) / "manifests").to_pylist()}
+    assert len(rows) == 9
+    assert rows[1, 2]["seed"] == stream_seed(cfg.seed, 1, 1, 0) != bad and rows[1, 2]["attempts"] == 2
+    assert all(r["attempts"] == 1 and r["seed"] == sample_seed(cfg.seed, c, i)
+               for (c, i), r in rows.items() if (c, i) != (1, 2))
+    assert verify_run(Path(s.out)).ok
+    capsys.readouterr()
+    print_generate(s)
+    assert "1 NaN/inf draws rejected" in capsys.readouterr().out
+
+
+def test_an_image_that_stays_nan_stops_the_stage_naming_the_dtype(trained, monkeypatch):
+    from augment.generate.plan import sample_seed
+
+    trained.generate.max_attempts = 2
+    _nan_on(monkeypatch, {sample_seed(trained.seed, 0, 0), stream_seed(trained.seed, 0, 0, 0)})
+    with pytest.raises(AugmentError, match="NaN/inf images.*--dtype"):
+        run_generate(trained, show_progress=False)
+
+
+def test_a_nan_image_under_min_confidence_is_a_rejected_draw(trained, monkeypatch):
+    trained.generate.per_class = 2
+    trained.generate.shard_size = 6
+    trained.generate.min_confidence = 1e-9  # every finite draw passes
+    _nan_on(monkeypatch, {stream_seed(trained.seed, 2, 0, 0)})
+    s = run_generate(trained, show_progress=False)
+    assert s.exit_code == 0 and s.nonfinite == 1
+    by = {a.class_index: (a.accepted, a.attempts) for a in s.acceptance.classes}
+    assert by == {0: (2, 2), 1: (2, 2), 2: (2, 3)}
+    rows = [r for r in pq.read_table(Path(s.out) / "manifests").to_pylist() if r["class_index"] == 2]
+    assert [r["seed"] for r in rows] == [stream_seed(trained.seed, 2, 0, d) for d in (1, 2)]

@@ -103,7 +103,7 @@ def test_preflight_checks_cuda_only_against_the_free_memory(monkeypatch):
     from augment.config import Config
 
     estimates = [memory.Estimate("generation batch", int(2e9), int(30e9), {"batch": 64})]
-    monkeypatch.setattr(memory, "plan", lambda cfg, device: estimates)
+    monkeypatch.setattr(memory, "plan", lambda cfg, device, which=memory.ESTIMATES, **kw: estimates)
     memory.preflight(Config(), torch.device("cpu"), free=lambda d: pytest.fail("no CUDA query on the CPU"))
     with pytest.raises(AugmentError, match="generate.batch_size"):
         memory.preflight(Config(), torch.device("cuda", 0), free=lambda d: (int(16e9), "fake (cuda:0)"))

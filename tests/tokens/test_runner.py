@@ -227,3 +227,28 @@ def test_a_token_stage_leaves_the_hosts_pipeline_as_a_fresh_load(tmp_path, micro
     assert cached.tokenizer.get_vocab() == fresh.tokenizer.get_vocab()
     assert cached.text_encoder.config.vocab_size == fresh.text_encoder.config.vocab_size
     assert torch.equal(cached.text_encoder.get_input_embeddings().weight, fresh.text_encoder.get_input_embeddings().weight)
+
+
+def test_a_multi_token_initialiser_exits_2_on_the_driver_before_any_model_loads(
+        tmp_path, fake_cub, micro_pipeline_dir, micro_classifier_path, monkeypatch):
+    """Issue 19: the initialiser's single-token check ran on the worker after the model loaded
+    (minutes into a cluster run); the driver checks it with the tokenizer alone, before run.json."""
+    from click.testing import CliRunner
+
+    from augment.cli import cli
+    from augment.models.cache import ModelCache
+
+    def no_load(*args, **kwargs):
+        pytest.fail("a model loaded before the initialiser was checked")
+
+    monkeypatch.setattr(ModelCache, "backbone", no_load)
+    monkeypatch.setattr(ModelCache, "classifier", no_load)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["tokens", "--dataset", "cub", "--data-root", str(fake_cub), "--model",
+                                      str(micro_pipeline_dir), "--classifier",
+                                      f"timm:test_resnet@{micro_classifier_path}", "--out", str(out),
+                                      "--workers", "0", "--set", "tokens.init_token=zz qx"], prog_name="augment")
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
+    assert "initialiser 'zz qx' is not a single token" in lines[0]
+    assert not (out / "run.json").exists() and not (out / "tokens").exists()
