@@ -28,7 +28,7 @@ from augment.errors import AugmentError
 from augment.prompts import template_fields
 from augment.resources import list_presets, read_preset
 
-__all__ = ["Config", "Setting", "compat_keys", "config_from_dict", "list_presets", "resolve_config", "setting",
+__all__ = ["Config", "Setting", "compat_keys", "config_from_dict", "list_presets", "load_yaml", "resolve_config", "setting",
            "settings_of", "validate"]
 
 #: the commands that resolve a config: each takes the common settings' flags and --set
@@ -534,14 +534,77 @@ def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
     return value
 
 
-def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+#: the most text one YAML source (preset, --config file, --set value) may hold: a config is a few
+#: KB; anything near this is a mistake (a data file passed as --config) or an attack
+MAX_YAML_BYTES = 1_000_000
+#: the most nodes a YAML document may hold once its aliases are expanded: YAML's anchors let a few
+#: hundred bytes stand for billions of nodes (the "billion laughs"), which PyYAML shares by
+#: reference but every later deep copy (``asdict``, JSON, ``yaml.dump``) expands
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, where: str) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded, counted on the composed
+    graph (each node once, memoised) so a bomb is measured without being built; a node that
+    contains itself (``&a [*a]``) is refused, as no setting can hold an infinite value."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    open_: set[int] = set()
+    while stack:
+        n, done = stack.pop()
+        if done:
+            open_.discard(id(n))
+            children: list[yaml.Node] = []
+            if isinstance(n, yaml.SequenceNode):
+                children = n.value
+            elif isinstance(n, yaml.MappingNode):
+                children = [c for pair in n.value for c in pair]
+            sizes[id(n)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(n)] > MAX_YAML_NODES:
+                raise AugmentError(f"{where} expands to more than {MAX_YAML_NODES:,} values (YAML aliases?); "
+                                   "write the settings out without anchors")
+            continue
+        if id(n) in sizes:
+            continue
+        if id(n) in open_:
+            raise AugmentError(f"{where} holds a value that contains itself (a recursive YAML alias); "
+                               "write the settings out without anchors")
+        open_.add(id(n))
+        stack.append((n, True))
+        kids = n.value if isinstance(n, yaml.SequenceNode) else \
+            [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
+        stack.extend((c, False) for c in kids if id(c) not in sizes)
+    return sizes[id(node)]
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with bounds: at most :data:`MAX_YAML_BYTES` of text and
+    :data:`MAX_YAML_NODES` values once aliases are expanded, no self-containing value, no nesting
+    deeper than Python's stack; each refusal is one AugmentError naming ``where``. The one way
+    augment reads YAML it is given (presets, --config files, --set values)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise AugmentError(f"{where} is {len(text):,} characters, more than a config holds "
+                           f"(at most {MAX_YAML_BYTES:,}); check that it is the right file")
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise AugmentError(f"cannot read {where}: {problem}{at}; fix the YAML syntax") from None
+    except RecursionError:
+        raise AugmentError(f"{where} nests deeper than a config can; flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    data = load_yaml(text, where) or {}
     if not isinstance(data, dict):
         raise AugmentError(f"{where} must hold a YAML mapping of settings, not {type(data).__name__}")
     return data
@@ -568,8 +631,12 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
             continue
         *parents, leaf = key.split(".")
         node = nested
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # --set tokens=2 --set tokens.lr=1
+                section = ".".join(parents[: i + 1])
+                raise AugmentError(f"{key} cannot be set: {section} was given a value ({node!r}), not a mapping; "
+                                   f"drop the --set {section}=...")
         node[leaf] = value
     return nested
 

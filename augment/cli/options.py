@@ -16,9 +16,8 @@ from dataclasses import fields
 from typing import Any, get_args, get_type_hints
 
 import click
-import yaml
 
-from augment.config import Config, Setting, resolve_config, settings_of
+from augment.config import Config, Setting, load_yaml, resolve_config, settings_of
 from augment.errors import AugmentError
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -205,9 +204,11 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise AugmentError(f"--set {item!r}: use KEY=VALUE with a dotted config key, e.g. --set tokens.lr=0.01")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise AugmentError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+        return key.strip(), load_yaml(value, f"--set {key.strip()}")
+    except AugmentError as e:
+        if "YAML syntax" in str(e):
+            raise AugmentError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+        raise
 
 
 def setting_overrides(kwargs: dict[str, Any], command: str) -> dict[str, Any]:

@@ -120,6 +120,32 @@ def _token_file(tensors: Callable[[str], dict[str, torch.Tensor]]) -> Callable[[
     return setup
 
 
+#: a few hundred bytes that stand for 9**9 (387 million) strings once YAML's aliases are expanded
+_LAUGHS = "".join(f"    {a}: &{a} [{', '.join(['*' + b] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi", strict=True))
+_BOMB = "  lol: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + _LAUGHS.replace("    ", "  ")
+#: the same in YAML's flow style, for --set
+_FLOW_BOMB = "{" + ", ".join(line.strip() for line in _BOMB.splitlines()) + "}"
+
+
+def _bomb_under(section: str) -> Callable[[Path], None]:
+    """A --config whose ``section`` (``dataset_options`` or ``train: arch_kwargs``) holds the bomb."""
+    if section == "dataset_options":
+        return _config("dataset_options:\n" + _BOMB)
+    return _config("train:\n  arch_kwargs:\n" + _BOMB.replace("\n  ", "\n    ").replace("  lol:", "    lol:", 1))
+
+
+def _presets(files: dict[str, bytes | None]) -> Callable[[Path], None]:
+    """A folder ``{w}/pipes`` for AUGMENT_PIPELINES: name -> bytes (None: a folder of that name)."""
+    def setup(w: Path) -> None:
+        (w / "pipes").mkdir()
+        for name, data in files.items():
+            if data is None:
+                (w / "pipes" / name).mkdir()
+            else:
+                (w / "pipes" / name).write_bytes(data)
+    return setup
+
+
 # ------------------------------------------------------------------------------------ the table
 
 @dataclass
@@ -131,6 +157,7 @@ class Case:
     fragment: str
     setup: Callable[[Path], None] | None = None
     fsize_limit: int | None = None  # bytes: run as a subprocess under RLIMIT_FSIZE (a full disk)
+    env: dict[str, str] = field(default_factory=dict)  # environment variables ({w} substituted)
     marks: list = field(default_factory=list)
 
 
@@ -183,6 +210,29 @@ CASES = [
          setup=_config("tokens:\n  prompts: ['a photo of a {name}']\n"), fragment="has no {token} placeholder"),
     case("prompt-bad-braces", "generate", "--config", "{w}/c.yaml",
          setup=_config("generate:\n  prompts: ['a {token {name}']\n"), fragment="cannot be filled"),
+    # --- bounded YAML: aliases, sizes, nesting; one line, at once ------------------------------------
+    case("cfg-alias-bomb-dataset-options", "tokens", "--config", "{w}/c.yaml", setup=_bomb_under("dataset_options"),
+         fragment="expands to more than 100,000 values"),
+    case("cfg-alias-bomb-arch-kwargs", "train", "--config", "{w}/c.yaml", setup=_bomb_under("train"),
+         fragment="expands to more than 100,000 values"),
+    case("set-alias-bomb", "config", "--set", "dataset_options=" + _FLOW_BOMB,
+         fragment="--set dataset_options expands to more than"),
+    case("cfg-recursive-alias", "config", "--config", "{w}/c.yaml", setup=_config("dataset_options: &a {x: *a}\n"),
+         fragment="contains itself"),
+    case("cfg-too-large", "config", "--config", "{w}/c.yaml", setup=_config("seed: 1\n" + "#" * 2_000_000 + "\n"),
+         fragment="more than a config holds"),
+    case("cfg-nested-too-deep", "config", "--config", "{w}/c.yaml", setup=_config("x: " + "[" * 50_000 + "]" * 50_000),
+         fragment="c.yaml"),
+    case("set-section-then-key", "config", "--set", "tokens=2", "--set", "tokens.lr=1",
+         fragment="tokens.lr cannot be set: tokens was given a value (2)"),
+    case("pipelines-missing", "config", env={"AUGMENT_PIPELINES": "{w}/nope"},
+         fragment="AUGMENT_PIPELINES={w}/nope does not exist"),
+    case("pipelines-a-file", "config", setup=_a_file, env={"AUGMENT_PIPELINES": "{w}/file.txt"},
+         fragment="AUGMENT_PIPELINES={w}/file.txt is a file"),
+    case("pipelines-preset-not-utf8", "config", setup=_presets({"digits.yaml": b"seed: 1 # caf\xe9\n"}),
+         env={"AUGMENT_PIPELINES": "{w}/pipes"}, fragment="preset {w}/pipes/digits.yaml is not UTF-8"),
+    case("pipelines-preset-is-a-folder", "config", setup=_presets({"digits.yaml": None}),
+         env={"AUGMENT_PIPELINES": "{w}/pipes"}, fragment="no preset for dataset 'digits' (presets: none)"),
     case("config-set-seed-abc", "config", "--set", "seed=abc", fragment="config key seed = 'abc'"),
     case("config-set-train-epochs-zero", "config", "--set", "train.epochs=0", fragment="--epochs must be at least 1, got 0"),
     case("config-set-train-hflip-3", "config", "--set", "train.hflip=3", fragment="--hflip must be a probability in [0, 1]"),
@@ -342,6 +392,8 @@ def test_bad_input(c: Case, tmp_path, micro_pipeline_dir, micro_classifier_path,
     for key, value in subs.items():
         args = [a.replace(key, value) for a in args]
         fragment = fragment.replace(key, value)
+    for key, value in c.env.items():
+        monkeypatch.setenv(key, value.replace("{w}", str(w)))
     before = _snapshot(w)
 
     if c.fsize_limit is None:
