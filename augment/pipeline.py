@@ -35,7 +35,7 @@ from augment.downstream.benchmark_result import Treatment
 from augment.errors import AugmentError
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.lock import keep_lock, run_lock
-from augment.io.rundir import RunDir
+from augment.io.rundir import RunDir, check_creatable
 from augment.stage import StageSummary, open_pool
 
 if TYPE_CHECKING:
@@ -238,30 +238,33 @@ def train(cfg: Config, request: TrainRequest, log: Log = _ignore) -> TrainOutcom
 
     settings = request.flags.settings(cfg)
     k = request.real_k if request.real_k is not None else max(cfg.train.k_values or [0])
-    dataset = resolve_inputs(cfg).dataset
     synthetic, split = request.synthetic, request.split
-    mixed = make_mixed_dataset(dataset, k, cfg.seed, synthetic, request.flags.synthetic_prob(cfg),
-                               cfg.train.synthetic_weight, cfg.train.min_confidence, settings.input_size, split,
-                               distill_temperature=cfg.train.distill_temperature if cfg.train.distill else None)
-    test_images, test_labels = load_split(dataset, request.test_split, settings.input_size)
     if request.out is not None:
         out = request.out
     else:
         located = [(s, RunDir.locate(s)[1]) for s in synthetic]
         arms = [Path(s).name if name == "token" else name for s, name in located]
         out = RunDir(cfg.out if request.run else f"runs/{cfg.dataset}").train_dir(k, arms, cfg.seed)
-    for s in mixed.sets:
-        dropped = ", ".join(f"{n} {r}" for r, n in s.dropped.items())
-        log(f"synthetic {s.root}: {s.kept} of {s.total} images" + (f" (dropped {dropped})" if dropped else ""))
-    log(f"training {settings.arch} on {mixed.n_real} real ({k}/class from {split}) + {mixed.n_synthetic} synthetic "
-        f"images (synthetic share {mixed.effective_prob:.2f}, weight {mixed.synthetic_weight:g}"
-        + (f", soft labels at T={mixed.distill_temperature:g}" if mixed.distill_temperature else "") + ") for "
-        f"{settings.epochs} epochs -> {out}")
-    extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split,
-             "test_split": request.test_split, "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
-             "distill_temperature": mixed.distill_temperature}
     writes_run = request.run and request.out is None  # it writes <run>/train/
+    # the lock and the output folder are checked before the data loads and the training runs: a
+    # refusal costs nothing, and no training is lost to a folder it cannot write at its end
     with run_lock(request.run) if writes_run else contextlib.nullcontext():
+        check_creatable(out)
+        dataset = resolve_inputs(cfg).dataset
+        mixed = make_mixed_dataset(dataset, k, cfg.seed, synthetic, request.flags.synthetic_prob(cfg),
+                                   cfg.train.synthetic_weight, cfg.train.min_confidence, settings.input_size, split,
+                                   distill_temperature=cfg.train.distill_temperature if cfg.train.distill else None)
+        test_images, test_labels = load_split(dataset, request.test_split, settings.input_size)
+        for s in mixed.sets:
+            dropped = ", ".join(f"{n} {r}" for r, n in s.dropped.items())
+            log(f"synthetic {s.root}: {s.kept} of {s.total} images" + (f" (dropped {dropped})" if dropped else ""))
+        log(f"training {settings.arch} on {mixed.n_real} real ({k}/class from {split}) + {mixed.n_synthetic} "
+            f"synthetic images (synthetic share {mixed.effective_prob:.2f}, weight {mixed.synthetic_weight:g}"
+            + (f", soft labels at T={mixed.distill_temperature:g}" if mixed.distill_temperature else "") + ") for "
+            f"{settings.epochs} epochs -> {out}")
+        extra = {"dataset": dataset.name, "data_root": cfg.data_root, "real_k": k, "split": split,
+                 "test_split": request.test_split, "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
+                 "distill_temperature": mixed.distill_temperature}
         result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
     return TrainOutcome(mixed, settings, k, out, result)
 

@@ -50,6 +50,7 @@ from augment.io.rundir import (
     ArmDir,
     RunDir,
     check_compatible,
+    check_no_file_in_the_way,
     check_out_in_ray_job,
     check_writable,
     stage_ran,
@@ -230,6 +231,7 @@ def _preflight(stage: Stage[Any, Any, Any]) -> None:
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Step 2, under the run folder's lock: the folder's checks and ``run.json``."""
     arm, extra = stage.arm, stage.run_json_extra()
+    check_no_file_in_the_way([arm.path, arm.tokens, arm.shards, arm.manifests, stage.run.report])
     if not stage.records_run:
         return
     if stage_ran(arm, stage.name):

@@ -15,6 +15,7 @@ left and no shard without its manifest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import resource
@@ -144,6 +145,30 @@ def _presets(files: dict[str, bytes | None]) -> Callable[[Path], None]:
             else:
                 (w / "pipes" / name).write_bytes(data)
     return setup
+
+
+def _digit_run_with_file(name: str) -> Callable[[Path], None]:
+    """A small digits run folder ``{w}/run`` (shards + manifests) with a file where ``name`` (a
+    folder augment writes) goes: ``touch OUT/report``."""
+    def setup(w: Path) -> None:
+        from tests.downstream import make_digit_run
+
+        make_digit_run(w / "run", per_class=1)
+        (w / "run" / name).write_text("in the way\n")
+    return setup
+
+
+def _folder_data_and_file(name: str) -> Callable[[Path], None]:
+    """The micro folder data and an empty run folder with a file where ``name`` goes."""
+    def setup(w: Path) -> None:
+        _folder_data(w)
+        (w / "run").mkdir()
+        (w / "run" / name).write_text("in the way\n")
+    return setup
+
+
+#: a path component one byte over what Linux file systems allow
+_LONG = "x" * 256
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -346,6 +371,22 @@ CASES = [
          setup=_token_file(lambda t: {t: torch.zeros(1, 32), "<other>": torch.zeros(1, 32)}), fragment="holds 2 keys; a token file holds exactly one"),
     case("token-file-scalar", "generate", "--out", "{w}/run", "--classes", "0", *FAST,
          setup=_token_file(lambda t: {t: torch.tensor(1.0)}), fragment="0000"),
+    # --- write paths: a file in the way, a name too long: one line, nothing written ----------------------
+    case("tokens-file-in-the-way", "tokens", "--dataset", "folder", "--data-root", "{w}/data", "--model", "{pipe}",
+         "--classifier", "{clf}", "--out", "{w}/run", "--max-steps", "1", *FAST, setup=_folder_data_and_file("tokens"),
+         fragment="{w}/run/tokens is a file where augment keeps a folder; move it aside"),
+    case("generate-report-in-the-way", *MICRO_RUN, setup=_folder_data_and_file("report"),
+         fragment="{w}/run/report is a file where augment keeps a folder"),
+    case("eval-report-in-the-way", "eval", "{w}/run", "--device", "cpu", setup=_digit_run_with_file("report"),
+         fragment="{w}/run/report is a file where augment keeps a folder"),
+    case("report-report-in-the-way", "report", "{w}/run", setup=_digit_run_with_file("report"),
+         fragment="cannot write {w}/run/report: File exists"),
+    case("tokens-out-name-too-long", "tokens", "--out", "{w}/" + _LONG + "/run", *FAST,
+         fragment="File name too long"),
+    case("train-out-name-too-long", "train", "--out", "{w}/" + _LONG, "--epochs", "1",
+         fragment="File name too long"),
+    case("train-out-is-a-file", "train", "--out", "{w}/file.txt", "--epochs", "1", setup=_a_file,
+         fragment="--out {w}/file.txt is a file, not a folder"),
     # --- commands that read a run ---------------------------------------------------------------------
     case("verify-missing-folder", "verify", "{w}/nope", fragment="Directory '{w}/nope' does not exist"),
     case("show-a-file", "show", "{w}/file.txt", setup=_a_file, fragment="is a file"),
@@ -484,3 +525,103 @@ def test_full_disk_mid_run_keeps_the_folder_resumable(tmp_path, micro_pipeline_d
     assert last.startswith("Error: cannot write shard 0 in ") and "re-run the same command to resume" in last, last
     assert (w / "run" / "baseline" / "run.json").is_file()
     _assert_resumable(w / "run")
+
+
+# --------------------------------------------------- a full disk anywhere: every write is the atomic helper's
+
+def _no_space(path) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+TRAIN_TINY = ["--arch", "test_resnet", "--epochs", "1", "--samples-per-epoch", "32", "--batch-size", "32",
+              "--device", "cpu", "--real-k", "1"]
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "train"])
+def test_a_full_disk_is_one_line_and_loses_nothing(command, tmp_path, monkeypatch):
+    """ENOSPC at the atomic writer's flush (where every output passes): exit 2, one line naming the
+    file and the fix, no temporary file left and every file that was there unchanged."""
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+    before = _snapshot(run)
+    monkeypatch.setattr("augment.io.atomic._fsync_file", _no_space)
+    args = {"eval": ["eval", str(run), "--device", "cpu"], "report": ["report", str(run)],
+            "train": ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")]}[command]
+    result = CliRunner().invoke(cli, args, prog_name="augment")
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "free space" in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing that was there changed
+
+
+def test_train_ctrl_c_does_not_promise_a_resume(tmp_path, monkeypatch):
+    """train does not resume: Ctrl-C must not say it does (the stages still say "resume")."""
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("augment.downstream.train.train_classifier", interrupted)
+    result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")],
+                                prog_name="augment")
+    assert result.exit_code == 130, result.output
+    assert "to resume" not in result.output and "trains again from the start" in result.output, result.output
+
+
+def test_train_lock_refusal_comes_before_the_data_loads(tmp_path, monkeypatch):
+    """A locked run refuses train at once: the reals and shards are never read."""
+    from tests.downstream import make_digit_run
+    from tests.io.test_lock import hold_lock
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+
+    def must_not_load(*a, **k):
+        raise AssertionError("train loaded its data before taking the lock")
+
+    monkeypatch.setattr("augment.downstream.mixing.make_mixed_dataset", must_not_load)
+    holder = hold_lock(run)
+    try:
+        result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run)], prog_name="augment")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"is being written by PID {holder.pid}" in result.output
+
+
+def test_train_writes_its_checkpoint_like_every_other_output(tmp_path):
+    """best.safetensors gets the mode of the other outputs (0644 under umask 022), and best.json is
+    written before it (a kill between the two leaves no checkpoint without its sidecar)."""
+    from unittest import mock
+
+    from augment.io import atomic
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+    order: list[str] = []
+    real = atomic.atomic_write_bytes
+
+    def recording(path, data):
+        order.append(Path(path).name)
+        return real(path, data)
+
+    old = os.umask(0o022)
+    try:
+        with mock.patch("augment.io.atomic.atomic_write_bytes", recording), \
+                mock.patch("augment.downstream.train.atomic_write_bytes", recording, create=True):
+            result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")],
+                                        prog_name="augment")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "t"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["best.safetensors"] == modes["metrics.json"] == 0o644, modes
+    assert order.index("best.json") < order.index("best.safetensors"), order
