@@ -260,7 +260,21 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
         _preflight(stage)
         check_writable(run)  # the folder must exist to hold its lock file
         with run_lock(run):
-            return _run_locked(stage, force, show_progress, start, pool)
+            try:
+                return _run_locked(stage, force, show_progress, start, pool)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (errors.Terminated): leave no empty folder behind
+                _remove_empty(stage)
+                raise
+
+
+def _remove_empty(stage: Stage[Any, Any, Any]) -> None:
+    """Remove the arm's sub-folders (and the arm's own folder) that hold nothing, after an
+    interrupted run: they are made again on resume, and an empty ``baseline/`` must not look like
+    an arm that ran."""
+    arm = stage.arm
+    for folder in (arm.tokens, arm.shards, arm.manifests, *([arm.path] if arm.path != stage.run.path else [])):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder goes
 
 
 def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: float, pool: Pool | None) -> S:

@@ -19,7 +19,7 @@ from typing import Any, get_args, get_type_hints
 import click
 
 from augment.config import Config, Setting, load_yaml, resolve_config, settings_of
-from augment.errors import AugmentError
+from augment.errors import AugmentError, Terminated
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -81,6 +81,9 @@ def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -
         if line is None:
             raise
         raise UserError(line) from None
+    except Terminated as e:  # SIGTERM: the same clean-up as Ctrl-C, then 128 + the signal, as a shell reports it
+        click.echo(f"terminated; {_RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)}", err=True)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         click.echo(f"interrupted; {_RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)}", err=True)
         sys.exit(130)

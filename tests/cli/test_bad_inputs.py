@@ -625,3 +625,37 @@ def test_train_writes_its_checkpoint_like_every_other_output(tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes["best.safetensors"] == modes["metrics.json"] == 0o644, modes
     assert order.index("best.json") < order.index("best.safetensors"), order
+
+
+def test_sigterm_after_ray_is_one_line(tmp_path, monkeypatch):
+    """Once Ray's driver is up, SIGTERM is Terminated again (not Ray's C++ dump and abort), and the
+    CLI says one line with exit 143, as a shell reports a SIGTERM."""
+    import signal
+
+    from augment.distributed.connection import take_back_sigterm
+    from augment.errors import Terminated
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        take_back_sigterm()
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs at the next bytecode boundary
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+
+    def terminated(*a, **k):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr("augment.downstream.train.train_classifier", terminated)
+    result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")],
+                                prog_name="augment")
+    assert result.exit_code == 143, result.output
+    assert [ln for ln in result.stderr.splitlines() if ln.strip()] == [
+        "terminated; training does not resume: re-running the same command trains again from the start "
+        "(the best epoch so far is in OUT/best.safetensors)"], result.stderr
