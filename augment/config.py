@@ -322,7 +322,8 @@ class TrainConfig:
                           commands=_TRAIN_CMDS, help="Training epochs (default: train.epochs).")
     batch_size: int = setting(64, range=_between(1, _INF), commands=_TRAIN_CMDS,
                               help="Batch size (default: train.batch_size).")
-    lr: float = setting(1e-3, range=_between(0, _INF, lo_open=True), commands=_TRAIN_CMDS,
+    # 0 trains nothing (the pretrained tests freeze the weights that way); NaN/inf and < 0 are refused
+    lr: float = setting(1e-3, range=_between(0, _INF), commands=_TRAIN_CMDS,
                         help="Learning rate (default: train.lr).")
     weight_decay: float = setting(0.05, range=_between(0, _INF))
     # any optimizer timm's create_optimizer_v2 knows

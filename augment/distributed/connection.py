@@ -10,6 +10,7 @@ and so is a cluster that goes away under a running stage (:func:`lost_cluster_er
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import threading
@@ -120,6 +121,17 @@ def take_back_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def object_store_bytes() -> int | None:
+    """The object store a private Ray gets under an address-space limit (``ulimit -v``, ``prlimit
+    --as``): an eighth of it (at least 100 MiB), or None (Ray's default, 30% of the memory) without
+    one. Every Ray process maps the whole store; at Ray's default a limited driver aborts with a
+    native ``plasma mmap failed`` dump, leaving the lock and an empty arm folder."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(100 * 2**20, soft // 8)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join or start Ray once per process (see the module doc for the order); True when this call
     started a private local Ray that no other node can join.
@@ -147,7 +159,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     # "local" forces a new instance even when ray.init() would find a head recorded on this machine.
     try:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR", configure_logging=True)
+                 log_to_driver=False, logging_level="ERROR", configure_logging=True,
+                 object_store_memory=object_store_bytes())
     except SystemExit as e:  # SIGTERM while Ray starts: its Python handler exits with the signal's number
         if e.code == signal.SIGTERM:
             raise Terminated(signal.SIGTERM) from None
