@@ -28,7 +28,7 @@ from augment.errors import AugmentError
 from augment.prompts import template_fields
 from augment.resources import list_presets, read_preset
 
-__all__ = ["Config", "Setting", "compat_keys", "config_from_dict", "list_presets", "resolve_config", "setting",
+__all__ = ["Config", "Setting", "compat_keys", "config_from_dict", "list_presets", "load_yaml", "resolve_config", "setting",
            "settings_of", "validate"]
 
 #: the commands that resolve a config: each takes the common settings' flags and --set
@@ -44,9 +44,10 @@ MAX_SAMPLES = 10_000_000
 
 
 def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Any, str]:
-    """A range test and how an error says it (``from 1 to 10000``); NaN never passes."""
+    """A range test and how an error says it (``from 1 to 10000``); NaN and infinities never pass
+    (no setting can use them: an unbounded range means any finite number)."""
     def test(v: float) -> bool:
-        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        return math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
     def num(x: float) -> str:
         return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
     if hi == math.inf:
@@ -147,6 +148,56 @@ def synthetic_prob_flag(value: str) -> float | None:
         raise AugmentError(f"--synthetic-prob {value!r} is not a number in [0, 1] or 'natural'") from None
 
 
+def _numbers(n: int | None, each: tuple[Any, str]) -> tuple[Any, str]:
+    """A list test: ``n`` numbers (None: at least one), each passing ``each`` (a :func:`_between`)."""
+    test, desc = each
+    def ok(v: list[Any]) -> bool:
+        return (len(v) == n if n is not None else len(v) >= 1) and all(test(x) for x in v)
+    return ok, f"{n if n is not None else 'one or more'} numbers, each {desc}"
+
+
+def _zoom(v: list[float]) -> bool:
+    """``train.scale``: a random-zoom range ``[low, high]``, both positive, low <= high."""
+    return len(v) == 2 and all(math.isfinite(x) and x > 0 for x in v) and v[0] <= v[1]
+
+
+_OPTIMIZERS_FAST = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop", "lamb", "lars", "lion", "adagrad")
+
+
+def _optimizer(name: str) -> bool:
+    """Whether timm's ``create_optimizer_v2`` knows ``name`` (a ``lookahead_`` prefix allowed); the
+    common names pass without importing timm."""
+    base = name.lower().removeprefix("lookahead_")
+    if base in _OPTIMIZERS_FAST:
+        return True
+    import timm.optim
+
+    return base in timm.optim.list_optimizers()
+
+
+#: the learning-rate schedules timm's ``create_scheduler_v2`` builds and the trainer can step
+#: (``plateau`` needs a metric each epoch, which the trainer does not pass)
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt", "none")
+#: the split names any dataset has (digits/cub: train, test; folder: train, val, valid, validation,
+#: test; inat: train, train_mini, val; imagenet: train, val); the caso stage checks the dataset's own
+SPLITS = ("train", "train_mini", "val", "valid", "validation", "test")
+#: the sampler names ``models.backbone.SCHEDULERS`` maps to diffusers classes (a test keeps them equal)
+SAMPLERS = ("ddim", "dpm", "euler", "pndm", "ddpm")
+#: classifier-free guidance scales a sampler can use (0: unguided; the papers use 1.5 to 15)
+_GUIDANCE = _between(0, 100)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (a number, or numbers inside lists and mappings)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def _gpus_fit(g: float) -> bool:
     """Ray places fractions of one GPU or whole GPUs, nothing in between."""
     return 0 < g <= 1 or (g > 1 and g == int(g))
@@ -197,7 +248,7 @@ class TokenConfig:
     fresh_seeds: bool = setting(False, resume=("tokens",))  # False: the same seeds every step (the reference code)
     grad_clip: float = setting(1.0, range=_between(0, _INF), resume=("tokens",))
     steps: int | None = setting(None, range=_between(1, 10_000), resume=("tokens",))  # sampler steps while training; None: generate.steps
-    guidance_scale: float | None = setting(None, resume=("tokens",))  # None: generate.guidance_scale
+    guidance_scale: float | None = setting(None, range=_GUIDANCE, resume=("tokens",))  # None: generate.guidance_scale
     # gradient checkpointing inside the UNet blocks and the VAE decoder (diffusers' own): the token
     # step keeps ~1/8 of the activations for backward (docs/memory.md); same images and gradients
     checkpointing: bool = True
@@ -223,7 +274,7 @@ class GenerateConfig:
                              help="Images per class (raising it later only adds samples).")
     steps: int = setting(30, range=_between(1, 10_000), resume=("generate",), commands=_GENERATE_CMDS,
                          help="Denoising steps.")
-    guidance_scale: float = setting(7.0, resume=("generate",), commands=_GENERATE_CMDS,
+    guidance_scale: float = setting(7.0, range=_GUIDANCE, resume=("generate",), commands=_GENERATE_CMDS,
                                     help="Classifier-free guidance scale.")
     batch_size: int | None = setting(None, range=_between(1, 4096), resume=("generate",),  # None: chosen per device
                                      commands=_GENERATE_CMDS, order=2.3,
@@ -278,12 +329,16 @@ class TrainConfig:
                           commands=_TRAIN_CMDS, help="Training epochs (default: train.epochs).")
     batch_size: int = setting(64, range=_between(1, _INF), commands=_TRAIN_CMDS,
                               help="Batch size (default: train.batch_size).")
-    lr: float = setting(1e-3, commands=_TRAIN_CMDS, help="Learning rate (default: train.lr).")
-    weight_decay: float = 0.05
-    opt: str = "adamw"
-    sched: str = "cosine"
-    warmup_epochs: int = 0
-    input_size: int = setting(32, range=_between(8, _INF), commands=_TRAIN_CMDS, order=5.6,
+    # 0 trains nothing (the pretrained tests freeze the weights that way); NaN/inf and < 0 are refused
+    lr: float = setting(1e-3, range=_between(0, _INF), commands=_TRAIN_CMDS,
+                        help="Learning rate (default: train.lr).")
+    weight_decay: float = setting(0.05, range=_between(0, _INF))
+    # any optimizer timm's create_optimizer_v2 knows
+    opt: str = setting("adamw", range=(_optimizer, "an optimizer timm knows (adamw, sgd, momentum, lamb, ...)"))
+    sched: str = setting("cosine", choices=SCHEDULES)
+    warmup_epochs: int = setting(0, range=_between(0, 100_000))
+    # 2,048 px: the largest side timm's models are trained at is well below (ImageNet models: 224-800)
+    input_size: int = setting(32, range=_between(8, 2048), commands=_TRAIN_CMDS, order=5.6,
                               help="Image side the classifier is trained at (default: train.input_size).")
     # None: the mixed set's size, at least 1000 (equal compute per arm)
     samples_per_epoch: int | None = setting(
@@ -293,14 +348,15 @@ class TrainConfig:
     hflip: float = setting(0.0, range=_between(0, 1), error="--hflip must be a probability in [0, 1], got {value}",
                            commands=_TRAIN_CMDS, order=5.5,
                            help="Horizontal-flip probability (default 0: digits must not be mirrored).")
-    pad: int = 2
-    degrees: float = 10.0
+    pad: int = setting(2, range=_between(0, 1024))  # random shift, px
+    degrees: float = setting(10.0, range=_between(0, 180))  # random rotation, +-
     # lists, not tuples: the config is dumped as YAML (`augment config`) and round-trips through run.json
-    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random zoom range
-    label_smoothing: float = 0.0
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # input normalisation, per channel
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    eval_batch_size: int = 500
+    scale: list[float] = setting([0.9, 1.1], range=(_zoom, "[low, high]: two numbers above 0, low <= high"))
+    label_smoothing: float = setting(0.0, range=_between(0, 1, hi_open=True))
+    # input normalisation, per channel (RGB); a std of 0 divides by zero (a model that predicts one class)
+    mean: list[float] = setting([0.5, 0.5, 0.5], range=_numbers(3, _between(-1000, 1000)))
+    std: list[float] = setting([0.5, 0.5, 0.5], range=_numbers(3, _between(0, _INF, lo_open=True)))
+    eval_batch_size: int = setting(500, range=_between(1, 1_000_000))
     # test every N epochs (0: only after the last one); the best epoch is among these
     eval_every: int = setting(1, range=_between(0, _INF),
                               error="train.eval_every must be >= 0 (0: only after the last epoch), got {value}")
@@ -324,8 +380,8 @@ class TrainConfig:
         1.0, trainer=False, range=(lambda v: v > 0, ""), error="--distill-temperature must be > 0, got {value}",
         commands=_TRAIN_CMDS,
         help="Temperature of the soft labels synthetic images learn with distillation (default: train.distill_temperature).")
-    k_values: list[int] = setting([0, 3, 9, 15], trainer=False)
-    seeds: list[int] = setting([0, 1, 2], trainer=False)
+    k_values: list[int] = setting([0, 3, 9, 15], trainer=False, range=_numbers(None, _between(0, 1_000_000)))
+    seeds: list[int] = setting([0, 1, 2], trainer=False, range=_numbers(None, _between(0, 2**63 - 1)))
 
     @classmethod
     def trainer_fields(cls) -> tuple[str, ...]:
@@ -352,15 +408,16 @@ class CasoConfig:
     # real images per class: the embeddings learn from all classes' k reals; each real is edited
     k: int = setting(5, range=_between(1, 100_000), commands=("caso",),
                      help="Real images per class: the embeddings learn from all classes' k reals, each is edited.")
-    split: str = "train"
-    kshot_seed: int | None = None  # seed of the k-shot draw (None: the run seed); the benchmark sets its cell's
+    split: str = setting("train", choices=SPLITS)  # the dataset must have it (checked by the caso stage)
+    # seed of the k-shot draw (None: the run seed); the benchmark sets its cell's
+    kshot_seed: int | None = setting(None, range=_between(0, 2**63 - 1))
     # embedding vectors injected in place of the first tokens of an empty prompt
     n_vectors: int = setting(1, range=_between(1, 64))
     init_token: str = "a"
     # noise level (fraction of the diffusion timesteps) the reals are noised to
     t0: float = setting(0.4, range=_between(0, 1, lo_open=True, hi_open=True))
     lr: float = setting(0.01, range=_between(0, _INF, lo_open=True))
-    weight_decay: float = 0.01
+    weight_decay: float = setting(0.01, range=_between(0, _INF))
     # The official code runs 20 epochs (20 x N/2 steps: 300 for k=3 on 10 classes, 1500 for k=15);
     # a fixed count bounds the per-draw cost of the benchmark's caso arm on a CPU. Measured on the
     # embedded default (benchmarks/caso_edits.py, k=3, 30 reals): one-step guide accuracy towards
@@ -372,7 +429,7 @@ class CasoConfig:
     batch_size: int = setting(2, range=_between(1, 4096))
     # latent reconstruction loss weight (the paper's lambda; the code's 0)
     recon_weight: float = setting(0.0, range=_between(0, _INF))
-    guidance_scale: float = 10.0  # CFG scale of the one-step x0 prediction while learning
+    guidance_scale: float = setting(10.0, range=_GUIDANCE)  # CFG scale of the one-step x0 prediction while learning
     # which embeddings edit which reals: "self" (each real towards its own class), "all" (each real
     # towards every class), "B" or "A->B" (every real / the reals of A towards B, labelled B);
     # "+" concatenates embeddings in one condition ("A->B+C", the multi-attribute edit)
@@ -387,10 +444,10 @@ class CasoConfig:
                               help="Editing: fraction of the schedule the real image is inverted/noised to.")
     edit_steps: int = setting(50, range=_between(1, 10_000))  # the official code's NUM_DDIM_STEPS
     # negative values reverse the edit (the edit keeps the source's label)
-    edit_guidance: float = setting(10.0, commands=("caso",), order=99,
+    edit_guidance: float = setting(10.0, range=_between(-100, 100), commands=("caso",), order=99,
                                    help="Guidance scale of the edit (negative reverses it; the label stays the source's).")
     # guide one denoising step only (index among the steps that run)
-    guided_step: int | None = setting(None, commands=("caso",),
+    guided_step: int | None = setting(None, range=_between(0, 10_000), commands=("caso",),
                                       help="Guide this denoising step only (single-step edit; 0 = the first that runs).")
     # per condition; > 1 needs sdedit (a ddim edit is deterministic)
     edits_per_image: int = setting(1, range=_between(1, 10_000), commands=("caso",),
@@ -441,7 +498,7 @@ class Config:
     classes: str | None = setting(None, resume=("generate", "caso"), commands=CONFIG_COMMANDS, order=9.5,
                                   help="Class selection: indices 3,8, ranges 0-9 or class names (default: all).")
     resolution: int | None = setting(None, range=_between(8, 16384), resume=("tokens", "generate"))  # None: native
-    scheduler: str = setting("ddim", resume=("tokens", "generate"))  # tokens train through the sampler too
+    scheduler: str = setting("ddim", choices=SAMPLERS, resume=("tokens", "generate"))  # tokens train through the sampler too
     tokens: TokenConfig = field(default_factory=TokenConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -541,14 +598,77 @@ def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
     return value
 
 
-def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+#: the most text one YAML source (preset, --config file, --set value) may hold: a config is a few
+#: KB; anything near this is a mistake (a data file passed as --config) or an attack
+MAX_YAML_BYTES = 1_000_000
+#: the most nodes a YAML document may hold once its aliases are expanded: YAML's anchors let a few
+#: hundred bytes stand for billions of nodes (the "billion laughs"), which PyYAML shares by
+#: reference but every later deep copy (``asdict``, JSON, ``yaml.dump``) expands
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, where: str) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded, counted on the composed
+    graph (each node once, memoised) so a bomb is measured without being built; a node that
+    contains itself (``&a [*a]``) is refused, as no setting can hold an infinite value."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    open_: set[int] = set()
+    while stack:
+        n, done = stack.pop()
+        if done:
+            open_.discard(id(n))
+            children: list[yaml.Node] = []
+            if isinstance(n, yaml.SequenceNode):
+                children = n.value
+            elif isinstance(n, yaml.MappingNode):
+                children = [c for pair in n.value for c in pair]
+            sizes[id(n)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(n)] > MAX_YAML_NODES:
+                raise AugmentError(f"{where} expands to more than {MAX_YAML_NODES:,} values (YAML aliases?); "
+                                   "write the settings out without anchors")
+            continue
+        if id(n) in sizes:
+            continue
+        if id(n) in open_:
+            raise AugmentError(f"{where} holds a value that contains itself (a recursive YAML alias); "
+                               "write the settings out without anchors")
+        open_.add(id(n))
+        stack.append((n, True))
+        kids = n.value if isinstance(n, yaml.SequenceNode) else \
+            [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
+        stack.extend((c, False) for c in kids if id(c) not in sizes)
+    return sizes[id(node)]
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with bounds: at most :data:`MAX_YAML_BYTES` of text and
+    :data:`MAX_YAML_NODES` values once aliases are expanded, no self-containing value, no nesting
+    deeper than Python's stack; each refusal is one AugmentError naming ``where``. The one way
+    augment reads YAML it is given (presets, --config files, --set values)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise AugmentError(f"{where} is {len(text):,} characters, more than a config holds "
+                           f"(at most {MAX_YAML_BYTES:,}); check that it is the right file")
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise AugmentError(f"cannot read {where}: {problem}{at}; fix the YAML syntax") from None
+    except RecursionError:
+        raise AugmentError(f"{where} nests deeper than a config can; flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    data = load_yaml(text, where) or {}
     if not isinstance(data, dict):
         raise AugmentError(f"{where} must hold a YAML mapping of settings, not {type(data).__name__}")
     return data
@@ -575,8 +695,12 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
             continue
         *parents, leaf = key.split(".")
         node = nested
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # --set tokens=2 --set tokens.lr=1
+                section = ".".join(parents[: i + 1])
+                raise AugmentError(f"{key} cannot be set: {section} was given a value ({node!r}), not a mapping; "
+                                   f"drop the --set {section}=...")
         node[leaf] = value
     return nested
 
@@ -679,8 +803,14 @@ def check_section(obj: Any, prefix: str = "") -> None:
     """Check every declared setting of one dataclass (the config itself or a section) against its
     declaration (:meth:`Setting.check`)."""
     for f in fields(obj):
-        if "setting" in f.metadata:
-            f.metadata["setting"].check(prefix + f.name, getattr(obj, f.name))
+        value = getattr(obj, f.name)
+        meta = f.metadata.get("setting")
+        if not is_dataclass(value) and not _finite(value):
+            name = meta.key_name(prefix + f.name) if meta is not None else prefix + f.name
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise AugmentError(f"{name} must be a finite number (no NaN or infinity), got {shown}")
+        if meta is not None:
+            meta.check(prefix + f.name, value)
 
 
 def check_value(key: str, value: Any) -> None:

@@ -43,3 +43,14 @@ def raise_all(problems: list[AugmentError]) -> None:
         raise problems[0]
     if problems:
         raise AugmentErrors(problems)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the same ``finally``
+    blocks run (the pool shuts down, the lock is released, empty folders are removed) and the CLI
+    says one line. Ray's driver installs a native SIGTERM handler that prints a C++ stack and
+    aborts; :func:`augment.distributed.connection.connect` puts this one back."""
+
+    def __init__(self, signum: int = 15) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")

@@ -36,7 +36,7 @@ from augment.downstream.benchmark_result import Treatment
 from augment.errors import AugmentError
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.lock import check_in_place, enclosing_run, keep_lock, run_lock
-from augment.io.rundir import RunDir, check_contained
+from augment.io.rundir import RunDir, check_contained, check_creatable
 from augment.stage import StageSummary, open_pool
 
 if TYPE_CHECKING:
@@ -269,6 +269,7 @@ def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k
     from augment.downstream.mixing import load_split, make_mixed_dataset
     from augment.downstream.train import train_classifier
 
+    check_creatable(out)  # before the data loads: no training is lost to a folder it cannot write
     dataset = resolve_inputs(cfg).dataset
     synthetic, split = request.synthetic, request.split
     mixed = make_mixed_dataset(dataset, k, cfg.seed, synthetic, request.flags.synthetic_prob(cfg),

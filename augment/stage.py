@@ -52,6 +52,7 @@ from augment.io.rundir import (
     RunDir,
     check_compatible,
     check_contained,
+    check_no_file_in_the_way,
     check_out_in_ray_job,
     check_writable,
     stage_ran,
@@ -239,6 +240,7 @@ def _preflight(stage: Stage[Any, Any, Any]) -> None:
 def _prepare(stage: Stage[Any, Any, Any], force: bool) -> None:
     """Step 2, under the run folder's lock: the folder's checks and ``run.json``."""
     arm, extra = stage.arm, stage.run_json_extra()
+    check_no_file_in_the_way([arm.path, arm.tokens, arm.shards, arm.manifests, stage.run.report])
     if not stage.records_run:
         return
     if stage_ran(arm, stage.name):
@@ -268,7 +270,21 @@ def run_stage(stage: Stage[U, R, S], force: bool = False, show_progress: bool = 
         check_writable(run)  # the folder must exist to hold its lock file
         with run_lock(run):
             check_contained(run)  # the lock guards the folder: none of its sub-folders may lead elsewhere
-            return _run_locked(stage, force, show_progress, start, pool)
+            try:
+                return _run_locked(stage, force, show_progress, start, pool)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (errors.Terminated): leave no empty folder behind
+                _remove_empty(stage)
+                raise
+
+
+def _remove_empty(stage: Stage[Any, Any, Any]) -> None:
+    """Remove the arm's sub-folders (and the arm's own folder) that hold nothing, after an
+    interrupted run: they are made again on resume, and an empty ``baseline/`` must not look like
+    an arm that ran."""
+    arm = stage.arm
+    for folder in (arm.tokens, arm.shards, arm.manifests, *([arm.path] if arm.path != stage.run.path else [])):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder goes
 
 
 def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: float, pool: Pool | None) -> S:

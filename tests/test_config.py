@@ -143,3 +143,34 @@ def test_recorded_settings_are_the_run_json_layer(tmp_path):
     assert cfg.tokens.max_steps == 9 and cfg.seed == 3 and cfg.out == str(run.path)
     with pytest.raises(AugmentError, match=r"unknown config key 'nope' in .*run.json"):
         resolve_config(recorded=({"nope": 1}, run.run_json))
+
+
+def _float_keys() -> list[str]:
+    """Every dotted key of the config whose field holds a number (or numbers) by default."""
+    import dataclasses
+
+    from augment.config import Config
+
+    cfg, keys = Config(), []
+    for prefix, obj in [("", cfg), *((f"{n}.", getattr(cfg, n)) for n in ("tokens", "generate", "train", "caso"))]:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, float) and not isinstance(v, bool):
+                keys.append(prefix + f.name)
+    return keys
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_no_number_takes_nan_or_infinity(key, bad):
+    """Wherever a number is taken, NaN and infinity are refused with one line naming the key."""
+    with pytest.raises(AugmentError, match=rf"{key}.* must be"):
+        resolve_config(overrides={key: bad})
+
+
+def test_the_sampler_choices_are_the_backbones():
+    """config.SAMPLERS (what a config accepts) and models.backbone.SCHEDULERS (what loads) agree."""
+    from augment.config import SAMPLERS
+    from augment.models.backbone import SCHEDULERS
+
+    assert set(SAMPLERS) == set(SCHEDULERS)

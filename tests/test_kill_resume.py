@@ -299,3 +299,28 @@ def test_a_killed_unit_actor_costs_nothing(reference, name):
     assert rc == 0, output[-3000:]
     _check_finished(name, out, reference["outputs"][name])
     FIGURES[f"{name} --workers 2, a UnitActor killed"] = {"kills": 1, "identical": True, "moment_s": round(at, 1)}
+
+
+def test_sigterm_of_a_ray_build_is_one_line_and_leaves_no_empty_folder(tmp_path):
+    """SIGTERM to ``augment build --workers 1`` once its first token is written (Ray's driver is
+    up): one line and exit 143, not Ray's C++ stack and abort (-6); no empty folder left; the same
+    command then finishes (the lock was released)."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = tmp_path / "run"
+    cmd = _cli(["build", *COMMON], out, workers=1)
+    with _started(cmd, tmp_path) as (proc, _):
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("tokens/*.safetensors")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "build finished before the SIGTERM"
+        os.kill(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    assert proc.returncode == 143, output
+    assert lines[-1] == "terminated; re-run the same command to resume", output
+    assert "SIGTERM received" not in output and "Traceback" not in output, output
+    empty = [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert not empty, empty
+    code, output, _ = _run(cmd, tmp_path)
+    assert code == 0, output
+    assert verify_arms(out).exit_code == 0 and _temp_files(out) == []

@@ -16,7 +16,7 @@ import click
 from augment.cli.options import build_config, command, config_options, int_list
 from augment.config import synthetic_prob_flag
 from augment.errors import AugmentError
-from augment.io.rundir import RunDir
+from augment.io.rundir import RunDir, check_no_file_in_the_way
 
 if TYPE_CHECKING:
     from augment.pipeline import TrainFlags
@@ -121,6 +121,7 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
         raise AugmentError(f"run folder {run} does not exist; run `augment build --out {run}` first")
     kwargs["out"] = None
     cfg = build_config(kwargs, run=run)
+    check_no_file_in_the_way([RunDir(run).report])  # before the images are scored, not after
     specs = specs or tuple(s for s in (cfg.classifier, cfg.judge) if s)
     dataset = resolve_inputs(cfg).dataset
     result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device))

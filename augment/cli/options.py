@@ -9,6 +9,7 @@ on stderr with exit code 2, wherever in a stage they are raised.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -16,10 +17,9 @@ from dataclasses import fields
 from typing import Any, get_args, get_type_hints
 
 import click
-import yaml
 
-from augment.config import Config, Setting, resolve_config, settings_of
-from augment.errors import AugmentError
+from augment.config import Config, Setting, load_yaml, resolve_config, settings_of
+from augment.errors import AugmentError, Terminated
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,13 +30,62 @@ class UserError(click.ClickException):
     exit_code = AugmentError.exit_code
 
 
+#: what to do about a file-system error a command meets where it writes, by errno: the user's
+#: environment (a full disk, a file in the way, a name too long, no permission), not a bug
+_FS_FIXES = {
+    errno.ENOSPC: "free space, then re-run the same command (finished files are kept)",
+    errno.EDQUOT: "free space in your quota, then re-run the same command (finished files are kept)",
+    errno.EFBIG: "free space or raise the file-size limit, then re-run the same command (finished files are kept)",
+    errno.EEXIST: "a file is where a folder must go; move it aside and re-run",
+    errno.ENOTDIR: "a file is where a folder must go; move it aside and re-run",
+    errno.EISDIR: "a folder is where a file must go; move it aside and re-run",
+    errno.ENAMETOOLONG: "a path component is longer than the file system allows (255 bytes); choose a shorter --out",
+    errno.EACCES: "fix its permissions or choose another --out",
+    errno.EPERM: "fix its permissions or choose another --out",
+    errno.EROFS: "the file system is read-only; choose another --out",
+}
+
+
+def fs_error_line(e: OSError) -> str | None:
+    """The one line for a file-system error of the user's environment (:data:`_FS_FIXES`): the
+    path, the reason and the fix; None for any other OSError (a bug keeps its traceback). Every
+    command's writes end here when a stage did not already name them (a stage's own message says
+    which file of which arm)."""
+    fix = _FS_FIXES.get(e.errno) if e.errno is not None else None
+    if fix is None:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write{where}: {e.strerror or os.strerror(e.errno)}; {fix}"
+
+
+#: what re-running says after Ctrl-C, for the commands that resume (the stages skip finished
+#: units, benchmark its finished cells); every other command starts again
+_RESUME_HINTS = {name: "re-run the same command to resume" for name in ("tokens", "generate", "caso", "build", "benchmark")}
+_RESUME_HINTS["train"] = ("training does not resume: re-running the same command trains again from the start "
+                          "(the best epoch so far is in OUT/best.safetensors)")
+_RESTART_HINT = "nothing was left half-written; re-run the same command to start again"
+
+
+def _command_name(ctx: click.Context) -> str | None:
+    """The command being run: this context's, or the subcommand a group is running."""
+    return ctx.invoked_subcommand if isinstance(ctx.command, click.Group) else ctx.command.name
+
+
 def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -> Any:
     try:
         return invoke(ctx)
     except AugmentError as e:  # several problems (AugmentErrors): one `Error:` line each
         raise UserError("\nError: ".join(e.message.splitlines())) from None
+    except OSError as e:
+        line = fs_error_line(e)
+        if line is None:
+            raise
+        raise UserError(line) from None
+    except Terminated as e:  # SIGTERM: the same clean-up as Ctrl-C, then 128 + the signal, as a shell reports it
+        click.echo(f"terminated; {_RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)}", err=True)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
-        click.echo("interrupted; re-run the same command to resume", err=True)
+        click.echo(f"interrupted; {_RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)}", err=True)
         sys.exit(130)
 
 
@@ -205,9 +254,11 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise AugmentError(f"--set {item!r}: use KEY=VALUE with a dotted config key, e.g. --set tokens.lr=0.01")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise AugmentError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+        return key.strip(), load_yaml(value, f"--set {key.strip()}")
+    except AugmentError as e:
+        if "YAML syntax" in str(e):
+            raise AugmentError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+        raise
 
 
 def setting_overrides(kwargs: dict[str, Any], command: str) -> dict[str, Any]:

@@ -10,11 +10,14 @@ and so is a cluster that goes away under a running stage (:func:`lost_cluster_er
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import socket
+import threading
 
 from augment.distributed.placement import placement_error
 from augment.distributed.spec import PoolSpec
-from augment.errors import AugmentError
+from augment.errors import AugmentError, Terminated
 
 #: seconds a TCP probe of ``--address`` waits before calling the address unreachable
 PROBE_TIMEOUT_S = 10.0
@@ -106,6 +109,29 @@ def check_pool(spec: PoolSpec) -> None:
             raise placement_error({"num_gpus": spec.gpus_per_worker, "num_cpus": 1}, spec.workers, private=True)
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def take_back_sigterm() -> None:
+    """SIGTERM raises :class:`~augment.errors.Terminated` in the main thread again: ``ray.init``
+    installs Ray's native handler (a C++ stack dump, then abort: exit -6, the lock file and empty
+    folders left), which Python's ``signal.signal`` replaces."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def object_store_bytes() -> int | None:
+    """The object store a private Ray gets under an address-space limit (``ulimit -v``, ``prlimit
+    --as``): an eighth of it (at least 100 MiB), or None (Ray's default, 30% of the memory) without
+    one. Every Ray process maps the whole store; at Ray's default a limited driver aborts with a
+    native ``plasma mmap failed`` dump, leaving the lock and an empty arm folder."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(100 * 2**20, soft // 8)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join or start Ray once per process (see the module doc for the order); True when this call
     started a private local Ray that no other node can join.
@@ -128,10 +154,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         except (ConnectionError, RuntimeError) as e:  # nothing there; another Ray or Python version
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise _unreachable(address, source, first, verb="join") from None
+        take_back_sigterm()
         return False
     # "local" forces a new instance even when ray.init() would find a head recorded on this machine.
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    try:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR", configure_logging=True,
+                 object_store_memory=object_store_bytes())
+    except SystemExit as e:  # SIGTERM while Ray starts: its Python handler exits with the signal's number
+        if e.code == signal.SIGTERM:
+            raise Terminated(signal.SIGTERM) from None
+        raise
+    take_back_sigterm()
     return True
 
 

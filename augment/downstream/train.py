@@ -43,7 +43,7 @@ from augment.downstream.mixing import MixedDataset, mixed_loader
 from augment.downstream.train_metrics import TrainMetrics
 from augment.downstream.transforms import device_batch, normalize, training_recipe
 from augment.errors import AugmentError
-from augment.io.atomic import atomic_path, atomic_write_json
+from augment.io.atomic import atomic_write_bytes, atomic_write_json
 from augment.io.jsonsafe import json_safe
 from augment.logs import progress_disabled
 from augment.models.classifier import ClassifierSource
@@ -236,13 +236,16 @@ def sidecar(settings: TrainConfig, class_names: list[str], mean: Sequence[float]
 
 
 def save_checkpoint(model: torch.nn.Module | dict[str, torch.Tensor], path: Path, side: dict[str, Any]) -> Path:
-    """``path`` (.safetensors) + ``path.with_suffix('.json')``, both written atomically."""
-    from safetensors.torch import save_file
+    """``path`` (.safetensors) + ``path.with_suffix('.json')``, both written atomically, the
+    sidecar first: it does not change between epochs, so a kill between the two writes leaves a
+    checkpoint whose sidecar agrees with it (never a checkpoint without one). The weights are
+    serialised in memory and written by the one atomic writer, so they get the mode of every other
+    output (0644 under the usual umask; safetensors' own file writer makes 0600 files)."""
+    from safetensors.torch import save
 
     state = model if isinstance(model, dict) else model.state_dict()
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     atomic_write_json(path.with_suffix(".json"), side)
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
     return path
 
 

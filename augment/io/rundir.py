@@ -42,6 +42,8 @@ __all__ = [
     "check_compatible",
     "check_contained",
     "check_out_in_ray_job",
+    "check_creatable",
+    "check_no_file_in_the_way",
     "check_writable",
     "git_sha",
     "package_versions",
@@ -538,6 +540,36 @@ def check_contained(run: str | os.PathLike[str]) -> None:
             raise AugmentError(
                 f"{folder} leads to {real}, outside the run folder {top}; a run's files stay inside it (its "
                 "lock guards only them): replace the link with a real folder, or use another --out")
+
+
+def check_no_file_in_the_way(folders: list[Path]) -> None:
+    """Refuse (AugmentError) when one of a run's ``folders`` exists as something other than a
+    folder (``touch OUT/tokens``): checked before a stage writes anything, so the refusal leaves
+    the run folder as it was."""
+    for folder in folders:
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise AugmentError(f"{folder} is a file where augment keeps a folder; move it aside and re-run")
+
+
+def check_creatable(path: str | os.PathLike[str]) -> Path:
+    """Make sure the folder ``path`` can be written or created, creating nothing (a command checks
+    its output before long work, and a refusal afterwards must leave no empty folder): no name
+    component over the file system's limit, and the nearest existing ancestor a writable folder.
+    AugmentError naming --out and the reason; returns ``path`` as a Path."""
+    path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise AugmentError(f"--out {path} is not writable (File name too long: a component of "
+                               f"{len(os.fsencode(part))} bytes, at most 255); choose a shorter --out")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = f"--out {path}" if probe == path else f"--out {path} cannot be made: {probe}"
+        raise AugmentError(f"{where} is a file, not a folder; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise AugmentError(f"--out {path} is not writable (Permission denied on {probe}); choose another --out")
+    return path
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:

@@ -15,6 +15,7 @@ left and no shard without its manifest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import resource
@@ -120,6 +121,56 @@ def _token_file(tensors: Callable[[str], dict[str, torch.Tensor]]) -> Callable[[
     return setup
 
 
+#: a few hundred bytes that stand for 9**9 (387 million) strings once YAML's aliases are expanded
+_LAUGHS = "".join(f"    {a}: &{a} [{', '.join(['*' + b] * 9)}]\n" for b, a in zip("abcdefgh", "bcdefghi", strict=True))
+_BOMB = "  lol: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + _LAUGHS.replace("    ", "  ")
+#: the same in YAML's flow style, for --set
+_FLOW_BOMB = "{" + ", ".join(line.strip() for line in _BOMB.splitlines()) + "}"
+
+
+def _bomb_under(section: str) -> Callable[[Path], None]:
+    """A --config whose ``section`` (``dataset_options`` or ``train: arch_kwargs``) holds the bomb."""
+    if section == "dataset_options":
+        return _config("dataset_options:\n" + _BOMB)
+    return _config("train:\n  arch_kwargs:\n" + _BOMB.replace("\n  ", "\n    ").replace("  lol:", "    lol:", 1))
+
+
+def _presets(files: dict[str, bytes | None]) -> Callable[[Path], None]:
+    """A folder ``{w}/pipes`` for AUGMENT_PIPELINES: name -> bytes (None: a folder of that name)."""
+    def setup(w: Path) -> None:
+        (w / "pipes").mkdir()
+        for name, data in files.items():
+            if data is None:
+                (w / "pipes" / name).mkdir()
+            else:
+                (w / "pipes" / name).write_bytes(data)
+    return setup
+
+
+def _digit_run_with_file(name: str) -> Callable[[Path], None]:
+    """A small digits run folder ``{w}/run`` (shards + manifests) with a file where ``name`` (a
+    folder augment writes) goes: ``touch OUT/report``."""
+    def setup(w: Path) -> None:
+        from tests.downstream import make_digit_run
+
+        make_digit_run(w / "run", per_class=1)
+        (w / "run" / name).write_text("in the way\n")
+    return setup
+
+
+def _folder_data_and_file(name: str) -> Callable[[Path], None]:
+    """The micro folder data and an empty run folder with a file where ``name`` goes."""
+    def setup(w: Path) -> None:
+        _folder_data(w)
+        (w / "run").mkdir()
+        (w / "run" / name).write_text("in the way\n")
+    return setup
+
+
+#: a path component one byte over what Linux file systems allow
+_LONG = "x" * 256
+
+
 # ------------------------------------------------------------------------------------ the table
 
 @dataclass
@@ -131,6 +182,7 @@ class Case:
     fragment: str
     setup: Callable[[Path], None] | None = None
     fsize_limit: int | None = None  # bytes: run as a subprocess under RLIMIT_FSIZE (a full disk)
+    env: dict[str, str] = field(default_factory=dict)  # environment variables ({w} substituted)
     marks: list = field(default_factory=list)
 
 
@@ -158,7 +210,7 @@ CASES = [
     case("cfg-negative-steps", "generate", "--config", "{w}/c.yaml", setup=_config("generate:\n  steps: -5\n"),
          fragment="generate.steps (--steps) must be from 1 to 10,000, got -5"),
     case("cfg-lr-nan", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens:\n  lr: .nan\n"),
-         fragment="tokens.lr (--lr) must be greater than 0"),
+         fragment="tokens.lr (--lr) must be a finite number (no NaN or infinity), got nan"),
     case("cfg-section-not-mapping", "tokens", "--config", "{w}/c.yaml", setup=_config("tokens: 5\n"),
          fragment="must be a mapping of tokens settings"),
     case("cfg-key-at-wrong-level", "generate", "--config", "{w}/c.yaml", setup=_config("per_class: 10\n"),
@@ -183,6 +235,64 @@ CASES = [
          setup=_config("tokens:\n  prompts: ['a photo of a {name}']\n"), fragment="has no {token} placeholder"),
     case("prompt-bad-braces", "generate", "--config", "{w}/c.yaml",
          setup=_config("generate:\n  prompts: ['a {token {name}']\n"), fragment="cannot be filled"),
+    # --- bounded YAML: aliases, sizes, nesting; one line, at once ------------------------------------
+    case("cfg-alias-bomb-dataset-options", "tokens", "--config", "{w}/c.yaml", setup=_bomb_under("dataset_options"),
+         fragment="expands to more than 100,000 values"),
+    case("cfg-alias-bomb-arch-kwargs", "train", "--config", "{w}/c.yaml", setup=_bomb_under("train"),
+         fragment="expands to more than 100,000 values"),
+    case("set-alias-bomb", "config", "--set", "dataset_options=" + _FLOW_BOMB,
+         fragment="--set dataset_options expands to more than"),
+    case("cfg-recursive-alias", "config", "--config", "{w}/c.yaml", setup=_config("dataset_options: &a {x: *a}\n"),
+         fragment="contains itself"),
+    case("cfg-too-large", "config", "--config", "{w}/c.yaml", setup=_config("seed: 1\n" + "#" * 2_000_000 + "\n"),
+         fragment="more than a config holds"),
+    case("cfg-nested-too-deep", "config", "--config", "{w}/c.yaml", setup=_config("x: " + "[" * 50_000 + "]" * 50_000),
+         fragment="c.yaml"),
+    case("set-section-then-key", "config", "--set", "tokens=2", "--set", "tokens.lr=1",
+         fragment="tokens.lr cannot be set: tokens was given a value (2)"),
+    case("pipelines-missing", "config", env={"AUGMENT_PIPELINES": "{w}/nope"},
+         fragment="AUGMENT_PIPELINES={w}/nope does not exist"),
+    case("pipelines-a-file", "config", setup=_a_file, env={"AUGMENT_PIPELINES": "{w}/file.txt"},
+         fragment="AUGMENT_PIPELINES={w}/file.txt is a file"),
+    case("pipelines-preset-not-utf8", "config", setup=_presets({"digits.yaml": b"seed: 1 # caf\xe9\n"}),
+         env={"AUGMENT_PIPELINES": "{w}/pipes"}, fragment="preset {w}/pipes/digits.yaml is not UTF-8"),
+    case("pipelines-preset-is-a-folder", "config", setup=_presets({"digits.yaml": None}),
+         env={"AUGMENT_PIPELINES": "{w}/pipes"}, fragment="no preset for dataset 'digits' (presets: none)"),
+    # --- every value range-checked, NaN and infinity refused wherever a number is taken ---------------
+    case("generate-guidance-nan", "generate", "--baseline", "--config", "{w}/c.yaml", *FAST,
+         setup=_config("generate:\n  guidance_scale: .nan\n"),
+         fragment="generate.guidance_scale (--guidance-scale) must be a finite number (no NaN or infinity), got nan"),
+    case("generate-guidance-flag-inf", "generate", "--guidance-scale", "inf", *FAST,
+         fragment="generate.guidance_scale (--guidance-scale) must be a finite number"),
+    case("generate-guidance-huge", "build", "--set", "generate.guidance_scale=5000",
+         fragment="generate.guidance_scale (--guidance-scale) must be from 0 to 100, got 5000"),
+    case("train-lr-nan", "train", "--config", "{w}/c.yaml", setup=_config("train:\n  lr: .nan\n"),
+         fragment="train.lr (--lr) must be a finite number"),
+    case("train-lr-negative", "train", "--lr", "-1", fragment="train.lr (--lr) must be at least 0, got -1"),
+    case("train-std-zero", "train", "--config", "{w}/c.yaml", setup=_config("train:\n  std: [0, 0, 0]\n"),
+         fragment="train.std must be 3 numbers, each greater than 0, got [0, 0, 0]"),
+    case("train-mean-two", "train", "--set", "train.mean=[0.5, 0.5]", fragment="train.mean must be 3 numbers"),
+    case("train-label-smoothing-7", "train", "--set", "train.label_smoothing=7",
+         fragment="train.label_smoothing must be from 0 and below 1, got 7"),
+    case("train-warmup-negative", "train", "--set", "train.warmup_epochs=-3",
+         fragment="train.warmup_epochs must be from 0 to 100,000, got -3"),
+    case("train-input-size-huge", "train", "--set", "train.input_size=100000",
+         fragment="train.input_size (--input-size) must be from 8 to 2,048, got 100000"),
+    case("train-opt-bogus", "train", "--set", "train.opt=bogus", fragment="train.opt must be an optimizer timm knows"),
+    case("train-sched-bogus", "benchmark", "--set", "train.sched=bogus", fragment="train.sched 'bogus' is not one of"),
+    case("train-scale-backwards", "train", "--set", "train.scale=[1.2, 0.8]", fragment="train.scale must be [low, high]"),
+    case("train-weight-decay-negative", "train", "--set", "train.weight_decay=-1", fragment="train.weight_decay must be"),
+    case("train-degrees-inf", "train", "--set", "train.degrees=.inf", fragment="train.degrees must be a finite number"),
+    case("train-seeds-negative", "benchmark", "--set", "train.seeds=[-1]", fragment="train.seeds must be one or more"),
+    case("caso-guided-step-negative", "caso", "--set", "caso.guided_step=-7",
+         fragment="caso.guided_step (--guided-step) must be from 0 to 10,000, got -7"),
+    case("caso-split-nosuch", "config", "--set", "caso.split=nosuch", fragment="caso.split 'nosuch' is not one of"),
+    case("caso-edit-guidance-nan", "caso", "--edit-guidance", "nan", fragment="caso.edit_guidance (--edit-guidance)"),
+    case("tokens-acc-threshold-inf", "tokens", "--set", "tokens.acc_threshold=.inf",
+         fragment="tokens.acc_threshold must be a finite number"),
+    case("dataset-options-nan", "config", "--set", "dataset_options={x: .nan}",
+         fragment="dataset_options must be a finite number"),
+    case("scheduler-unknown", "generate", "--set", "scheduler=heun", fragment="scheduler 'heun' is not one of"),
     case("config-set-seed-abc", "config", "--set", "seed=abc", fragment="config key seed = 'abc'"),
     case("config-set-train-epochs-zero", "config", "--set", "train.epochs=0", fragment="--epochs must be at least 1, got 0"),
     case("config-set-train-hflip-3", "config", "--set", "train.hflip=3", fragment="--hflip must be a probability in [0, 1]"),
@@ -270,6 +380,22 @@ CASES = [
          setup=_token_file(lambda t: {t: torch.zeros(1, 32), "<other>": torch.zeros(1, 32)}), fragment="holds 2 keys; a token file holds exactly one"),
     case("token-file-scalar", "generate", "--out", "{w}/run", "--classes", "0", *FAST,
          setup=_token_file(lambda t: {t: torch.tensor(1.0)}), fragment="0000"),
+    # --- write paths: a file in the way, a name too long: one line, nothing written ----------------------
+    case("tokens-file-in-the-way", "tokens", "--dataset", "folder", "--data-root", "{w}/data", "--model", "{pipe}",
+         "--classifier", "{clf}", "--out", "{w}/run", "--max-steps", "1", *FAST, setup=_folder_data_and_file("tokens"),
+         fragment="{w}/run/tokens is a file where augment keeps a folder; move it aside"),
+    case("generate-report-in-the-way", *MICRO_RUN, setup=_folder_data_and_file("report"),
+         fragment="{w}/run/report is a file where augment keeps a folder"),
+    case("eval-report-in-the-way", "eval", "{w}/run", "--device", "cpu", setup=_digit_run_with_file("report"),
+         fragment="{w}/run/report is a file where augment keeps a folder"),
+    case("report-report-in-the-way", "report", "{w}/run", setup=_digit_run_with_file("report"),
+         fragment="cannot write {w}/run/report: File exists"),
+    case("tokens-out-name-too-long", "tokens", "--out", "{w}/" + _LONG + "/run", *FAST,
+         fragment="File name too long"),
+    case("train-out-name-too-long", "train", "--out", "{w}/" + _LONG, "--epochs", "1",
+         fragment="File name too long"),
+    case("train-out-is-a-file", "train", "--out", "{w}/file.txt", "--epochs", "1", setup=_a_file,
+         fragment="--out {w}/file.txt is a file, not a folder"),
     # --- commands that read a run ---------------------------------------------------------------------
     case("verify-missing-folder", "verify", "{w}/nope", fragment="Directory '{w}/nope' does not exist"),
     case("show-a-file", "show", "{w}/file.txt", setup=_a_file, fragment="is a file"),
@@ -355,6 +481,8 @@ def test_bad_input(c: Case, tmp_path, micro_pipeline_dir, micro_classifier_path,
     for key, value in subs.items():
         args = [a.replace(key, value) for a in args]
         fragment = fragment.replace(key, value)
+    for key, value in c.env.items():
+        monkeypatch.setenv(key, value.replace("{w}", str(w)))
     before = _snapshot(w)
 
     if c.fsize_limit is None:
@@ -410,3 +538,177 @@ def test_full_disk_mid_run_keeps_the_folder_resumable(tmp_path, micro_pipeline_d
     assert last.startswith("Error: cannot write shard 0 in ") and "re-run the same command to resume" in last, last
     assert (w / "run" / "baseline" / "run.json").is_file()
     _assert_resumable(w / "run")
+
+
+# --------------------------------------------------- a full disk anywhere: every write is the atomic helper's
+
+def _no_space(path) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+TRAIN_TINY = ["--arch", "test_resnet", "--epochs", "1", "--samples-per-epoch", "32", "--batch-size", "32",
+              "--device", "cpu", "--real-k", "1"]
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "train"])
+def test_a_full_disk_is_one_line_and_loses_nothing(command, tmp_path, monkeypatch):
+    """ENOSPC at the atomic writer's flush (where every output passes): exit 2, one line naming the
+    file and the fix, no temporary file left and every file that was there unchanged."""
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+    before = _snapshot(run)
+    monkeypatch.setattr("augment.io.atomic._fsync_file", _no_space)
+    args = {"eval": ["eval", str(run), "--device", "cpu"], "report": ["report", str(run)],
+            "train": ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")]}[command]
+    result = CliRunner().invoke(cli, args, prog_name="augment")
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "free space" in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing that was there changed
+
+
+def test_train_ctrl_c_does_not_promise_a_resume(tmp_path, monkeypatch):
+    """train does not resume: Ctrl-C must not say it does (the stages still say "resume")."""
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("augment.downstream.train.train_classifier", interrupted)
+    result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")],
+                                prog_name="augment")
+    assert result.exit_code == 130, result.output
+    assert "to resume" not in result.output and "trains again from the start" in result.output, result.output
+
+
+def test_train_lock_refusal_comes_before_the_data_loads(tmp_path, monkeypatch):
+    """A locked run refuses train at once: the reals and shards are never read."""
+    from tests.downstream import make_digit_run
+    from tests.io.test_lock import hold_lock
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+
+    def must_not_load(*a, **k):
+        raise AssertionError("train loaded its data before taking the lock")
+
+    monkeypatch.setattr("augment.downstream.mixing.make_mixed_dataset", must_not_load)
+    holder = hold_lock(run)
+    try:
+        result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run)], prog_name="augment")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"is being written by PID {holder.pid}" in result.output
+
+
+def test_train_writes_its_checkpoint_like_every_other_output(tmp_path):
+    """best.safetensors gets the mode of the other outputs (0644 under umask 022), and best.json is
+    written before it (a kill between the two leaves no checkpoint without its sidecar)."""
+    from unittest import mock
+
+    from augment.io import atomic
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+    order: list[str] = []
+    real = atomic.atomic_write_bytes
+
+    def recording(path, data):
+        order.append(Path(path).name)
+        return real(path, data)
+
+    old = os.umask(0o022)
+    try:
+        with mock.patch("augment.io.atomic.atomic_write_bytes", recording), \
+                mock.patch("augment.downstream.train.atomic_write_bytes", recording, create=True):
+            result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")],
+                                        prog_name="augment")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "t"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["best.safetensors"] == modes["metrics.json"] == 0o644, modes
+    assert order.index("best.json") < order.index("best.safetensors"), order
+
+
+def test_sigterm_after_ray_is_one_line(tmp_path, monkeypatch):
+    """Once Ray's driver is up, SIGTERM is Terminated again (not Ray's C++ dump and abort), and the
+    CLI says one line with exit 143, as a shell reports a SIGTERM."""
+    import signal
+
+    from augment.distributed.connection import take_back_sigterm
+    from augment.errors import Terminated
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        take_back_sigterm()
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs at the next bytecode boundary
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+    from tests.downstream import make_digit_run
+
+    run = make_digit_run(tmp_path / "run", per_class=1)
+
+    def terminated(*a, **k):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr("augment.downstream.train.train_classifier", terminated)
+    result = CliRunner().invoke(cli, ["train", *TRAIN_TINY, "--synthetic", str(run), "--out", str(tmp_path / "t")],
+                                prog_name="augment")
+    assert result.exit_code == 143, result.output
+    assert [ln for ln in result.stderr.splitlines() if ln.strip()] == [
+        "terminated; training does not resume: re-running the same command trains again from the start "
+        "(the best epoch so far is in OUT/best.safetensors)"], result.stderr
+
+
+def test_object_store_fits_an_address_space_limit(monkeypatch):
+    """Under ``ulimit -v`` the private Ray's object store is an eighth of the limit (every Ray
+    process maps all of it; Ray's default of 30% of the memory aborted the driver); none: Ray's own."""
+    from augment.distributed import connection
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (10 * 2**30, resource.RLIM_INFINITY))
+    assert connection.object_store_bytes() == 10 * 2**30 // 8
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert connection.object_store_bytes() is None
+
+
+@pytest.mark.slow
+def test_generate_on_ray_under_an_address_space_limit(tmp_path):
+    """``prlimit --as=10G augment generate --baseline --workers 1`` once aborted on a native plasma
+    ``mmap failed`` dump, leaving an empty baseline/: now it runs to the end."""
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "tiny.yaml").write_text("generate: {per_class: 2, steps: 2, shard_size: 2, batch_size: 2}\n")
+    limit = 10 * 2**30
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="as-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "TQDM_DISABLE": "1", "RAY_TMPDIR": ray_tmp,
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "augment", "generate", "--baseline", "--classes", "0",
+                               "--config", "tiny.yaml", "--workers", "1", "--out", "run"], cwd=w, env=env,
+                              preexec_fn=limited, capture_output=True, text=True, timeout=500)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mmap failed" not in proc.stderr
+    assert sorted(p.name for p in (w / "run" / "baseline" / "shards").glob("*.tar")) == ["synth-000000.tar"]
