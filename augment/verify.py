@@ -53,6 +53,7 @@ from augment.config import config_from_dict
 from augment.datasets.selection import select_classes
 from augment.errors import AugmentError
 from augment.generate.plan import ShardUnit, plan_shards, sample_prompt, sample_seed
+from augment.generate.rejection import plain_seed_fits
 from augment.io.atomic import is_temp_name, sha256_file
 from augment.io.jsonsafe import json_safe
 from augment.io.lock import holder, is_locked
@@ -477,6 +478,7 @@ class _ArmPlan:
     rejection: bool
     token_shas: dict[int, str | None]
     per_class: int
+    max_attempts: int = 1  # generate.max_attempts: how far a NaN/inf redraw may reach into its stream
 
 
 def _plan_of(arm: ArmDir, problems: list[str]) -> _ArmPlan | None:
@@ -504,7 +506,8 @@ def _plan_of(arm: ArmDir, problems: list[str]) -> _ArmPlan | None:
         path = arm.token_file(c, names[c])
         shas[c] = None if baseline or not path.is_file() else sha256_file(path)
     units = {u.index: u for u in plan_shards(classes, g.per_class, g.shard_size)}
-    return _ArmPlan(units, cfg.seed, names, list(g.prompts), baseline, g.min_confidence > 0, shas, g.per_class)
+    return _ArmPlan(units, cfg.seed, names, list(g.prompts), baseline, g.min_confidence > 0, shas, g.per_class,
+                    g.max_attempts)
 
 
 def _check_plan(plan: _ArmPlan, complete: list[int], tables: dict[int, pa.Table], problems: list[str]) -> None:
@@ -532,8 +535,10 @@ def _check_plan(plan: _ArmPlan, complete: list[int], tables: dict[int, pa.Table]
             checks = [("class_index", c), ("class_name", plan.names[c]), ("sample_index", j),
                       ("token_sha256", plan.token_shas.get(c))]
             if not plan.rejection:
-                checks += [("seed", sample_seed(plan.seed, c, j)), ("prompt", sample_prompt(plan.templates, j, token,
-                                                                                             plan.names[c]))]
+                # a slot redrawn after a NaN/inf image holds a draw of its class's attempt stream
+                if not plain_seed_fits(plan.seed, c, j, unit, r.get("seed"), r.get("attempts"), plan.max_attempts):
+                    checks.append(("seed", sample_seed(plan.seed, c, j)))
+                checks.append(("prompt", sample_prompt(plan.templates, j, token, plan.names[c])))
             for field_name, want in checks:
                 if field_name in r and r[field_name] != want:
                     probs.add(f"{name}: sample {key}: {field_name} {_short(r[field_name])}, the plan of run.json "

@@ -118,14 +118,14 @@ def test_a_failed_cell_is_a_failed_unit(tmp_path, monkeypatch):
     cfg = Config(out=str(out), workers=0, dataset="digits")
     cfg.train.arch, cfg.train.epochs, cfg.train.batch_size = "test_resnet", 1, 32
 
-    def oom(*args, **kwargs):
-        raise RuntimeError("out of memory")
+    def blow_up(*args, **kwargs):
+        raise RuntimeError("a cell blew up")
 
-    monkeypatch.setattr(bm, "train_classifier", oom)
+    monkeypatch.setattr(bm, "train_classifier", blow_up)
     done = pipeline.benchmark(cfg, pipeline.BenchmarkRequest(k_values=[1], seeds=[0], treatments=("real",),
                                                              build_missing=False))
-    assert done.exit_code == 1 and done.failed == ["k=1 real only seed=0: out of memory"]
-    assert done.stopped == ("1 benchmark cell(s) failed, first: k=1 real only seed=0: out of memory; the 0 "
+    assert done.exit_code == 1 and done.failed == ["k=1 real only seed=0: a cell blew up"]
+    assert done.stopped == ("1 benchmark cell(s) failed, first: k=1 real only seed=0: a cell blew up; the 0 "
                             "finished cells are cached, re-run to retry the rest")
 
 

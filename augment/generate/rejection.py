@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from augment.generate.plan import ShardUnit
+from augment.generate.plan import ShardUnit, sample_seed
 from augment.io.jsonsafe import require_fields
 from augment.seeds import derive_seed
 
@@ -38,6 +38,20 @@ METADATA_KEY = "augment.rejection"
 def stream_seed(run_seed: int, class_index: int, shard_index: int, draw: int) -> int:
     """The noise seed of draw ``draw`` of class ``class_index``'s attempt stream in shard ``shard_index``."""
     return derive_seed(run_seed, "generate", class_index, "shard", shard_index, "draw", draw)
+
+
+def plain_seed_fits(run_seed: int, class_index: int, sample_index: int, shard: ShardUnit, seed: int | None,
+                    attempts: int | None, max_attempts: int) -> bool:
+    """Whether ``seed`` is one a plain (no ``--min-confidence``) shard may hold for this sample: its
+    planned seed, or, for a slot redrawn after a NaN/inf image (``attempts`` > 1), a draw of its
+    class's attempt stream in that shard (the worker takes them in slot order, so the draw index is
+    below the shard's slots x ``max_attempts``). Resume and ``verify`` check seeds through this."""
+    if seed == sample_seed(run_seed, class_index, sample_index):
+        return True
+    if not attempts or attempts <= 1:
+        return False
+    budget = len(shard.entries) * max(1, max_attempts)
+    return any(seed == stream_seed(run_seed, class_index, shard.index, d) for d in range(budget))
 
 
 @dataclass

@@ -24,7 +24,7 @@ from augment.distributed import Pool, WorkerFactory
 from augment.errors import AugmentError
 from augment.generate.book import ArmBook, ShardFacts
 from augment.generate.plan import ShardUnit, plan_shards, sample_prompt, sample_seed
-from augment.generate.rejection import RejectionStats, quotas
+from augment.generate.rejection import RejectionStats, plain_seed_fits, quotas
 from augment.generate.worker import GenSpec, ShardResult, make_worker
 from augment.inputs import RunInputs, resolve_inputs
 from augment.io.rundir import ArmDir
@@ -86,17 +86,18 @@ def _shard_is_done(arm: ArmDir, unit: ShardUnit, done: set[int], g: GenerateConf
 
 
 #: the manifest columns the resume compares with what this run would write now
-_CONTENT = ("key", "class_index", "sample_index", "seed", "prompt", "token_sha256")
+_CONTENT = ("key", "class_index", "sample_index", "seed", "attempts", "prompt", "token_sha256")
 
 
-def stale_line(arm: ArmDir, index: int, cfg: Config, names: list[str], token_shas: dict[int, str | None],
+def stale_line(arm: ArmDir, unit: ShardUnit, cfg: Config, names: list[str], token_shas: dict[int, str | None],
                baseline: bool) -> str | None:
-    """Why done shard ``index`` is not what this run would write now (None: it is): a sample made
+    """Why done shard ``unit`` is not what this run would write now (None: it is): a sample made
     with another token (``token_sha256``: the tokens were retrained), or, without rejection sampling,
     another seed or prompt (another run seed, run.json edited, other templates). A resume that
     counted such a shard as done would mix two versions in one arm (issue 24)."""
     from augment.tokens.textual_inversion import token_string
 
+    index = unit.index
     pf = pq.ParquetFile(arm.manifest_path(index))  # one read of the manifest: the resume reads each once more
     rows = pf.read(columns=[c for c in _CONTENT if c in pf.schema_arrow.names]).to_pylist()
     g, what = cfg.generate, f"{arm.spec.name} arm shard {index}"
@@ -111,7 +112,8 @@ def stale_line(arm: ArmDir, index: int, cfg: Config, names: list[str], token_sha
                     "(tokens retrained since?)")
         if g.min_confidence > 0:  # seeds and prompt templates follow the draws: the key plan holds them
             continue
-        if r.get("seed") != (seed := sample_seed(cfg.seed, c, i)):
+        if not plain_seed_fits(cfg.seed, c, i, unit, r.get("seed"), r.get("attempts"), g.max_attempts):
+            seed = sample_seed(cfg.seed, c, i)
             return f"{what}: sample {key} has seed {r.get('seed')}, run seed {cfg.seed} gives {seed} (another seed)"
         prompt = sample_prompt(g.prompts, i, "" if baseline else token_string(c), names[c])
         if r.get("prompt") != prompt:
@@ -209,7 +211,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             planned_todo = {u.index for u in todo}
             for u in self.units:
                 why = None if u.index in planned_todo else stale_line(
-                    self.arm, u.index, self.cfg, self.names, self.token_shas, self.baseline)
+                    self.arm, u, self.cfg, self.names, self.token_shas, self.baseline)
                 if why is not None:
                     raise AugmentError(f"{why}; pass --force to regenerate the arm, or use a new --out")
         # the bookkeeping reads the done manifests once, here; then it counts what it writes
