@@ -31,7 +31,7 @@ from augment.io.manifest import ManifestRow
 from augment.io.shards import SynthSample, sample_key
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
-from augment.models.device import default_batch_size
+from augment.models.device import DeviceInfo, default_batch_size, describe_device
 from augment.models.diffusion import Diffusion
 from augment.progress import Sink
 from augment.prompts import render_prompt
@@ -71,6 +71,13 @@ class ShardResult:
 
     samples: list[SynthSample]
     rejection: RejectionStats | None = None
+    device: DeviceInfo | None = None  # what made the images (the manifest's metadata)
+
+    def metadata(self) -> dict[str, str] | None:
+        """The manifest's file-level entries: the rejection counts and the device (None: neither)."""
+        out = {**(self.rejection.metadata() if self.rejection is not None else {}),
+               **(self.device.metadata() if self.device is not None else {})}
+        return out or None
 
 
 @dataclass
@@ -101,6 +108,8 @@ class GenerateWorker:
         # out after it (run), so it is never left holding them
         self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         self.device = self.pipe.unet.device
+        #: resolved here, on the worker's node (the pool records it; each manifest names it)
+        self.device_info = describe_device(self.device, self.pipe.unet.dtype)
         self.classifier = cache.classifier(classifier, self.device)
         self.resolution = cfg.resolution or native_resolution(self.pipe)
         self.batch_size = cfg.generate.batch_size or default_batch_size(self.device, self.resolution)
@@ -192,7 +201,7 @@ class GenerateWorker:
         if g.min_confidence <= 0:
             drawn = self.draw([(c, i, sample_seed(seed, c, i)) for c, i in unit.entries],
                               lambda n: self._report(unit, n))
-            return ShardResult([self.sample_of(d, d.i, 1) for d in drawn])
+            return ShardResult([self.sample_of(d, d.i, 1) for d in drawn], device=self.device_info)
         streams = quotas(unit, g.max_attempts)
         got: dict[tuple[int, int], Drawn] = {}  # (class, draw) -> an accepted draw
         while True:
@@ -214,7 +223,7 @@ class GenerateWorker:
                 filled[s.class_index, slot], attempts[s.class_index, slot] = got[s.class_index, d], d - previous
                 previous = d
         samples = [self.sample_of(filled[e], e[1], attempts[e]) for e in unit.entries if e in filled]
-        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts))
+        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts), self.device_info)
 
     def sample_of(self, d: Drawn, sample_index: int, attempts: int) -> SynthSample:
         assert d.future is not None

@@ -12,8 +12,10 @@ asked for ``auto`` on a GPU box expects the GPU, and a 100x slower run that "wor
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +23,9 @@ import torch
 from augment.errors import AugmentError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+#: the manifests' file-level metadata key holding the :class:`DeviceInfo` that made the shard
+DEVICE_METADATA_KEY = "augment.device"
 
 #: where the NVIDIA kernel module says which driver is loaded (present only when one is)
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
@@ -137,6 +142,23 @@ class DeviceInfo:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> DeviceInfo:
+        """The record :meth:`to_json` wrote (entries it does not know are ignored: a newer writer)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})  # type: ignore[arg-type]
+
+    def metadata(self) -> dict[str, str]:
+        """The Parquet key-value entry of a manifest whose images this device made (sorted JSON:
+        byte-stable), file-level metadata so that the rows keep their bytes."""
+        return {DEVICE_METADATA_KEY: json.dumps(self.to_json(), sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[bytes, bytes] | None) -> DeviceInfo | None:
+        """The entry :meth:`metadata` wrote, or None (a manifest written before devices were recorded)."""
+        raw = (metadata or {}).get(DEVICE_METADATA_KEY.encode())
+        return cls.from_json(json.loads(raw)) if raw else None
 
     def line(self) -> str:
         """``cuda:0 (NVIDIA A10G, 22.5 GB, driver 550.54, CUDA 12.4), bfloat16, torch 2.14.1``."""
