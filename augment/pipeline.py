@@ -242,6 +242,7 @@ def train(cfg: Config, request: TrainRequest, log: Log = _ignore) -> TrainOutcom
     gets what is kept of each synthetic set and the training line, before training starts."""
     from augment.downstream.mixing import load_split, make_mixed_dataset
     from augment.downstream.train import train_classifier
+    from augment.models.device import deterministic_mode
 
     settings = request.flags.settings(cfg)
     k = request.real_k if request.real_k is not None else max(cfg.train.k_values or [0])
@@ -268,7 +269,7 @@ def train(cfg: Config, request: TrainRequest, log: Log = _ignore) -> TrainOutcom
              "test_split": request.test_split, "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
              "distill_temperature": mixed.distill_temperature}
     writes_run = request.run and request.out is None  # it writes <run>/train/
-    with run_lock(request.run) if writes_run else contextlib.nullcontext():
+    with run_lock(request.run) if writes_run else contextlib.nullcontext(), deterministic_mode(cfg.deterministic):
         result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra)
     return TrainOutcome(mixed, settings, k, out, result)
 

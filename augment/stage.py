@@ -214,9 +214,10 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
 
 def pool_spec(cfg: Config) -> PoolSpec:
     """The worker pool the config asks for, for every stage (built here only) (``--workers``, ``--address``, ``--gpus-per-worker``,
-    ``threads``: the same torch threads per unit inline and on actors, so the same bytes)."""
+    ``threads``: the same torch threads per unit inline and on actors, so the same bytes;
+    ``deterministic``: torch's deterministic kernels on every worker)."""
     return PoolSpec(cfg.workers, cfg.address, device=cfg.device, gpus_per_worker=cfg.gpus_per_worker,
-                    placement_timeout=cfg.placement_timeout, threads=cfg.threads)
+                    placement_timeout=cfg.placement_timeout, threads=cfg.threads, deterministic=cfg.deterministic)
 
 
 def open_pool(cfg: Config) -> Pool:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from augment.cli import cli
 from augment.io.rundir import RunDir, read_run_json
-from augment.models.device import DEVICE_METADATA_KEY, DeviceInfo, describe_device
+from augment.models.device import CUBLAS_WORKSPACE_CONFIG, DEVICE_METADATA_KEY, DeviceInfo, describe_device
 
 GENERATE = ["generate", "--baseline", "--classes", "0,1", "--per-class", "2", "--shard-size", "2", "--steps", "2",
             "--workers", "0"]
@@ -36,6 +36,7 @@ def test_generate_prints_records_and_stamps_the_device(tmp_path):
 
     record = read_run_json(RunDir(out).arm_dir("baseline").path)
     assert record is not None and record.config["device"] == "auto"  # the setting as typed ...
+    assert "deterministic" not in record.config  # a run that does not use it keeps run.json's bytes
     assert record.devices == [here.to_json()]  # ... and what computed
     assert record.stage_settings("generate")["devices"] == [here.to_json()]
 
@@ -126,3 +127,51 @@ def test_benchmark_cells_resolve_the_device_on_their_worker():
     worker = CellWorker(TrainSettings(device="auto"), ["a", "b"])
     assert worker.settings.device == "cpu"  # this machine has no GPU
     assert worker.device_info == describe_device(torch.device("cpu"), torch.float32)
+
+
+class _Mode:
+    """A worker that reports whether torch's deterministic kernels are on where it runs."""
+
+    def run(self, unit: int) -> tuple[bool, str | None, bool]:
+        return (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                torch.backends.cudnn.deterministic)
+
+
+def _modes(workers: int, deterministic: bool) -> set[tuple[bool, str | None, bool]]:
+    from augment.distributed import Pool, PoolSpec, ignoring_cache
+
+    got: set[tuple[bool, str | None, bool]] = set()
+    with Pool(PoolSpec(workers=workers, device="cpu", deterministic=deterministic)) as pool:
+        pool.run(ignoring_cache(_Mode), range(4), lambda u, r: got.add(r), lambda u, e: pytest.fail(f"{u}: {e!r}"))
+    return got
+
+
+def test_deterministic_mode_inline_is_set_for_the_units_and_restored(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    assert _modes(0, True) == {(True, CUBLAS_WORKSPACE_CONFIG, True)}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # the driver is left as it was
+    assert _modes(0, False) == {(before[0], None, before[1])}  # off: nothing touched
+
+
+def test_deterministic_mode_reaches_every_ray_worker(ray_local):
+    assert _modes(2, True) == {(True, CUBLAS_WORKSPACE_CONFIG, True)}
+
+
+def test_deterministic_setting_is_recorded_only_when_used():
+    from augment.config import Config, config_from_dict
+    from augment.stage import pool_spec
+
+    assert "deterministic" not in Config().to_dict()
+    on = Config(deterministic=True)
+    assert on.to_dict()["deterministic"] is True and config_from_dict(on.to_dict()).deterministic is True
+    assert pool_spec(on).deterministic and not pool_spec(Config()).deterministic
+
+
+def test_generate_takes_deterministic(tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [*GENERATE, "--deterministic", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert read_run_json(RunDir(out).arm_dir("baseline").path).config["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()  # the CLI process is left as it was

@@ -38,6 +38,13 @@ log = logging.getLogger("augment.distributed")
 POLL_S = 1.0
 
 
+def _set_deterministic() -> None:
+    """An actor's torch kernels made deterministic for its life (its process is the stage's alone)."""
+    from augment.models.device import set_deterministic
+
+    set_deterministic()
+
+
 def _actor_class():
     import ray
 
@@ -57,15 +64,21 @@ def _actor_class():
             self.host = WorkerHost()
 
         @ray.method(max_task_retries=-1)
-        def ping(self, stage: int, factory: WorkerFactory, threads: int) -> BaseException | Ready:
+        def ping(self, stage: int, factory: WorkerFactory, threads: int,
+                 deterministic: bool = False) -> BaseException | Ready:
             """:class:`Ready` once the worker is built, with the device it resolved on this node (Ray
-            retries this call through restarts), else why not."""
+            retries this call through restarts), else why not. ``deterministic`` is set before any
+            model loads (cuBLAS reads its workspace setting when its first handle is made)."""
             _set_threads(threads)
+            if deterministic:
+                _set_deterministic()
             error = self.host.prepare(stage, factory)
             return Ready(self.host.device_info()) if error is None else _portable(error)
 
-        def run(self, stage: int, factory: WorkerFactory, threads: int, unit: Any) -> Any:
+        def run(self, stage: int, factory: WorkerFactory, threads: int, unit: Any, deterministic: bool = False) -> Any:
             _set_threads(threads)
+            if deterministic:
+                _set_deterministic()
             error = self.host.prepare(stage, factory)
             if error is not None:
                 raise _portable(error)
@@ -103,6 +116,7 @@ class _StageRun:
     factory: WorkerFactory
     threads: int
     n_actors: int  # the actors this stage wants (never more than its units)
+    deterministic: bool = False  # torch's deterministic kernels in the actors (PoolSpec.deterministic)
 
 
 class _Actors:
@@ -126,7 +140,7 @@ class _Actors:
     def _ping(self, member: _Member) -> None:
         run = self.current
         assert run is not None
-        self.refs[member.actor.ping.remote(run.stage, run.factory, run.threads)] = (member, None)
+        self.refs[member.actor.ping.remote(run.stage, run.factory, run.threads, run.deterministic)] = (member, None)
 
     def _add(self) -> None:
         member = _Member(self.actor_cls.options(**self.options).remote(), since=time.monotonic())
@@ -206,7 +220,7 @@ class _Actors:
                 if m.state == "idle" and queue:
                     idx = queue.popleft()
                     m.state = "busy"
-                    self.refs[m.actor.run.remote(run.stage, run.factory, run.threads, units[idx])] = (m, idx)
+                    self.refs[m.actor.run.remote(run.stage, run.factory, run.threads, units[idx], run.deterministic)] = (m, idx)
 
         def settle_error(idx: int, exc: BaseException) -> None:
             if idx not in settled:

@@ -77,8 +77,8 @@ class Pool:
             actors = self._actors()
             n_actors, _, threads = plan_actors({"CPU": self.total_cpus}, self.spec.workers, len(units),
                                                self.spec.device, self.total_cpus)
-            actors.run(_StageRun(self.stage, factory, self.spec.threads or threads, n_actors), units, _passed(on_result),
-                       _passed(on_error))
+            actors.run(_StageRun(self.stage, factory, self.spec.threads or threads, n_actors, self.spec.deterministic),
+                       units, _passed(on_result), _passed(on_error))
         except _FromCallback as e:  # the driver's own error (a write, a user mistake): as it was raised
             raise e.error from None
         except OSError as e:  # ConnectionError and the like from Ray itself: the cluster, not a disk
@@ -86,8 +86,10 @@ class Pool:
 
     def _run_inline(self, factory: WorkerFactory, units: list[Any], on_result: Callable[[Any, Any], None],
                     on_error: Callable[[Any, BaseException], None]) -> None:
+        from augment.models.device import deterministic_mode
+
         host = self.host = self.host or WorkerHost()
-        with torch_threads(self.spec.threads):
+        with torch_threads(self.spec.threads), deterministic_mode(self.spec.deterministic):
             error = host.prepare(self.stage, factory)
             if error is not None:
                 raise error

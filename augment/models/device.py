@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -121,10 +122,51 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return DTYPES[spec]
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
-    """Mixed-precision context: active for half dtypes on CUDA, a no-op elsewhere."""
-    enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+#: what cuBLAS needs for deterministic matrix products (a fixed workspace per stream), read when
+#: its handle is created: set before the process's first CUDA matmul
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def set_deterministic() -> None:
+    """Make this process's torch kernels deterministic, for the rest of its life (a Ray actor's).
+
+    Seeds fix the starting and step noise, but on CUDA several kernels are not bitwise
+    deterministic (cuBLAS split reductions, cuDNN's autotuned convolution algorithms, atomics in
+    some backward passes), so two runs of one seed can differ in the last bits and, after 30
+    denoising steps, by a level of 255 here and there. This sets what torch documents for
+    reproducibility: ``CUBLAS_WORKSPACE_CONFIG``, ``torch.use_deterministic_algorithms`` and
+    cuDNN's ``deterministic`` on, ``benchmark`` off. ``warn_only``: an op with no deterministic
+    kernel (on CUDA: bilinear resizing's and adaptive pooling's backward, inside the classifier
+    during token training) warns instead of failing the run; generation has no backward and is
+    fully deterministic. See docs/determinism.md."""
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """:func:`set_deterministic` for the ``with`` body, everything it set restored after (units
+    run inline in the driver, which outlives the stage); nothing touched when not ``enabled``."""
+    if not enabled:
+        yield
+        return
+    saved = (os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    set_deterministic()
+    try:
+        yield
+    finally:
+        env, algorithms, warn_only, cudnn_deterministic, cudnn_benchmark = saved
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 @dataclass(frozen=True)
