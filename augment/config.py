@@ -494,6 +494,12 @@ class Config:
     threads: int = setting(1, range=_between(1, 1024), commands=_STAGES,
                            help="torch CPU threads per work unit, inline and on every Ray actor alike (default 1): "
                                 "the same count gives the same bytes whatever --workers.")
+    # torch's deterministic kernels on every worker (augment.models.device.deterministic_mode)
+    deterministic: bool = setting(
+        False, commands=("tokens", "generate", "caso", "build", "train", "benchmark", "config"), omit_default=True,
+        help="Deterministic CUDA kernels on every worker (torch.use_deterministic_algorithms, "
+             "CUBLAS_WORKSPACE_CONFIG, cuDNN): the same bytes on re-runs on one GPU model, somewhat slower; "
+             "see docs/determinism.md.")
     # "3,8" or "0-9"; None = all
     classes: str | None = setting(None, resume=("generate", "caso"), commands=CONFIG_COMMANDS, order=9.5,
                                   help="Class selection: indices 3,8, ranges 0-9 or class names (default: all).")
@@ -506,6 +512,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        omit_defaults(self, d)  # a top-level setting added later (deterministic) leaves old run.json bytes alone
         for name in _SECTIONS:
             omit_defaults(getattr(self, name), d[name])
         return d

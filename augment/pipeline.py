@@ -190,14 +190,21 @@ class TrainFlags:
     hflip: float | None = None
     natural: bool = False
 
-    def settings(self, cfg: Config, seed: int | None = None) -> TrainSettings:
-        """The trainer's settings: ``cfg.train`` with these flags, ``seed`` (default the run's) and the device."""
-        from augment.downstream.train import TrainSettings
-        from augment.models.device import resolve_device
+    def settings(self, cfg: Config, seed: int | None = None, on_workers: bool = False) -> TrainSettings:
+        """The trainer's settings: ``cfg.train`` with these flags, ``seed`` (default the run's) and the device.
 
+        ``on_workers``: the cells train on Ray actors (``benchmark --workers N``), so the device is left
+        as the user gave it (its spelling checked) for each worker to resolve on its node, as tokens and
+        generate do: a GPU-less driver must not refuse ``cuda`` that the cluster's nodes have, and
+        ``auto`` must mean the nodes' GPU, not the driver's CPU."""
+        from augment.downstream.train import TrainSettings
+        from augment.models.device import check_device, resolve_device
+
+        if on_workers:
+            check_device(cfg.device, inline=False)
         return TrainSettings.from_config(cfg.train, samples_per_epoch=self.samples_per_epoch, hflip=self.hflip,
                                          seed=cfg.seed if seed is None else seed,
-                                         device=str(resolve_device(cfg.device)))
+                                         device=cfg.device if on_workers else str(resolve_device(cfg.device)))
 
     def synthetic_prob(self, cfg: Config) -> float | None:
         """The probability a drawn sample is synthetic (None: natural)."""
@@ -268,6 +275,7 @@ def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k
     """:func:`train` once the lock of the run ``out`` lies in (``run``) is held (if any)."""
     from augment.downstream.mixing import load_split, make_mixed_dataset
     from augment.downstream.train import train_classifier
+    from augment.models.device import deterministic_mode
 
     check_creatable(out)  # before the data loads: no training is lost to a folder it cannot write
     dataset = resolve_inputs(cfg).dataset
@@ -287,8 +295,9 @@ def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k
              "test_split": request.test_split, "synthetic": [str(s) for s in synthetic], "seed": cfg.seed,
              "distill_temperature": mixed.distill_temperature}
     guard = (lambda: check_in_place(run)) if run is not None else None  # a run moved away: stop, write nothing
-    result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra,
-                              before_write=guard)
+    with deterministic_mode(cfg.deterministic):
+        result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra,
+                                  before_write=guard)
     return TrainOutcome(mixed, settings, k, out, result)
 
 
@@ -341,7 +350,7 @@ def benchmark(cfg: Config, request: BenchmarkRequest, log: Log = _ignore, cell_l
     assert out is not None, "resolve_config sets cfg.out"
     ks = request.k_values or list(cfg.train.k_values)
     seeds = request.seeds or list(cfg.train.seeds)
-    settings = request.flags.settings(cfg, seed=0)
+    settings = request.flags.settings(cfg, seed=0, on_workers=cfg.workers > 0)
     if request.build_missing:
         chain = build_missing_arms(cfg, RunDir(out), request.treatments or default_treatments(out, _ignore), log,
                                    draws=[(k, s) for k in ks for s in seeds])

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -44,7 +45,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from tqdm.auto import tqdm
 
 from augment.config import Config, validate
-from augment.distributed import Pool, PoolSpec, WorkerFactory, check_pool, run_units
+from augment.distributed import Pool, PoolSpec, WorkerFactory, check_pool
 from augment.errors import AugmentError
 from augment.io.lock import check_in_place, run_lock
 from augment.io.rundir import (
@@ -59,7 +60,7 @@ from augment.io.rundir import (
     write_run_json,
 )
 from augment.logs import progress_disabled, quietly, verbosity
-from augment.models.device import check_device
+from augment.models.device import DeviceInfo, check_device
 from augment.progress import LiveBar, Sink
 
 __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "pool_spec", "run_stage"]
@@ -67,6 +68,10 @@ __all__ = ["Plan", "Stage", "StageSummary", "failure_line", "open_pool", "pool_s
 U = TypeVar("U")  # one work unit (a class index, a shard plan, ...)
 R = TypeVar("R")  # what a worker returns for one unit
 S = TypeVar("S", bound="StageSummary")
+
+#: run.json's entry (and each stage's ``settings``) listing the devices its workers computed on:
+#: a record, never compared on resume (a run moved to another GPU carries on)
+DEVICES_KEY = "devices"
 
 #: a failure line keeps this many characters of the exception's first line
 MAX_ERROR_CHARS = 300
@@ -137,6 +142,8 @@ class Stage(ABC, Generic[U, R, S]):
         #: set by run_stage before worker_factory(): a worker that reports work done inside a unit
         #: (generate: images) calls it with (progress_key(unit), count) and the bar moves at once
         self.progress: Sink | None = None
+        #: set by run_stage before finish(): the devices this call's workers resolved (empty: no unit ran)
+        self.devices: list[DeviceInfo] = []
 
     @property
     def run(self) -> RunDir:
@@ -217,15 +224,24 @@ def _write_error(what: str | None, where: ArmDir, exc: OSError) -> AugmentError:
 
 def pool_spec(cfg: Config) -> PoolSpec:
     """The worker pool the config asks for, for every stage (built here only) (``--workers``, ``--address``, ``--gpus-per-worker``,
-    ``threads``: the same torch threads per unit inline and on actors, so the same bytes)."""
+    ``threads``: the same torch threads per unit inline and on actors, so the same bytes;
+    ``deterministic``: torch's deterministic kernels on every worker)."""
     return PoolSpec(cfg.workers, cfg.address, device=cfg.device, gpus_per_worker=cfg.gpus_per_worker,
-                    placement_timeout=cfg.placement_timeout, threads=cfg.threads)
+                    placement_timeout=cfg.placement_timeout, threads=cfg.threads, deterministic=cfg.deterministic)
 
 
 def open_pool(cfg: Config) -> Pool:
     """A pool for several stages of one run (``augment build``): Ray joined, actors started and
     models loaded once. Close it (``with open_pool(cfg) as pool:``) when the last stage is done."""
     return Pool(pool_spec(cfg))
+
+
+def announce_device(info: DeviceInfo) -> None:
+    """The one line per command (per pool: ``augment build`` shares one) that says what the units
+    compute on, resolved by the workers: ``device: cuda:0 (NVIDIA A10G, 22.5 GB, driver ...), bfloat16``.
+    On stderr, so stdout stays the stage's summary; hidden by ``-q``."""
+    if verbosity() >= 0:
+        tqdm.write(f"device: {info.line()}", file=sys.stderr)
 
 
 def _preflight(stage: Stage[Any, Any, Any]) -> None:
@@ -328,16 +344,22 @@ def _run_locked(stage: Stage[U, R, S], force: bool, show_progress: bool, start: 
     try:
         # the libraries' chatter follows -q/-v in every worker process (augment.logs)
         factory = partial(quietly, stage.worker_factory(), verbosity())
-        with live.collecting(on_ray):
-            if pool is not None:
-                pool.run(factory, plan.todo, on_result, on_error)
-            else:
-                run_units(factory, plan.todo, pool_spec(stage.cfg), on_result, on_error)
+        # a pool of the stage's own is sized for its units (as run_units would) and ends with it
+        own = Pool(replace(pool_spec(stage.cfg), workers=min(stage.cfg.workers, len(plan.todo)))) if pool is None else None
+        with live.collecting(on_ray), own or contextlib.nullcontext():
+            used = own or pool
+            assert used is not None
+            used.announce = used.announce or announce_device
+            used.run(factory, plan.todo, on_result, on_error)
+            devices = stage.devices = list(used.stage_devices)
         check_in_place(stage.run.path)
         try:  # only the driver's own writes: an OSError of Ray (ConnectionError) is not a disk problem
             stage.finish()
             if stage.records_run:
-                write_run_json(arm, stage.cfg_dict, stage.name, extra=stage.run_json_extra())
+                extra = stage.run_json_extra()
+                if devices:  # what the workers resolved; a run with no unit to do keeps the record it had
+                    extra[DEVICES_KEY] = [d.to_json() for d in devices]
+                write_run_json(arm, stage.cfg_dict, stage.name, extra=extra)
         except OSError as e:
             raise _write_error(None, arm, e) from None
     finally:

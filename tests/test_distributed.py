@@ -220,6 +220,33 @@ def test_cli_refuses_a_bad_pool_in_one_line_before_writing(monkeypatch, tmp_path
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_benchmark_cuda_workers_reach_placement_as_generate_does(monkeypatch, tmp_path):
+    """Issue 19: ``benchmark --device cuda --workers 2`` from a GPU-less driver said "no GPU is
+    visible" (the device was resolved on the driver); the cells' workers resolve it, so it reaches
+    Ray's placement and fails with generate's one line on a GPU-less cluster."""
+    import ray
+    from click.testing import CliRunner
+
+    from augment.cli import cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(connection, "_local_head", lambda: None)
+    monkeypatch.setattr(connection, "_local_gpus", lambda: 0.0)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("no Ray may start"))
+    gen = CliRunner().invoke(cli, ["generate", "--baseline", "--classes", "0", "--per-class", "2", "--workers", "2",
+                                   "--device", "cuda", "--out", str(tmp_path / "g")])
+    run = tmp_path / "run"
+    run.mkdir()
+    r = CliRunner().invoke(cli, ["benchmark", "--out", str(run), "--arm", "real", "--no-build", "--k", "1",
+                                 "--seeds", "1", "--workers", "2", "--device", "cuda"])
+    assert gen.exit_code == 2 and r.exit_code == 2, r.output
+    error = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert error == [line for line in gen.output.splitlines() if line.startswith("Error:")]
+    assert error[0].startswith("Error: no Ray node offers GPU: 1") and "no GPU is visible" not in r.output
+    assert not (run / "report").exists()  # no cell trained, nothing reported
+
+
 def test_a_stale_recorded_head_is_not_joined(monkeypatch):
     from ray._private import services
 

@@ -179,7 +179,7 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
         if seed_list[0] < 1:
             raise AugmentError(f"--seeds {seeds}: give a count >= 1 or a list like 0,1,2")
         seed_list = list(range(seed_list[0]))
-    flags.settings(cfg, seed=0)  # the training settings, checked
+    flags.settings(cfg, seed=0, on_workers=cfg.workers > 0)  # the training settings, checked
     request = pipeline.BenchmarkRequest(ks, seed_list, arms, test_split, fresh, build_missing, flags)
     done = pipeline.benchmark(cfg, request, log=click.echo, cell_log=lambda m: tqdm.write(m))
     if done.exit_code:

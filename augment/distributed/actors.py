@@ -21,18 +21,28 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from augment.distributed.host import WorkerFactory, WorkerHost, _portable, _set_threads
 from augment.distributed.placement import fits_a_node, partial_placement_warning, placement_error
 from augment.distributed.spec import PoolSpec
 from augment.errors import AugmentError
 
+if TYPE_CHECKING:
+    from augment.models.device import DeviceInfo
+
 #: the pool's one logger (its partial-placement warning), named for the package users know
 log = logging.getLogger("augment.distributed")
 
 #: seconds between looks at the pool while nothing finishes (pending actors, the stall clock)
 POLL_S = 1.0
+
+
+def _set_deterministic() -> None:
+    """An actor's torch kernels made deterministic for its life (its process is the stage's alone)."""
+    from augment.models.device import set_deterministic
+
+    set_deterministic()
 
 
 def _actor_class():
@@ -54,14 +64,21 @@ def _actor_class():
             self.host = WorkerHost()
 
         @ray.method(max_task_retries=-1)
-        def ping(self, stage: int, factory: WorkerFactory, threads: int) -> BaseException | None:
-            """None once the worker is built (Ray retries this call through restarts), else why not."""
+        def ping(self, stage: int, factory: WorkerFactory, threads: int,
+                 deterministic: bool = False) -> BaseException | Ready:
+            """:class:`Ready` once the worker is built, with the device it resolved on this node (Ray
+            retries this call through restarts), else why not. ``deterministic`` is set before any
+            model loads (cuBLAS reads its workspace setting when its first handle is made)."""
             _set_threads(threads)
+            if deterministic:
+                _set_deterministic()
             error = self.host.prepare(stage, factory)
-            return None if error is None else _portable(error)
+            return Ready(self.host.device_info()) if error is None else _portable(error)
 
-        def run(self, stage: int, factory: WorkerFactory, threads: int, unit: Any) -> Any:
+        def run(self, stage: int, factory: WorkerFactory, threads: int, unit: Any, deterministic: bool = False) -> Any:
             _set_threads(threads)
+            if deterministic:
+                _set_deterministic()
             error = self.host.prepare(stage, factory)
             if error is not None:
                 raise _portable(error)
@@ -72,6 +89,14 @@ def _actor_class():
             return self.host.cache.loads
 
     return UnitActor
+
+
+@dataclass(frozen=True)
+class Ready:
+    """An actor's answer to a ping once its worker is built: the device that worker resolved on
+    its node (None for a worker that has none), so the driver records what computed, not "auto"."""
+
+    device: DeviceInfo | None = None
 
 
 @dataclass(eq=False)
@@ -91,6 +116,7 @@ class _StageRun:
     factory: WorkerFactory
     threads: int
     n_actors: int  # the actors this stage wants (never more than its units)
+    deterministic: bool = False  # torch's deterministic kernels in the actors (PoolSpec.deterministic)
 
 
 class _Actors:
@@ -98,8 +124,10 @@ class _Actors:
     results, survive lost actors. The actors outlive a stage; each stage re-pings them with its
     own factory (an actor that is still starting answers when it is up)."""
 
-    def __init__(self, spec: PoolSpec, options: dict[str, float]) -> None:
+    def __init__(self, spec: PoolSpec, options: dict[str, float],
+                 on_device: Callable[[DeviceInfo], None] | None = None) -> None:
         self.spec, self.options = spec, options
+        self.on_device = on_device  # told what each actor's worker computes on, as pings answer
         self.members: list[_Member] = []
         self.refs: dict[Any, tuple[_Member, int | None]] = {}  # ref -> (actor, unit index; None: a ping)
         self.start_error: BaseException | None = None
@@ -112,7 +140,7 @@ class _Actors:
     def _ping(self, member: _Member) -> None:
         run = self.current
         assert run is not None
-        self.refs[member.actor.ping.remote(run.stage, run.factory, run.threads)] = (member, None)
+        self.refs[member.actor.ping.remote(run.stage, run.factory, run.threads, run.deterministic)] = (member, None)
 
     def _add(self) -> None:
         member = _Member(self.actor_cls.options(**self.options).remote(), since=time.monotonic())
@@ -192,7 +220,7 @@ class _Actors:
                 if m.state == "idle" and queue:
                     idx = queue.popleft()
                     m.state = "busy"
-                    self.refs[m.actor.run.remote(run.stage, run.factory, run.threads, units[idx])] = (m, idx)
+                    self.refs[m.actor.run.remote(run.stage, run.factory, run.threads, units[idx], run.deterministic)] = (m, idx)
 
         def settle_error(idx: int, exc: BaseException) -> None:
             if idx not in settled:
@@ -220,8 +248,10 @@ class _Actors:
                 except RayError as e:
                     self._lost(member, e, pinging=True)
                     continue
-                if error is None:
+                if isinstance(error, Ready):
                     member.state = "idle"
+                    if error.device is not None and self.on_device is not None:
+                        self.on_device(error.device)
                     continue
                 if isinstance(error, AugmentError):
                     raise error

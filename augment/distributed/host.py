@@ -22,6 +22,7 @@ from augment.shipping import node_label
 
 if TYPE_CHECKING:
     from augment.models.cache import ModelCache
+    from augment.models.device import DeviceInfo
 
 class WorkerFactory(Protocol):
     """Builds one stage's worker from the models of its host, called as ``factory(cache=...)`` (by
@@ -117,6 +118,11 @@ class WorkerHost:
             except Exception as e:  # noqa: BLE001 - reported by the caller (ping, or raised inline)
                 self.error = e
         return self.error
+
+    def device_info(self) -> DeviceInfo | None:
+        """What the built worker computes on (its ``device_info``, resolved on this host: the
+        driver's ``auto`` says nothing of a Ray node's GPU); None for a worker without a device."""
+        return getattr(self.worker, "device_info", None)
 
     def run(self, stage: int, factory: WorkerFactory, unit: Any) -> Any:
         error = self.prepare(stage, factory)

@@ -16,13 +16,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from augment.distributed.actors import _Actors, _StageRun
 from augment.distributed.connection import _autoscaler_max_resources, _target, connect, lost_cluster_error
 from augment.distributed.host import WorkerFactory, WorkerHost, torch_threads
 from augment.distributed.placement import placement_error, plan_actors, unplaceable
 from augment.distributed.spec import PoolSpec
+
+if TYPE_CHECKING:
+    from augment.models.device import DeviceInfo
 
 
 class Pool:
@@ -44,6 +47,12 @@ class Pool:
         self.total_cpus = 1  # the cluster's CPUs when the actors were planned (threads per actor)
         self.where: str | None = None  # the Ray session joined (error lines)
         self.max_resources: dict[str, float] | None = None
+        #: every distinct device the pool's workers computed on, in the order first seen (its life)
+        self.devices: list[DeviceInfo] = []
+        #: the devices of the latest :meth:`run` (what that stage records; empty when it ran no unit)
+        self.stage_devices: list[DeviceInfo] = []
+        #: told once per pool of each new device (the stage prints it: one line per command)
+        self.announce: Callable[[DeviceInfo], None] | None = None
 
     def __enter__(self) -> Pool:
         return self
@@ -57,6 +66,7 @@ class Pool:
         driver, exactly once per unit. An AugmentError (from a callback, or a worker that cannot
         be built) stops the run."""
         units = list(units)
+        self.stage_devices = []
         if not units:
             return
         self.stage += 1
@@ -67,8 +77,8 @@ class Pool:
             actors = self._actors()
             n_actors, _, threads = plan_actors({"CPU": self.total_cpus}, self.spec.workers, len(units),
                                                self.spec.device, self.total_cpus)
-            actors.run(_StageRun(self.stage, factory, self.spec.threads or threads, n_actors), units, _passed(on_result),
-                       _passed(on_error))
+            actors.run(_StageRun(self.stage, factory, self.spec.threads or threads, n_actors, self.spec.deterministic),
+                       units, _passed(on_result), _passed(on_error))
         except _FromCallback as e:  # the driver's own error (a write, a user mistake): as it was raised
             raise e.error from None
         except OSError as e:  # ConnectionError and the like from Ray itself: the cluster, not a disk
@@ -76,11 +86,15 @@ class Pool:
 
     def _run_inline(self, factory: WorkerFactory, units: list[Any], on_result: Callable[[Any, Any], None],
                     on_error: Callable[[Any, BaseException], None]) -> None:
+        from augment.models.device import deterministic_mode
+
         host = self.host = self.host or WorkerHost()
-        with torch_threads(self.spec.threads):
+        with torch_threads(self.spec.threads), deterministic_mode(self.spec.deterministic):
             error = host.prepare(self.stage, factory)
             if error is not None:
                 raise error
+            if (info := host.device_info()) is not None:
+                self._seen(info)
             for unit in units:
                 try:
                     result = host.run(self.stage, factory, unit)
@@ -105,8 +119,17 @@ class Pool:
         if unplaceable(options, resources, max_resources, private):
             raise placement_error(options, n_actors, private=private)
         self.total_cpus = int(resources.get("CPU", cpus)) or 1
-        self.actors = _Actors(self.spec, options)
+        self.actors = _Actors(self.spec, options, on_device=self._seen)
         return self.actors
+
+    def _seen(self, info: DeviceInfo) -> None:
+        """A worker of this stage computes on ``info``: recorded for the stage, announced once per pool."""
+        if info not in self.stage_devices:
+            self.stage_devices.append(info)
+        if info not in self.devices:
+            self.devices.append(info)
+            if self.announce is not None:
+                self.announce(info)
 
     def loads(self) -> list[int]:
         """Models loaded by each worker host (one entry inline): what a stage-spanning pool saves."""

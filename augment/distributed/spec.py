@@ -13,7 +13,8 @@ class PoolSpec:
     ``gpus_per_worker``: the GPUs each actor asks for when the device wants CUDA (0.5 puts two
     actors on one GPU); ``placement_timeout``: seconds to wait, while no actor is usable, for a
     node that could hold one before giving up with an error naming the missing resource.
-    ``threads``: torch threads per unit, inline and on every actor alike (None: an actor's share
+    ``deterministic``: torch's deterministic kernels in every process that runs units
+    (:func:`augment.models.device.set_deterministic`). ``threads``: torch threads per unit, inline and on every actor alike (None: an actor's share
     of the cores, inline as is). A float reduction split over another number of threads rounds
     differently, and token training amplifies that, so a fixed count is what makes the bytes of
     ``--workers 0`` and ``--workers N`` the same.
@@ -26,3 +27,4 @@ class PoolSpec:
     gpus_per_worker: float = 1.0
     placement_timeout: float = 300.0
     threads: int | None = None
+    deterministic: bool = False

@@ -78,6 +78,7 @@ from augment.io.atomic import remove_temp_files
 from augment.io.rundir import ArmDir, RunDir, parse_shard_name
 from augment.io.shards import shard_urls
 from augment.models.classifier import ClassifierSource
+from augment.models.device import describe_device, resolve_device
 from augment.shipping import Payload
 
 __all__ = [
@@ -202,7 +203,10 @@ class CellWorker:
 
     def __init__(self, settings: TrainSettings, class_names: Sequence[str],
                  checkpoint: Payload[ClassifierSource | None] | None = None) -> None:
-        self.settings = settings
+        # the device resolved here, on the worker's node (the driver may have no GPU; "auto" is the node's)
+        device = resolve_device(settings.device)
+        self.settings = dataclasses.replace(settings, device=str(device))
+        self.device_info = describe_device(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.class_names = list(class_names)
         self.checkpoint = checkpoint  # train.checkpoint's bytes, read by the driver
         self._shared: dict[str, Any] = {}
@@ -408,7 +412,7 @@ class BenchmarkStage(stage.Stage[CellUnit, BenchmarkCell, BenchmarkSummary]):
             seeds=self.seeds,
             arms=self.treatments,
             metric="real test top-1 after the last epoch; mean ± sample std over seeds",
-            settings=self.settings.to_dict(),
+            settings=self._settings_run(),
             workers=self.cfg.workers,
             summary=summary,
             cells=[done[cell.key] for cell in grid],
@@ -417,6 +421,15 @@ class BenchmarkStage(stage.Stage[CellUnit, BenchmarkCell, BenchmarkSummary]):
         )
         self.result = BenchmarkResult.from_json(result.to_json())  # NaN -> None: the object equals the file
         write_reports(self.run, self.result)
+
+    def _settings_run(self) -> dict[str, Any]:
+        """The trainer's settings as benchmark.json records them: the device the workers resolved
+        (``cuda:0``, not the ``auto`` typed; several joined by commas), when some cell trained now."""
+        settings = self.settings.to_dict()
+        names = list(dict.fromkeys(d.device for d in self.devices))
+        if names:
+            settings["device"] = ",".join(names)
+        return settings
 
     def summary(self, **common: Any) -> BenchmarkSummary:
         return BenchmarkSummary(**common, result=self.result)

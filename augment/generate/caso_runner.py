@@ -46,6 +46,7 @@ from augment.io.shards import (
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
+from augment.models.device import DeviceInfo, describe_device
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
 from augment.shipping import Payload
@@ -77,6 +78,7 @@ class CasoOutcome:
     embeddings: dict[int, CasoResult]
     samples: list[SynthSample]
     shard: int
+    device: DeviceInfo | None = None  # what made the edits (the manifest's metadata)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class CasoWorker:
         cache = cache if cache is not None else ModelCache()  # the host's: models shared with the other stages
         self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         self.trainer = CasoTrainer(self.pipe, cache.classifier(classifier, self.pipe.unet.device), cfg.caso, cfg.seed)
+        self.device_info = describe_device(self.pipe.unet.device, self.pipe.unet.dtype)  # resolved on this node
         self._learned: dict[tuple[str, int], CasoResult] = {}  # (pool, target): learned once per worker
 
     def _embedding(self, pool: Payload[CasoReals], images: torch.Tensor, target: int) -> CasoResult:
@@ -154,7 +157,7 @@ class CasoWorker:
         res = list(learned.values())
         row = CasoRow(c, sorted(learned), float(np.mean([r.init_accuracy for r in res])) if res else 0.0,
                       float(np.mean([r.final_accuracy for r in res])) if res else 0.0, sum(r.seconds for r in res))
-        return CasoOutcome(row, learned, samples, shard_index)
+        return CasoOutcome(row, learned, samples, shard_index, self.device_info)
 
 
 def make_worker(cfg_dict: dict[str, Any], names: list[str], classes: list[int],
@@ -267,7 +270,8 @@ class CasoStage(stage.Stage[CasoUnit, CasoOutcome, CasoSummary]):
                                           steps=cc.max_steps, final_accuracy=emb.final_accuracy,
                                           seconds=emb.seconds, status="ok", lr=cc.lr, model_id=cfg.model)
         write_token_rows(self.arm.tokens_parquet, self.token_rows)
-        written = write_shard(self.arm.path, res.shard, res.samples)
+        written = write_shard(self.arm.path, res.shard, res.samples,
+                              res.device.metadata() if res.device is not None else None)
         self._book.wrote(res.shard, ShardFacts.of_written(written, res.samples, None))
         self.rows.append(res.row)
         return None

@@ -231,8 +231,7 @@ class GenerateStage(stage.Stage[ShardUnit, ShardResult, GenerateSummary]):
             return (f"no image of its {len({c for c, _ in unit.entries})} classes reached guide confidence "
                     f"{self.cfg.generate.min_confidence:g} in {self.cfg.generate.max_attempts} draws per image; "
                     "lower --min-confidence or raise --max-attempts")
-        written = write_shard(self.arm.path, unit.index, result.samples,
-                              result.rejection.metadata() if result.rejection is not None else None)
+        written = write_shard(self.arm.path, unit.index, result.samples, result.metadata())
         self._book.wrote(unit.index, ShardFacts.of_written(written, result.samples, result.rejection))
         return None
 

@@ -32,7 +32,7 @@ from augment.io.manifest import ManifestRow
 from augment.io.shards import SynthSample, sample_key
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
-from augment.models.device import default_batch_size
+from augment.models.device import DeviceInfo, default_batch_size, describe_device
 from augment.models.diffusion import Diffusion
 from augment.models.memory import preflight
 from augment.models.speed import compiled_unet, tune_pipeline
@@ -76,6 +76,13 @@ class ShardResult:
     samples: list[SynthSample]
     rejection: RejectionStats | None = None
     nonfinite: int = 0  # draws rejected because their image was NaN/inf (redrawn, never written)
+    device: DeviceInfo | None = None  # what made the images (the manifest's metadata)
+
+    def metadata(self) -> dict[str, str] | None:
+        """The manifest's file-level entries: the rejection counts and the device (None: neither)."""
+        out = {**(self.rejection.metadata() if self.rejection is not None else {}),
+               **(self.device.metadata() if self.device is not None else {})}
+        return out or None
 
 
 @dataclass
@@ -109,6 +116,8 @@ class GenerateWorker:
         # out after it (run), so it is never left holding them
         self.pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         self.device = self.pipe.unet.device
+        #: resolved here, on the worker's node (the pool records it; each manifest names it)
+        self.device_info = describe_device(self.device, self.pipe.unet.dtype)
         self.classifier = cache.classifier(classifier, self.device)
         # channels_last + fused QKV on CUDA (a no-op elsewhere); generate.compile in sample()
         tune_pipeline(self.pipe, channels_last=cfg.generate.channels_last, fuse_qkv=cfg.generate.fuse_qkv)
@@ -228,7 +237,8 @@ class GenerateWorker:
                 filled[s.class_index, slot], attempts[s.class_index, slot] = got[s.class_index, d], d - previous
                 previous = d
         samples = [self.sample_of(filled[e], e[1], attempts[e]) for e in unit.entries if e in filled]
-        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts), nonfinite)
+        return ShardResult(samples, RejectionStats.of(streams, g.min_confidence, g.max_attempts), nonfinite,
+                           device=self.device_info)
 
     def plain_shard(self, unit: ShardUnit) -> ShardResult:
         """Every planned sample from its own seed; a NaN/inf image (an fp16 overflow) is one rejected
@@ -260,7 +270,8 @@ class GenerateWorker:
                 final[r.c, r.i] = r
                 attempts[r.c, r.i] += 1
             self._report(unit, sum(d.finite for d in final.values()))
-        return ShardResult([self.sample_of(final[e], e[1], attempts[e]) for e in unit.entries], nonfinite=nonfinite)
+        return ShardResult([self.sample_of(final[e], e[1], attempts[e]) for e in unit.entries], nonfinite=nonfinite,
+                           device=self.device_info)
 
     def sample_of(self, d: Drawn, sample_index: int, attempts: int) -> SynthSample:
         assert d.future is not None

@@ -57,6 +57,13 @@ class RunRecord:
         """What identifies the diffusion weights (:func:`augment.models.backbone.model_fingerprint`)."""
         return self.extra.get("model_fingerprint")
 
+    @property
+    def devices(self) -> list[dict[str, Any]] | None:
+        """What the last writing stage's workers computed on (device, dtype, GPU name, memory,
+        driver, CUDA: :class:`augment.models.device.DeviceInfo` as JSON), one entry per distinct
+        device; None before devices were recorded. A record only: resume never compares it."""
+        return self.extra.get("devices")
+
     def has(self, name: str) -> bool:
         """Whether the record holds entry ``name`` (a field the file had, or a stage's extra)."""
         return name in self.extra or (name in RECORD_FIELDS and name not in self.absent)

@@ -12,8 +12,11 @@ asked for ``auto`` on a GPU box expects the GPU, and a 100x slower run that "wor
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +24,9 @@ import torch
 from augment.errors import AugmentError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+#: the manifests' file-level metadata key holding the :class:`DeviceInfo` that made the shard
+DEVICE_METADATA_KEY = "augment.device"
 
 #: where the NVIDIA kernel module says which driver is loaded (present only when one is)
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
@@ -116,10 +122,51 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return DTYPES[spec]
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
-    """Mixed-precision context: active for half dtypes on CUDA, a no-op elsewhere."""
-    enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+#: what cuBLAS needs for deterministic matrix products (a fixed workspace per stream), read when
+#: its handle is created: set before the process's first CUDA matmul
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def set_deterministic() -> None:
+    """Make this process's torch kernels deterministic, for the rest of its life (a Ray actor's).
+
+    Seeds fix the starting and step noise, but on CUDA several kernels are not bitwise
+    deterministic (cuBLAS split reductions, cuDNN's autotuned convolution algorithms, atomics in
+    some backward passes), so two runs of one seed can differ in the last bits and, after 30
+    denoising steps, by a level of 255 here and there. This sets what torch documents for
+    reproducibility: ``CUBLAS_WORKSPACE_CONFIG``, ``torch.use_deterministic_algorithms`` and
+    cuDNN's ``deterministic`` on, ``benchmark`` off. ``warn_only``: an op with no deterministic
+    kernel (on CUDA: bilinear resizing's and adaptive pooling's backward, inside the classifier
+    during token training) warns instead of failing the run; generation has no backward and is
+    fully deterministic. See docs/determinism.md."""
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """:func:`set_deterministic` for the ``with`` body, everything it set restored after (units
+    run inline in the driver, which outlives the stage); nothing touched when not ``enabled``."""
+    if not enabled:
+        yield
+        return
+    saved = (os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    set_deterministic()
+    try:
+        yield
+    finally:
+        env, algorithms, warn_only, cudnn_deterministic, cudnn_benchmark = saved
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 @dataclass(frozen=True)
@@ -137,6 +184,23 @@ class DeviceInfo:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> DeviceInfo:
+        """The record :meth:`to_json` wrote (entries it does not know are ignored: a newer writer)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})  # type: ignore[arg-type]
+
+    def metadata(self) -> dict[str, str]:
+        """The Parquet key-value entry of a manifest whose images this device made (sorted JSON:
+        byte-stable), file-level metadata so that the rows keep their bytes."""
+        return {DEVICE_METADATA_KEY: json.dumps(self.to_json(), sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[bytes, bytes] | None) -> DeviceInfo | None:
+        """The entry :meth:`metadata` wrote, or None (a manifest written before devices were recorded)."""
+        raw = (metadata or {}).get(DEVICE_METADATA_KEY.encode())
+        return cls.from_json(json.loads(raw)) if raw else None
 
     def line(self) -> str:
         """``cuda:0 (NVIDIA A10G, 22.5 GB, driver 550.54, CUDA 12.4), bfloat16, torch 2.14.1``."""

@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from augment.models.device import autocast
 from augment.seeds import initial_latents, step_generators
 
 __all__ = ["Diffusion", "block_checkpointing", "decoder_checkpointing"]
@@ -94,6 +93,14 @@ def decoder_checkpointing(vae: Any, enabled: bool = True) -> Iterator[None]:
 class Diffusion:
     """Encode / sample / decode / edit over a loaded ``StableDiffusionPipeline``.
 
+    Precision is diffusers' own: the weights are held in the compute dtype (half on CUDA) and run in
+    it, with no autocast. Latents stay in the UNet's dtype through the sampler, guidance is combined
+    in it, the decoder's output is mapped to [0, 1] in it, exactly as ``pipe(...)`` does; only the
+    classifier (:func:`augment.tokens.training.freeze_for_training`) and a trained token's vector are
+    float32. So the images token training and its validation see are, pixel for pixel, the images
+    generation makes from the same seeds (autocast over bf16 weights upcast every norm layer: more
+    memory, and images up to 11 levels of 255 away from the generated ones).
+
     It holds no state of its own beyond the pipeline, so wrapping the same pipeline twice is
     harmless and a learned token added to ``pipe``'s tokenizer is seen at once.
     """
@@ -138,9 +145,11 @@ class Diffusion:
         the clamp as the identity, so pixels the decoder puts outside the range still get gradient
         (a hard clamp gives none to the pixels below 0, exactly where ink would need adding)."""
         vae = self.pipe.vae
-        with autocast(latents.device, vae.dtype), decoder_checkpointing(vae, checkpointing and torch.is_grad_enabled()):
+        with decoder_checkpointing(vae, checkpointing and torch.is_grad_enabled()):
             images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
-        images = images.float() / 2 + 0.5
+        # [-1, 1] -> [0, 1] in the VAE's dtype, as diffusers' image processor does for ``pipe(...)``:
+        # in half precision the rounding of this step alone moves a pixel by a level of 255
+        images = (images / 2 + 0.5).float()
         if straight_through:
             return images + (images.clamp(0, 1) - images).detach()
         return images.clamp(0, 1)
@@ -148,7 +157,7 @@ class Diffusion:
     def encode_images(self, images01: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> scaled latents (the VAE posterior mean: deterministic)."""
         vae = self.pipe.vae
-        with torch.no_grad(), autocast(images01.device, vae.dtype):
+        with torch.no_grad():
             z = vae.encode((images01 * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
         return z.float() * vae.config.scaling_factor
 
@@ -167,16 +176,17 @@ class Diffusion:
 
     def guided_output(self, model_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                       guidance_scale: float, checkpointing: bool = True) -> torch.Tensor:
-        """One UNet call on the ``[uncond; cond]`` batch, combined by classifier-free guidance (float32).
+        """One UNet call on the ``[uncond; cond]`` batch, combined by classifier-free guidance in the
+        UNet's dtype, as diffusers' pipeline combines it (no autocast: see :class:`Diffusion`).
 
         ``model_in`` and ``context`` stack the unconditional half first; the result has half
         their batch size. ``checkpointing``: with gradient, the UNet's blocks are checkpointed
         (:func:`block_checkpointing`; CASO's one-step prediction and every gradient step of
         :meth:`sample_latents`).
         """
-        with autocast(model_in.device, self.dtype), block_checkpointing(self.pipe.unet, checkpointing and torch.is_grad_enabled()):
+        with block_checkpointing(self.pipe.unet, checkpointing and torch.is_grad_enabled()):
             out = self.pipe.unet(model_in.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype)).sample
-        out_u, out_c = out.float().chunk(2)
+        out_u, out_c = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
 
     def predict_x0(self, latents_t: torch.Tensor, model_out: torch.Tensor, t: int) -> torch.Tensor:
@@ -237,6 +247,7 @@ class Diffusion:
         """
         scheduler = scheduler or self.scheduler
         scheduler.set_timesteps(steps, device=latents.device)
+        latents = latents.to(self.dtype)  # the pipeline's latents are in the UNet's dtype from the start
         if start == 0:
             latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps[start:]
@@ -291,9 +302,8 @@ class Diffusion:
         uncond = self.encode_prompts([""])
         latents = z0
         for t in inverse.timesteps[: steps - start]:
-            with autocast(latents.device, self.dtype):
-                eps = self.pipe.unet(latents.to(self.dtype), t,
-                                     encoder_hidden_states=uncond.expand(len(latents), -1, -1).to(self.dtype)).sample
+            eps = self.pipe.unet(latents.to(self.dtype), t,
+                                 encoder_hidden_states=uncond.expand(len(latents), -1, -1).to(self.dtype)).sample
             latents = inverse.step(eps.float(), t, latents).prev_sample
         return latents
 

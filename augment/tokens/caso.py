@@ -33,7 +33,7 @@ from augment.errors import AugmentError
 from augment.models.diffusion import Diffusion
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import installed_tokens, single_token_id, vector_tokens
-from augment.tokens.training import EmbeddingOverride, freeze_for_training
+from augment.tokens.training import EmbeddingOverride, freeze_for_training, loss_scaler, optimiser_step
 
 
 def caso_token(target: int) -> str:
@@ -116,6 +116,7 @@ class CasoTrainer:
             vectors = [torch.nn.Parameter(init.clone()) for _ in ids]
             hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
             opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            scaler = loss_scaler(pipe)
             z0_all = diffusion.encode_images(images01.to(self.device))
             t = int(cfg.t0 * (pipe.scheduler.config.num_train_timesteps - 1))
             prompt = " ".join(vector_tokens(token, cfg.n_vectors))
@@ -146,9 +147,7 @@ class CasoTrainer:
                     acc = float((logits.argmax(1) == target_t).float().mean())
                     result.history.append((ce.item(), recon.item(), acc))
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(vectors, 1.0)
-                    opt.step()
+                    optimiser_step(scaler, opt, loss, vectors, 1.0)  # loss scaling in float16
             finally:
                 for h in hooks:
                     h.remove()

@@ -33,7 +33,7 @@ from augment.models.memory import is_out_of_memory
 from augment.prompts import render_prompt
 from augment.seeds import derive_seed
 from augment.tokens.textual_inversion import installed_tokens, single_token_id, token_string, vector_tokens
-from augment.tokens.training import EmbeddingOverride, freeze_for_training
+from augment.tokens.training import EmbeddingOverride, freeze_for_training, loss_scaler, optimiser_step
 
 
 @dataclass
@@ -236,6 +236,7 @@ class DiscoTrainer:
             hooks = [EmbeddingOverride(emb_layer, i, v) for i, v in zip(ids, vectors, strict=True)]
             opt = torch.optim.AdamW(vectors, lr=learning_rate(cfg, init_vec, 0), betas=(0.9, 0.999),
                                     weight_decay=cfg.weight_decay)
+            scaler = loss_scaler(pipe)
             target = torch.full((cfg.batch_size,), class_index, device=self.device, dtype=torch.long)
             prompts = self.prompts_for(token, class_name)
             result = TokenResult(class_index, class_name, token, init, None, seeds=self.seeds_for(class_index, 0))
@@ -265,9 +266,7 @@ class DiscoTrainer:
                     if progress is not None:
                         progress(step, loss_value, acc)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(vectors, cfg.grad_clip)  # after backward, where it acts
-                    opt.step()
+                    optimiser_step(scaler, opt, loss, vectors, cfg.grad_clip)  # loss scaling in float16
                     for v, v0 in zip(vectors, init_vec, strict=True):
                         project_to_trust_region(v, v0, cfg.trust_radius)
                     result.steps = step + 1

@@ -24,6 +24,7 @@ from augment.io.rundir import ArmDir
 from augment.io.tokens_table import TokenRow, read_token_rows, write_token_rows
 from augment.models.cache import ModelCache
 from augment.models.classifier import ClassifierSource
+from augment.models.device import describe_device
 from augment.shipping import Payload
 from augment.tokens.disco import TokenResult, check_initialisers
 from augment.tokens.textual_inversion import check_names_hold_no_token, save_token, token_string
@@ -58,6 +59,7 @@ class TokenWorker:
         pipe = cache.backbone(cfg.model, cfg.device, cfg.dtype, cfg.scheduler)
         clf = cache.classifier(classifier, pipe.unet.device)
         check_classes(clf, class_names)
+        self.device_info = describe_device(pipe.unet.device, pipe.unet.dtype)  # resolved on this node, recorded
         self.trainer = DiscoTrainer(pipe, clf, cfg.tokens, cfg.seed, cfg.resolution or native_resolution(pipe),
                                     generation=cfg.generate, class_names=class_names)
 

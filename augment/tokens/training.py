@@ -1,5 +1,5 @@
-"""What the token trainers (DisCo, CASO) share: a frozen backbone, and embedding rows made
-trainable without writing to the model.
+"""What the token trainers (DisCo, CASO) share: a frozen backbone, embedding rows made
+trainable without writing to the model, and the optimiser step (with loss scaling in float16).
 
 Only the new token's vector is optimised. It is injected by a forward hook on the text encoder's
 input-embedding layer, so every other row and every other parameter stays bit-identical by
@@ -37,3 +37,30 @@ class EmbeddingOverride:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+def loss_scaler(pipe: Any) -> torch.amp.GradScaler:
+    """Loss scaling for float16 backbones, a no-op otherwise.
+
+    The backbone runs in its own dtype (diffusers' way, :class:`augment.models.diffusion.Diffusion`),
+    so the backward pass runs through float16 activations when the weights are float16 (``--dtype
+    auto`` on a card without native bf16, such as a T4): gradients of a classifier's loss taken back
+    through 30 denoising steps and the decoder are small, and below float16's ~6e-8 they become zero,
+    so the token would silently not learn. Scaling the loss (``torch.amp.GradScaler``) keeps them in
+    range; the token's vector is float32, so the scaler unscales it before clipping and skips a step
+    whose gradient overflowed. This is loss scaling rather than refusing float16: a T4 or V100 can
+    then train tokens at all. bfloat16 has float32's range and float32 needs none: disabled, the
+    scaler passes the loss, the gradient and the step through unchanged (the same bytes)."""
+    device = pipe.unet.device
+    return torch.amp.GradScaler(device.type, enabled=pipe.unet.dtype == torch.float16)
+
+
+def optimiser_step(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   params: list[torch.nn.Parameter], clip: float) -> None:
+    """Backward, clip the gradient norm to ``clip`` (after unscaling: the clip acts on the true
+    gradient), step (skipped by the scaler when the scaled gradient overflowed), update the scale."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(opt)
+    scaler.update()
