@@ -1,4 +1,5 @@
-"""The commands that use a finished run: ``train``, ``eval`` and ``benchmark``.
+"""The commands that use a finished run: ``train``, ``eval`` and ``benchmark``; and ``guide``, which
+trains a guidance classifier from the k-shot reals for a user who has none (the same trainer).
 
 They read a run folder made by ``augment build``: its ``run.json`` supplies the dataset, data root
 and classifiers the run was made with (the config resolution's run.json layer), and flags given on
@@ -92,6 +93,38 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
                f"best {100 * best.top1:.2f}% at epoch {best.epoch} ({result.seconds:.0f}s)")
     click.echo(f"  metrics:    {out / 'metrics.json'}")
     click.echo(f"  checkpoint: {out / 'best.safetensors'}  (--classifier timm:{settings.arch}@{out / 'best.safetensors'})")
+
+
+# ----------------------------------------------------------------------------------------- guide
+
+
+@command()
+@config_options("guide")
+@torch_threads_option
+@click.option("--k", "k", type=int, help="Real train images per class the guide learns from (default: the largest of train.k_values).")
+@click.option("--split", default="train", show_default=True, help="Real split the k-shot images come from.")
+@click.option("--test-split", help="Real split the guide is tested on (default: test or val, else --split).")
+def guide(k: int | None, split: str, test_split: str | None, **kwargs) -> None:
+    """A guidance classifier for users who have none: fine-tune (or --linear-probe) the preset's
+    backbone on the k-shot reals (from scratch for digits), the same draw train and benchmark use.
+
+    Writes OUT/best.safetensors + best.json (the sidecar: class names, input size, mean/std) and
+    OUT/metrics.json, and prints the --classifier value that loads it. OUT defaults to
+    guides/<dataset>-k<K>-seed<S>.
+    """
+    from augment import pipeline
+
+    out_flag = kwargs.get("out")
+    flags = _trainer_flags(kwargs)
+    kwargs["out"] = None
+    cfg = build_config(kwargs)
+    request = pipeline.GuideRequest(k, split, test_split, Path(out_flag) if out_flag else None, flags)
+    done = pipeline.guide(cfg, request, log=click.echo)
+    best = done.result.metrics.best
+    click.echo(f"guide: {done.settings.arch}, {done.k} real/class, test top-1 {100 * best.top1:.2f}% at epoch "
+               f"{best.epoch} ({done.result.seconds:.0f}s)")
+    click.echo(f"  metrics:    {done.out / 'metrics.json'}")
+    click.echo(f"  --classifier {pipeline.guide_spec(done)}")
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -195,4 +228,4 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     click.echo(f"\nwrote {RunDir(out).benchmark_files()['json']}, .csv, .md, .png ({result.seconds:.0f}s)")
 
 
-COMMANDS = (train, eval_cmd, benchmark)
+COMMANDS = (train, guide, eval_cmd, benchmark)
