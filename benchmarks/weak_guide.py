@@ -67,7 +67,8 @@ def main() -> None:
     seconds: dict[str, float] = {}
     load_start = os.getloadavg()
     rows = []
-    for k in [*ks, None]:  # None: the full-data guide
+    # None: the full-data guide, second, so that a run cut short still has both sides of the first k
+    for k in [ks[0], None, *ks[1:]]:
         name = f"k{k}" if k is not None else "full"
         run = a.work / f"run-{name}"
         t0 = time.perf_counter()
@@ -99,7 +100,7 @@ def main() -> None:
              + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()), "",
              "| guide trained on | k (grid) | guide test top-1 | judge top-1 on token images | real only | + token synthetic (p=0.5) |",
              "|---|---:|---:|---:|---:|---:|"]
-    for name, k, g, j, real, token in rows:
+    for name, k, g, j, real, token in sorted(rows, key=lambda r: (r[1], r[0] == "full")):
         who = f"the {k}-shot reals (`augment guide --k {k}`)" if name != "full" else "the full digits train split"
         lines.append(f"| {who} | {k} | {g} | {j} | {real} | {token} |")
     text = "\n".join(lines) + "\n"

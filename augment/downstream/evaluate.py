@@ -190,7 +190,7 @@ def run_eval(
     bar = tqdm(total=len(specs) * (len(images) + has_real), desc="eval", unit="set",
                disable=progress_disabled(progress), leave=False)
     for spec in specs:
-        clf = load_classifier(spec, device)
+        clf = load_classifier(spec, device, names)
         cols = align_classifier(clf, names)
         for a, imgs in images.items():
             logits = _logits(clf, imgs, batch_size)
@@ -208,7 +208,7 @@ def run_eval(
     distances: list[Distance] = []
     feature_spec = feature_spec or specs[-1]
     if has_real:
-        clf = load_classifier(feature_spec, device)
+        clf = load_classifier(feature_spec, device, names)
         ref = penultimate_features(clf, reals.get(split, clf)[0], batch_size)
         rows = [(a, imgs) for a, imgs in images.items()]
         other = "train" if split != "train" and "train" in dataset.splits() else None
