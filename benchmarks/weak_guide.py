@@ -76,7 +76,7 @@ def main() -> None:
         if k is not None:
             guide = a.work / f"guide-{name}"
             if not (guide / "metrics.json").is_file():
-                augment("guide", "--k", str(k), "--out", str(guide))
+                augment("guide", "--k", str(k), "--threads", "1", "--out", str(guide))  # 1: shared cores
             best = json.loads((guide / "metrics.json").read_text())["best"]
             guide_top1 = f"{100 * best['top1']:.1f}"
             spec = f"timm:test_resnet@{guide / 'best.safetensors'}"

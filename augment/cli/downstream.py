@@ -137,16 +137,21 @@ def guide(k: int | None, split: str, test_split: str | None, **kwargs) -> None:
               help="Classifier spec to score the images with; repeatable (default: the run's --classifier and judge).")
 @click.option("--features", help="Classifier whose penultimate features FID/KID use (default: the last --eval-classifier).")
 @click.option("--split", default="test", show_default=True, help="Real split for FID/KID and the reference accuracy.")
-def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, split: str, **kwargs) -> None:
+@click.option("--class-map", type=click.Path(dir_okay=False),
+              help="YAML/CSV of dataset class -> a classifier's label (null: not judged), for a judge trained on "
+                   "other names (CUB judged by an iNat classifier); classes it lacks are left out of its accuracy.")
+def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, split: str, class_map: str | None,
+             **kwargs) -> None:
     """Accuracy of a run's generated images (token and baseline arm) by classifiers, plus FID/KID (Table 1).
 
     Writes RUN/report/eval.json and RUN/report/eval.md and prints the table.
     """
     from augment.downstream.eval_result import FID_MIN_IMAGES
-    from augment.downstream.evaluate import render_eval_markdown, run_eval
+    from augment.downstream.evaluate import read_class_map, render_eval_markdown, run_eval
     from augment.inputs import resolve_inputs
     from augment.models.device import resolve_device
 
+    mapping = read_class_map(class_map) if class_map else None  # a bad file stops before any model loads
     run = run or kwargs.get("out")
     if run is None:
         run = build_config(dict(kwargs)).out
@@ -156,7 +161,7 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
     cfg = build_config(kwargs, run=run)
     specs = specs or tuple(s for s in (cfg.classifier, cfg.judge) if s)
     dataset = resolve_inputs(cfg).dataset
-    result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device))
+    result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device), class_map=mapping)
     click.echo(render_eval_markdown(result, dataset.class_names))
     for d in result.distances:
         if d.small_sample:
