@@ -299,7 +299,9 @@ def guide(cfg: Config, request: GuideRequest, log: Log = _ignore) -> TrainOutcom
     """A guidance classifier for a user who has none: :func:`train` on the k-shot reals only (the
     same k-shot draw ``train`` and the benchmark use for this seed), as ``cfg.train`` says
     (pretrained and fine-tuned, or a linear probe, or from scratch); its best checkpoint and
-    sidecar are what ``--classifier`` takes (:func:`guide_spec`). With no test split the guide is
+    sidecar are what ``--classifier`` takes (:func:`guide_spec`). The checkpoint is the last
+    epoch's (tested once, after it): picking the best epoch on the test split would choose the
+    guide with test images a user with k reals does not have. With no test split the guide is
     tested on its own split (logged: an optimistic figure, the k reals are among it)."""
     k = request.k if request.k is not None else max(cfg.train.k_values or [0])
     if k < 1:
@@ -311,6 +313,7 @@ def guide(cfg: Config, request: GuideRequest, log: Log = _ignore) -> TrainOutcom
         if test_split == request.split:
             log(f"no test split: the guide is tested on {request.split!r}, which holds its own k reals (optimistic)")
     out = request.out or Path("guides") / f"{cfg.dataset}-k{k}-seed{cfg.seed}"
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_every=0))
     return train(cfg, TrainRequest((), k, request.split, test_split, out, None, request.flags), log)
 
 

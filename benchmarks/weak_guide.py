@@ -77,7 +77,7 @@ def main() -> None:
             guide = a.work / f"guide-{name}"
             if not (guide / "metrics.json").is_file():
                 augment("guide", "--k", str(k), "--threads", "1", "--out", str(guide))  # 1: shared cores
-            best = json.loads((guide / "metrics.json").read_text())["best"]
+            best = json.loads((guide / "metrics.json").read_text())["final"]  # the checkpoint: the last epoch
             guide_top1 = f"{100 * best['top1']:.1f}"
             spec = f"timm:test_resnet@{guide / 'best.safetensors'}"
         else:

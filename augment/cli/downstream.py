@@ -120,9 +120,9 @@ def guide(k: int | None, split: str, test_split: str | None, **kwargs) -> None:
     cfg = build_config(kwargs)
     request = pipeline.GuideRequest(k, split, test_split, Path(out_flag) if out_flag else None, flags)
     done = pipeline.guide(cfg, request, log=click.echo)
-    best = done.result.metrics.best
-    click.echo(f"guide: {done.settings.arch}, {done.k} real/class, test top-1 {100 * best.top1:.2f}% at epoch "
-               f"{best.epoch} ({done.result.seconds:.0f}s)")
+    final = done.result.metrics.final
+    click.echo(f"guide: {done.settings.arch}, {done.k} real/class, test top-1 {100 * final.top1:.2f}% after "
+               f"{done.settings.epochs} epochs, the checkpoint ({done.result.seconds:.0f}s)")
     click.echo(f"  metrics:    {done.out / 'metrics.json'}")
     click.echo(f"  --classifier {pipeline.guide_spec(done)}")
 

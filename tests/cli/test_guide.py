@@ -30,7 +30,7 @@ def _classifier_value(output: str) -> str:
 @pytest.mark.slow
 def test_guide_then_tokens_with_the_printed_classifier(tmp_path):
     runner = CliRunner()
-    r = runner.invoke(cli, ["guide", "--k", "3", *QUICK, "--out", str(tmp_path / "guide")])
+    r = runner.invoke(cli, ["guide", "--k", "3", *QUICK, "--epochs", "2", "--out", str(tmp_path / "guide")])
     assert r.exit_code == 0, r.output
     spec = _classifier_value(r.output)
     assert spec == f"timm:test_resnet@{tmp_path / 'guide' / 'best.safetensors'}"
@@ -38,6 +38,9 @@ def test_guide_then_tokens_with_the_printed_classifier(tmp_path):
     assert side["class_names"] == get_dataset("digits").class_names
     metrics = json.loads((tmp_path / "guide" / "metrics.json").read_text())
     assert metrics["data"]["real"] == 30 and metrics["data"]["synthetic"] == 0  # 3 per class, reals only
+    # the checkpoint is the last epoch, not one picked on the test split (tested only after it)
+    assert metrics["best"]["epoch"] == metrics["final"]["epoch"] == 2
+    assert [h["test_top1"] is None for h in metrics["history"]] == [True, False]
 
     (tmp_path / "small.yaml").write_text(SMALL_TOKENS)
     out = tmp_path / "run"
@@ -54,7 +57,8 @@ def test_guide_is_train_on_the_k_shot_reals(tmp_path, monkeypatch):
     from augment.config import resolve_config
 
     seen = []
-    monkeypatch.setattr(pipeline, "train", lambda cfg, request, log: seen.append((cfg.seed, request)))
+    monkeypatch.setattr(pipeline, "train", lambda cfg, request, log: seen.append((cfg.seed, request))
+                        if cfg.train.eval_every == 0 else pytest.fail("the guide must test only its last epoch"))
     cfg = resolve_config(dataset="digits", overrides={"seed": 4})
     pipeline.guide(cfg, pipeline.GuideRequest(k=5, out=tmp_path / "g"))
     pipeline.guide(cfg, pipeline.GuideRequest())
