@@ -56,19 +56,21 @@ def _judge_top1(run: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--k", default="3,9,15")
+    ap.add_argument("--k", default="3,9,15", help="the full-data guide's grid")
+    ap.add_argument("--guide-k", help="the k of the guides trained on k reals (default: --k)")
     ap.add_argument("--seeds", default="2")
     ap.add_argument("--per-class", default="50")
     ap.add_argument("--workers", default="2")
     a = ap.parse_args()
     ks = [int(k) for k in a.k.split(",")]
+    guide_ks = [int(k) for k in a.guide_k.split(",")] if a.guide_k else ks
     a.work.mkdir(parents=True, exist_ok=True)
     common = ("--workers", a.workers)
     seconds: dict[str, float] = {}
     load_start = os.getloadavg()
     rows = []
     # None: the full-data guide, second, so that a run cut short still has both sides of the first k
-    for k in [ks[0], None, *ks[1:]]:
+    for k in [guide_ks[0], None, *guide_ks[1:]]:
         name = f"k{k}" if k is not None else "full"
         run = a.work / f"run-{name}"
         t0 = time.perf_counter()
@@ -90,11 +92,12 @@ def main() -> None:
                 "--no-build", *common)
         seconds[name] = time.perf_counter() - t0
         cells = _cells(run)
-        for kk in [k] if k is not None else ks:
+        for kk in [k] if k is not None else ks:  # the full guide's row at every k of the grid
             rows.append((name, kk, guide_top1, _judge_top1(run), cells.get(("real only", kk), "–"),
                          next((v for (arm, c), v in cells.items() if c == kk and arm != "real only"), "–")))
     load_end = os.getloadavg()
-    lines = [f"Command: `python benchmarks/weak_guide.py --work {a.work} --k {a.k} --seeds {a.seeds} "
+    lines = [f"Command: `python benchmarks/weak_guide.py --work {a.work} --k {a.k} "
+             + (f"--guide-k {a.guide_k} " if a.guide_k else "") + f"--seeds {a.seeds} "
              f"--per-class {a.per_class} --workers {a.workers}`; load average {load_start[0]:.1f} at the start, "
              f"{load_end[0]:.1f} at the end ({os.cpu_count()} CPUs); seconds per row: "
              + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()), "",
