@@ -47,9 +47,10 @@ def _cells(run: Path) -> dict[tuple[str, int], str]:
             for row in doc["summary"] if row["mean"] is not None}
 
 
-def _judge_top1(run: Path) -> str:
+def _top1(run: Path, images: str, classifier: str) -> str:
+    """Top-1 % of ``classifier`` on ``images`` (an arm, or ``real test``) from the run's eval.json."""
     doc = json.loads((run / "report" / "eval.json").read_text())
-    row = next(r for r in doc["accuracy"] if r["images"] == "token" and r["classifier"] == JUDGE)
+    row = next(r for r in doc["accuracy"] if r["images"] == images and r["classifier"] == classifier)
     return f"{100 * row['top1']:.1f}"
 
 
@@ -74,13 +75,10 @@ def main() -> None:
         name = f"k{k}" if k is not None else "full"
         run = a.work / f"run-{name}"
         t0 = time.perf_counter()
-        guide_top1 = "100 (held-out digits; README)"
         if k is not None:
             guide = a.work / f"guide-{name}"
             if not (guide / "metrics.json").is_file():
                 augment("guide", "--k", str(k), "--threads", "1", "--out", str(guide))  # 1: shared cores
-            best = json.loads((guide / "metrics.json").read_text())["final"]  # the checkpoint: the last epoch
-            guide_top1 = f"{100 * best['top1']:.1f}"
             spec = f"timm:test_resnet@{guide / 'best.safetensors'}"
         else:
             spec = FULL
@@ -92,8 +90,9 @@ def main() -> None:
                 "--no-build", *common)
         seconds[name] = time.perf_counter() - t0
         cells = _cells(run)
+        guide_top1 = _top1(run, "real test", spec)  # the guide's checkpoint on the digits test split
         for kk in [k] if k is not None else ks:  # the full guide's row at every k of the grid
-            rows.append((name, kk, guide_top1, _judge_top1(run), cells.get(("real only", kk), "–"),
+            rows.append((name, kk, guide_top1, _top1(run, "token", JUDGE), cells.get(("real only", kk), "–"),
                          next((v for (arm, c), v in cells.items() if c == kk and arm != "real only"), "–")))
     load_end = os.getloadavg()
     lines = [f"Command: `python benchmarks/weak_guide.py --work {a.work} --k {a.k} "
