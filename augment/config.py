@@ -32,11 +32,13 @@ __all__ = ["Config", "Setting", "compat_keys", "config_from_dict", "list_presets
            "settings_of", "validate"]
 
 #: the commands that resolve a config: each takes the common settings' flags and --set
-CONFIG_COMMANDS = ("tokens", "generate", "caso", "build", "train", "eval", "benchmark", "config")
+CONFIG_COMMANDS = ("tokens", "generate", "caso", "build", "train", "eval", "benchmark", "guide", "config")
 #: the commands that take the generation flags (build and config show what build would run with)
 _GENERATE_CMDS = ("generate", "build", "config")
 _STAGES = ("tokens", "generate", "caso", "build", "config")
 _TRAIN_CMDS = ("train", "benchmark")
+#: the commands that train one classifier: train, benchmark, and guide (a guide from the k-shot reals)
+_TRAINER_CMDS = (*_TRAIN_CMDS, "guide")
 _INF = math.inf
 #: the most samples one arm of a run may plan (its plan is held in memory, one entry per sample):
 #: ten million is ten times ImageNet-1k's training set; a larger set is several runs (--classes)
@@ -312,25 +314,29 @@ class TrainConfig:
     benchmark`` runs; one training run does not read them (see :meth:`trainer_fields`).
     """
 
-    arch: str = setting("resnet18", commands=_TRAIN_CMDS,
+    arch: str = setting("resnet18", commands=_TRAINER_CMDS,
                         help="timm architecture of the classifier to train (default: train.arch).")
-    arch_kwargs: dict[str, Any] = setting({}, commands=_TRAIN_CMDS, cli_type=str, parse=_json_object,
+    arch_kwargs: dict[str, Any] = setting({}, commands=_TRAINER_CMDS, cli_type=str, parse=_json_object,
                                           help='JSON of extra timm.create_model kwargs, e.g. \'{"channels": [16,32,64,128]}\'.')
     # None: from scratch (digits); presets of real datasets start from ImageNet weights
     pretrained: str | None = setting(
-        None, commands=_TRAIN_CMDS, order=5.7, omit_default=True,
+        None, commands=_TRAINER_CMDS, order=5.7, omit_default=True,
         range=(lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a timm name or timm:<arch>@<file>"),
         help="Start from these weights: a timm name with its tag (resnet50.a1_in1k) read from the local Hugging Face "
              "cache, or timm:<arch>@<file> (default: train.pretrained; none: from scratch).")
+    # a few reals per class: fitting only the head on frozen pretrained features over-fits less
+    linear_probe: bool = setting(
+        False, commands=_TRAINER_CMDS, order=5.8, omit_default=True,
+        help="Train only the classifier head on frozen pretrained features (a linear probe) (default: train.linear_probe).")
     checkpoint: str | None = setting(None, commands=("train",), order=100,
                                      cli_type="file",
                                      help="Start from this state dict (.safetensors/.pth) instead of scratch.")
     epochs: int = setting(30, range=_between(1, _INF), error="--epochs must be at least 1, got {value}",
-                          commands=_TRAIN_CMDS, help="Training epochs (default: train.epochs).")
-    batch_size: int = setting(64, range=_between(1, _INF), commands=_TRAIN_CMDS,
+                          commands=_TRAINER_CMDS, help="Training epochs (default: train.epochs).")
+    batch_size: int = setting(64, range=_between(1, _INF), commands=_TRAINER_CMDS,
                               help="Batch size (default: train.batch_size).")
     # 0 trains nothing (the pretrained tests freeze the weights that way); NaN/inf and < 0 are refused
-    lr: float = setting(1e-3, range=_between(0, _INF), commands=_TRAIN_CMDS,
+    lr: float = setting(1e-3, range=_between(0, _INF), commands=_TRAINER_CMDS,
                         help="Learning rate (default: train.lr).")
     weight_decay: float = setting(0.05, range=_between(0, _INF))
     # any optimizer timm's create_optimizer_v2 knows
@@ -338,15 +344,15 @@ class TrainConfig:
     sched: str = setting("cosine", choices=SCHEDULES)
     warmup_epochs: int = setting(0, range=_between(0, 100_000))
     # 2,048 px: the largest side timm's models are trained at is well below (ImageNet models: 224-800)
-    input_size: int = setting(32, range=_between(8, 2048), commands=_TRAIN_CMDS, order=5.6,
+    input_size: int = setting(32, range=_between(8, 2048), commands=_TRAINER_CMDS, order=5.6,
                               help="Image side the classifier is trained at (default: train.input_size).")
     # None: the mixed set's size, at least 1000 (equal compute per arm)
     samples_per_epoch: int | None = setting(
         None, range=_between(1, _INF), error="--samples-per-epoch must be at least 1, got {value}",
-        commands=_TRAIN_CMDS, order=3.5, help="Samples drawn per epoch (default: the mixed set's size, at least 1000).")
+        commands=_TRAINER_CMDS, order=3.5, help="Samples drawn per epoch (default: the mixed set's size, at least 1000).")
     # off: a mirrored digit is another glyph
     hflip: float = setting(0.0, range=_between(0, 1), error="--hflip must be a probability in [0, 1], got {value}",
-                           commands=_TRAIN_CMDS, order=5.5,
+                           commands=_TRAINER_CMDS, order=5.5,
                            help="Horizontal-flip probability (default 0: digits must not be mirrored).")
     pad: int = setting(2, range=_between(0, 1024))  # random shift, px
     degrees: float = setting(10.0, range=_between(0, 180))  # random rotation, +-
@@ -392,6 +398,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse settings no run can use, naming the flag to change (AugmentError)."""
         check_section(self, "train.")
+        if self.linear_probe and not (self.pretrained or self.checkpoint):
+            raise AugmentError("--linear-probe freezes all but the head, so it needs trained features: "
+                               "give --pretrained (or train.checkpoint), or drop --linear-probe")
 
 
 @dataclass

@@ -85,7 +85,9 @@ class RunInputs:
     def _source(self) -> ClassifierSource:
         from augment.models.classifier import read_classifier_source
 
-        return read_classifier_source(self.cfg.classifier)  # read once here: workers may not see this disk
+        # read once here: workers may not see this disk; a clip: guide carries the names it scores
+        names = self.dataset.class_names if _scores_names(self.cfg.classifier) else None
+        return read_classifier_source(self.cfg.classifier, names)
 
     @cached_property
     def _loaded(self) -> Classifier:
@@ -99,8 +101,8 @@ class RunInputs:
         try:
             return dataset_of(self.cfg)
         except AugmentError:
-            if not needs_classifier_names(self.cfg):
-                raise
+            if not needs_classifier_names(self.cfg) or _scores_names(self.cfg.classifier):
+                raise  # a clip: guide has no names of its own: it scores the dataset's
             return dataset_of(self.cfg, self._loaded.class_names)  # the classifier loaded once, for both
 
     @property
@@ -133,6 +135,13 @@ class RunInputs:
 
         check_classes(self._loaded, self.class_names)
         return Payload(self._source)
+
+
+def _scores_names(spec: str | None) -> bool:
+    """Whether ``spec`` is a zero-shot guide that scores the dataset's class names (``clip:``)."""
+    from augment.models.spec import split_prefix
+
+    return bool(spec) and split_prefix(str(spec))[0] == "clip"
 
 
 def resolve_inputs(cfg: Config) -> RunInputs:

@@ -8,6 +8,8 @@ and holds the downstream commands as library functions with typed arguments and 
 - :func:`build`: tokens, then the token arm's shards (and the baseline arm's), then verify;
 - :func:`build_missing_arms`: the run-folder arms a benchmark grid needs and the run lacks;
 - :func:`train`: one classifier on k reals + synthetic sets;
+- :func:`guide`: a guidance classifier from the k-shot reals alone (``train`` with no synthetic set),
+  for a user who has none;
 - :func:`benchmark`: the few-shot grid (building its missing arms first), a stage of its own.
 
 One policy for every chain: the run's set-up is resolved once (:func:`resolve_inputs`: the
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
     from augment.verify import VerifySummary
 
 __all__ = ["BenchmarkRequest", "BenchmarkRun", "BuildResult", "ChainSummary", "RunInputs", "TrainFlags",
-           "TrainOutcome", "TrainRequest", "benchmark", "build", "build_missing_arms", "resolve_inputs", "train"]
+           "GuideRequest", "TrainOutcome", "TrainRequest", "benchmark", "build", "build_missing_arms", "guide",
+           "resolve_inputs", "train"]
 
 Log = Callable[[str], None]
 
@@ -299,6 +302,54 @@ def _train_locked(cfg: Config, request: TrainRequest, settings: TrainSettings, k
         result = train_classifier(mixed, test_images, test_labels, settings, out=out, desc="train", extra=extra,
                                   before_write=guard)
     return TrainOutcome(mixed, settings, k, out, result)
+
+
+# ----------------------------------------------------------------------------------------- guide
+
+
+#: the splits a guide is tested on when none is named, in this order (the first the dataset has)
+GUIDE_TEST_SPLITS = ("test", "val", "valid", "validation")
+
+
+@dataclass(frozen=True)
+class GuideRequest:
+    """``augment guide``'s arguments beyond the config: ``k`` reals per class (None: the largest of
+    ``train.k_values``), the split they come from, the split it is tested on (None: the first of
+    :data:`GUIDE_TEST_SPLITS` the dataset has, else ``split`` itself) and ``out`` (None:
+    ``guides/<dataset>-k<K>-seed<S>``)."""
+
+    k: int | None = None
+    split: str = "train"
+    test_split: str | None = None
+    out: Path | None = None
+    flags: TrainFlags = TrainFlags()
+
+
+def guide_spec(outcome: TrainOutcome) -> str:
+    """The ``--classifier`` value that loads the guide :func:`guide` wrote."""
+    return f"timm:{outcome.settings.arch}@{outcome.out / 'best.safetensors'}"
+
+
+def guide(cfg: Config, request: GuideRequest, log: Log = _ignore) -> TrainOutcome:
+    """A guidance classifier for a user who has none: :func:`train` on the k-shot reals only (the
+    same k-shot draw ``train`` and the benchmark use for this seed), as ``cfg.train`` says
+    (pretrained and fine-tuned, or a linear probe, or from scratch); its best checkpoint and
+    sidecar are what ``--classifier`` takes (:func:`guide_spec`). The checkpoint is the last
+    epoch's (tested once, after it): picking the best epoch on the test split would choose the
+    guide with test images a user with k reals does not have. With no test split the guide is
+    tested on its own split (logged: an optimistic figure, the k reals are among it)."""
+    k = request.k if request.k is not None else max(cfg.train.k_values or [0])
+    if k < 1:
+        raise AugmentError(f"--k {k}: a guide learns from real images; give at least 1 per class")
+    test_split = request.test_split
+    if test_split is None:
+        splits = resolve_inputs(cfg).dataset.splits()
+        test_split = next((s for s in GUIDE_TEST_SPLITS if s in splits), request.split)
+        if test_split == request.split:
+            log(f"no test split: the guide is tested on {request.split!r}, which holds its own k reals (optimistic)")
+    out = request.out or Path("guides") / f"{cfg.dataset}-k{k}-seed{cfg.seed}"
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_every=0))
+    return train(cfg, TrainRequest((), k, request.split, test_split, out, None, request.flags), log)
 
 
 # ------------------------------------------------------------------------------------- benchmark

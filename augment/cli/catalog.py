@@ -76,7 +76,8 @@ def models_list() -> None:
     for n in list_embedded_classifiers() or ["(none built)"]:
         click.echo(f"  embedded:{n}")
     click.echo("other backbones:   a local pipeline folder (save_pretrained), or a hub id in the local HF cache")
-    click.echo("other classifiers: timm:<arch>[@checkpoint.safetensors|.pth], hf:<repo-or-folder>")
+    click.echo("other classifiers: timm:<arch>[@checkpoint.safetensors|.pth], hf:<repo-or-folder>, "
+               "clip:<folder-or-hub-id> (zero-shot over the class names); `augment guide` trains one")
 
 
 @models.command("show")

@@ -1,4 +1,5 @@
-"""The commands that use a finished run: ``train``, ``eval`` and ``benchmark``.
+"""The commands that use a finished run: ``train``, ``eval`` and ``benchmark``; and ``guide``, which
+trains a guidance classifier from the k-shot reals for a user who has none (the same trainer).
 
 They read a run folder made by ``augment build``: its ``run.json`` supplies the dataset, data root
 and classifiers the run was made with (the config resolution's run.json layer), and flags given on
@@ -94,6 +95,38 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
     click.echo(f"  checkpoint: {out / 'best.safetensors'}  (--classifier timm:{settings.arch}@{out / 'best.safetensors'})")
 
 
+# ----------------------------------------------------------------------------------------- guide
+
+
+@command()
+@config_options("guide")
+@torch_threads_option
+@click.option("--k", "k", type=int, help="Real train images per class the guide learns from (default: the largest of train.k_values).")
+@click.option("--split", default="train", show_default=True, help="Real split the k-shot images come from.")
+@click.option("--test-split", help="Real split the guide is tested on (default: test or val, else --split).")
+def guide(k: int | None, split: str, test_split: str | None, **kwargs) -> None:
+    """A guidance classifier for users who have none: fine-tune (or --linear-probe) the preset's
+    backbone on the k-shot reals (from scratch for digits), the same draw train and benchmark use.
+
+    Writes OUT/best.safetensors + best.json (the sidecar: class names, input size, mean/std) and
+    OUT/metrics.json, and prints the --classifier value that loads it. OUT defaults to
+    guides/<dataset>-k<K>-seed<S>.
+    """
+    from augment import pipeline
+
+    out_flag = kwargs.get("out")
+    flags = _trainer_flags(kwargs)
+    kwargs["out"] = None
+    cfg = build_config(kwargs)
+    request = pipeline.GuideRequest(k, split, test_split, Path(out_flag) if out_flag else None, flags)
+    done = pipeline.guide(cfg, request, log=click.echo)
+    final = done.result.metrics.final
+    click.echo(f"guide: {done.settings.arch}, {done.k} real/class, test top-1 {100 * final.top1:.2f}% after "
+               f"{done.settings.epochs} epochs, the checkpoint ({done.result.seconds:.0f}s)")
+    click.echo(f"  metrics:    {done.out / 'metrics.json'}")
+    click.echo(f"  --classifier {pipeline.guide_spec(done)}")
+
+
 # ------------------------------------------------------------------------------------------ eval
 
 
@@ -104,16 +137,21 @@ def train(real_k: int | None, synthetic: tuple[str, ...], checkpoint: str | None
               help="Classifier spec to score the images with; repeatable (default: the run's --classifier and judge).")
 @click.option("--features", help="Classifier whose penultimate features FID/KID use (default: the last --eval-classifier).")
 @click.option("--split", default="test", show_default=True, help="Real split for FID/KID and the reference accuracy.")
-def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, split: str, **kwargs) -> None:
+@click.option("--class-map", type=click.Path(dir_okay=False),
+              help="YAML/CSV of dataset class -> a classifier's label (null: not judged), for a judge trained on "
+                   "other names (CUB judged by an iNat classifier); classes it lacks are left out of its accuracy.")
+def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, split: str, class_map: str | None,
+             **kwargs) -> None:
     """Accuracy of a run's generated images (token and baseline arm) by classifiers, plus FID/KID (Table 1).
 
     Writes RUN/report/eval.json and RUN/report/eval.md and prints the table.
     """
     from augment.downstream.eval_result import FID_MIN_IMAGES
-    from augment.downstream.evaluate import render_eval_markdown, run_eval
+    from augment.downstream.evaluate import read_class_map, render_eval_markdown, run_eval
     from augment.inputs import resolve_inputs
     from augment.models.device import resolve_device
 
+    mapping = read_class_map(class_map) if class_map else None  # a bad file stops before any model loads
     run = run or kwargs.get("out")
     if run is None:
         run = build_config(dict(kwargs)).out
@@ -124,7 +162,7 @@ def eval_cmd(run: str | None, specs: tuple[str, ...], features: str | None, spli
     check_no_file_in_the_way([RunDir(run).report])  # before the images are scored, not after
     specs = specs or tuple(s for s in (cfg.classifier, cfg.judge) if s)
     dataset = resolve_inputs(cfg).dataset
-    result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device))
+    result = run_eval(run, dataset, specs, features, split, resolve_device(cfg.device), class_map=mapping)
     click.echo(render_eval_markdown(result, dataset.class_names))
     for d in result.distances:
         if d.small_sample:
@@ -196,4 +234,4 @@ def benchmark(k_values: str | None, seeds: str | None, arms: tuple[str, ...], te
     click.echo(f"\nwrote {RunDir(out).benchmark_files()['json']}, .csv, .md, .png ({result.seconds:.0f}s)")
 
 
-COMMANDS = (train, eval_cmd, benchmark)
+COMMANDS = (train, guide, eval_cmd, benchmark)

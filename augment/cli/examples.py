@@ -24,6 +24,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "report": ("augment report runs/digits      # then open runs/digits/report/index.html (no network needed)",),
     "eval": ("augment eval runs/digits --eval-classifier embedded:digits-judge",),
     "train": ("augment train --real-k 5 --synthetic runs/digits --out runs/digits",),
+    "guide": ("augment guide --dataset folder --data-root ~/data/mine --k 5 --out guides/mine",
+              "augment guide --k 3 --epochs 10    # digits, from scratch"),
     "benchmark": ("augment benchmark --k 1,5 --seeds 3 --arm real --arm token --out runs/digits",),
     "plan": ("augment plan --dataset cub          # the CUB preset's peak GPU memory, predicted without a GPU",
              "augment plan --dataset cub --set tokens.batch_size=2 --on cuda"),

@@ -5,7 +5,7 @@
     stages      tokens, generate, caso, build  make a run folder (resumable stages)
     inspect     verify, show                   check and look at a run folder
     report      report                         the run as one HTML page
-    downstream  train, eval, benchmark         use a run folder: classifiers, Table 1 and 2
+    downstream  train, guide, eval, benchmark  use a run folder: classifiers, Table 1 and 2; a guide from reals
 
 Each command is a thin call into a stage; shared options, config resolution and error handling
 live in :mod:`augment.cli.options`.

@@ -13,7 +13,7 @@ offline), so they compare arms and runs, not papers. Results go to ``OUT/report/
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,16 @@ def arm_dirs(out: str | Path) -> dict[str, ArmDir]:
     return {name: a for name, a in arms.items() if a.path.is_dir() and shard_urls(a)}
 
 
-def align_classifier(clf: Any, class_names: Sequence[str]) -> torch.Tensor:
+def align_classifier(clf: Any, class_names: Sequence[str],
+                     class_map: Mapping[str, str | None] | None = None) -> torch.Tensor:
     """For each dataset class, the classifier output index with the same name (identity when the
     classifier has no names but the same number of outputs); AugmentError naming the first
-    dataset classes the classifier does not know."""
+    dataset classes the classifier does not know.
+
+    With ``class_map`` (dataset class name -> the classifier's label for it, or None: not judged;
+    :func:`read_class_map`), a class is looked up under its mapped label, then under its own
+    name; a class found under neither is left out (index -1) instead of refused: the paper's
+    iNat179 setting, CUB images judged by an iNat classifier on the 179 species both share."""
     names = getattr(clf, "class_names", None)
     n_out = clf.num_classes
     if not names:
@@ -68,15 +74,55 @@ def align_classifier(clf: Any, class_names: Sequence[str]) -> torch.Tensor:
             )
         return torch.arange(len(class_names))
     index = {norm_name(n): i for i, n in enumerate(names)}
+    if class_map is not None:
+        mapped = {norm_name(k): v for k, v in class_map.items()}
+
+        def find(name: str) -> int:
+            label = mapped.get(norm_name(name), name)
+            for cand in ([label, name] if label else []):
+                if norm_name(cand) in index:
+                    return index[norm_name(cand)]
+            return -1
+
+        return torch.tensor([find(n) for n in class_names])
     missing = [n for n in class_names if norm_name(n) not in index]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise AugmentError(
             f"classifier {clf.spec} does not know the classes {shown} (its labels: "
             f"{', '.join(repr(n) for n in list(names)[:5])}{', ...' if len(names) > 5 else ''}); "
-            "pass a classifier trained on this class list"
+            "pass a classifier trained on this class list, or --class-map FILE (dataset class -> its label)"
         )
     return torch.tensor([index[norm_name(n)] for n in class_names])
+
+
+def read_class_map(path: str | Path) -> dict[str, str | None]:
+    """A class-name map: dataset class -> the judge's label (null/empty: not judged). YAML (a
+    mapping) or CSV (two columns, an optional ``class,label`` header): one line naming the
+    problem when the file is neither."""
+    import csv
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise AugmentError(f"class map {path} does not exist; pass a YAML or CSV file (dataset class -> label)")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+        if rows and [c.strip().lower() for c in rows[0][:2]] == ["class", "label"]:
+            rows = rows[1:]
+        bad = next((i for i, r in enumerate(rows) if len(r) > 2), None)
+        if bad is not None:
+            raise AugmentError(f"class map {path}: row {bad + 1} has {len(rows[bad])} columns; use two: class,label")
+        return {r[0].strip(): (r[1].strip() if len(r) > 1 and r[1].strip() else None) for r in rows}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise AugmentError(f"class map {path} is not valid YAML ({str(e).splitlines()[0]}); fix it or use a .csv") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (str, type(None))) for v in data.values()):
+        raise AugmentError(f"class map {path}: expected a mapping of dataset class -> label (a name or null)")
+    return {str(k): v for k, v in data.items()}
 
 
 @torch.no_grad()
@@ -146,6 +192,7 @@ def run_eval(
     batch_size: int = 256,
     kid_subsets: int = 100,
     progress: bool = True,
+    class_map: Mapping[str, str | None] | None = None,
 ) -> EvalResult:
     """Evaluate the arms of run folder ``out`` (see the module docstring); writes
     ``out/report/eval.json`` and ``eval.md`` and returns the result as written (undefined metrics
@@ -190,25 +237,30 @@ def run_eval(
     bar = tqdm(total=len(specs) * (len(images) + has_real), desc="eval", unit="set",
                disable=progress_disabled(progress), leave=False)
     for spec in specs:
-        clf = load_classifier(spec, device)
-        cols = align_classifier(clf, names)
-        for a, imgs in images.items():
-            logits = _logits(clf, imgs, batch_size)
-            accuracy.append(Accuracy(images=a, dir=str(arms[a]), classifier=spec,
-                                     **accuracy_table(logits, cols[labels[a]], labels[a], names)))
-            bar.update(1)
+        clf = load_classifier(spec, device, names)
+        cols = align_classifier(clf, names, class_map)
+        left_out = [n for n, c in zip(names, cols.tolist(), strict=True) if c < 0]
+        if len(left_out) == len(names):
+            raise AugmentError(f"classifier {spec} knows none of the run's classes, by name or under the class map; "
+                               "check the map's labels against the classifier's")
+        if left_out:
+            notes.append(f"{spec}: {len(left_out)} of {len(names)} classes have no label of it under the class map "
+                         f"and are left out of its accuracy (e.g. {', '.join(left_out[:3])})")
+        sets_of = [(a, str(arms[a]), imgs, labels[a]) for a, imgs in images.items()]
         if has_real:
-            real_images, real_labels = reals.get(split, clf)
-            logits = _logits(clf, real_images, batch_size)
-            accuracy.append(Accuracy(images=f"real {split}", dir=None, classifier=spec,
-                                     **accuracy_table(logits, cols[real_labels], real_labels, names)))
+            sets_of.append((f"real {split}", None, *reals.get(split, clf)))
+        for a, where, imgs, lab in sets_of:
+            keep = cols[lab] >= 0
+            logits = _logits(clf, imgs[keep], batch_size)
+            accuracy.append(Accuracy(images=a, dir=where, classifier=spec,
+                                     **accuracy_table(logits, cols[lab[keep]], lab[keep], names)))
             bar.update(1)
     bar.close()
 
     distances: list[Distance] = []
     feature_spec = feature_spec or specs[-1]
     if has_real:
-        clf = load_classifier(feature_spec, device)
+        clf = load_classifier(feature_spec, device, names)
         ref = penultimate_features(clf, reals.get(split, clf)[0], batch_size)
         rows = [(a, imgs) for a, imgs in images.items()]
         other = "train" if split != "train" and "train" in dataset.splits() else None

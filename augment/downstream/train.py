@@ -249,6 +249,20 @@ def save_checkpoint(model: torch.nn.Module | dict[str, torch.Tensor], path: Path
     return path
 
 
+def freeze_to_head(model: torch.nn.Module) -> None:
+    """A linear probe: every weight frozen but the head's (timm's ``get_classifier()``), so a few
+    reals per class fit a linear map on the pretrained features instead of moving them all."""
+    model.requires_grad_(False)
+    model.get_classifier().requires_grad_(True)
+
+
+def train_mode(model: torch.nn.Module, linear_probe: bool) -> None:
+    """Training mode; with a linear probe only the head trains, so the frozen body stays in eval
+    mode (its batch-norm statistics are the pretrained ones, not a few reals' batch)."""
+    model.train(not linear_probe)
+    model.get_classifier().train()
+
+
 def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bfloat16 autocast on CUDA (no loss scaling needed, unlike float16); nothing elsewhere, so a
     CPU run computes exactly what it did without it."""
@@ -291,6 +305,8 @@ def train_classifier(
     torch.manual_seed(settings.seed)
     model, note = create_classifier(settings, len(class_names), checkpoint)
     model.to(device)
+    if settings.linear_probe:
+        freeze_to_head(model)
     recipe = training_recipe(settings, model, uint8_samples=device.type == "cuda")
     mixed.transform = recipe.sample  # small inputs: None, uint8 in, augmented per batch below
     aug_gen = torch.Generator().manual_seed(settings.seed)
@@ -319,7 +335,7 @@ def train_classifier(
     updates = 0
     bar = tqdm(range(settings.epochs), desc=desc, unit="epoch", disable=progress_disabled(progress), leave=False)
     for epoch in bar:
-        model.train()
+        train_mode(model, settings.linear_probe)
         loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         total, count = 0.0, 0

@@ -72,4 +72,4 @@ def _source_key(source: ClassifierSource | str | None) -> tuple[Any, ...]:
     digest = hashlib.sha256()
     for name in sorted(source.files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(source.files[name]).digest())
-    return (source.spec, digest.hexdigest())
+    return (source.spec, digest.hexdigest(), source.class_names)

@@ -9,7 +9,8 @@ torch ops (no PIL, no numpy). ``load_classifier(spec)`` returns such a module fo
 ``timm:<arch>@<checkpoint>`` a local ``.safetensors`` or ``.pth`` state dict (``weights_only=True``);
                              an optional ``<checkpoint>.json`` sidecar gives class names and kwargs
 ``hf:<repo-or-folder>``      a transformers ``AutoModelForImageClassification``
-``clip:<model>``             read, and refused as not supported yet
+``clip:<folder-or-hub-id>``  a zero-shot guide from a transformers ``CLIPModel``: the dataset's classes
+                             scored by "a photo of a <name>" text embeddings (:class:`ClipZeroShot`)
 
 Specs are read by :func:`augment.models.spec.parse_spec`, the one parser of model specs.
 
@@ -101,6 +102,8 @@ class ClassifierSource:
 
     spec: str
     files: dict[str, bytes] = field(default_factory=dict)
+    #: the class names a ``clip:`` classifier scores (the dataset's, in its order); None for the others
+    class_names: tuple[str, ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -124,18 +127,28 @@ def _checkpoint_files(path: Path) -> dict[str, bytes]:
     return files
 
 
-def read_classifier_source(spec: str | None) -> ClassifierSource:
-    """What a worker needs to build the classifier of ``spec`` without the driver's disk."""
+def read_classifier_source(spec: str | None, class_names: list[str] | None = None) -> ClassifierSource:
+    """What a worker needs to build the classifier of ``spec`` without the driver's disk;
+    ``class_names``: the dataset's, which a ``clip:`` classifier scores (ignored by the others)."""
     parsed = _parse(spec)
     if parsed.scheme == "timm" and parsed.checkpoint:
         return ClassifierSource(parsed.text, _checkpoint_files(Path(parsed.checkpoint).expanduser()))
-    if parsed.scheme == "hf":
+    names = _clip_names(parsed, class_names) if parsed.scheme == "clip" else None
+    if parsed.scheme in ("hf", "clip"):
         folder = Path(parsed.name).expanduser()
         if folder.is_dir():
             files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
                      if p.is_file() and not p.name.startswith(".")}
-            return ClassifierSource(parsed.text, files)
-    return ClassifierSource(parsed.text)
+            return ClassifierSource(parsed.text, files, names)
+    return ClassifierSource(parsed.text, class_names=names)
+
+
+def _clip_names(parsed: ModelSpec, class_names: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The class names a ``clip:`` classifier scores, or one line saying where they come from."""
+    if not class_names:
+        raise AugmentError(f"classifier {parsed.text!r} scores the dataset's class names, and none were given: "
+                           "pass --dataset (with --data-root for a folder of images) so the names are known")
+    return tuple(class_names)
 
 
 def _decode_state_dict(data: bytes, name: str, where: str | Path) -> dict[str, torch.Tensor]:
@@ -265,33 +278,105 @@ def _load_hf(where: str, spec: str) -> Classifier:
     data = DataConfig()
     proc_file = Path(where) / "preprocessor_config.json"
     if proc_file.exists():
-        proc = json.loads(proc_file.read_text())
-        size = proc.get("crop_size") or proc.get("size") or {}
-        if isinstance(size, int):
-            h = w = size
-        else:
-            h = size.get("height") or size.get("shortest_edge") or 224
-            w = size.get("width") or size.get("shortest_edge") or h
-        data = DataConfig(
-            input_size=(int(h), int(w)),
-            mean=tuple(proc.get("image_mean", data.mean)),
-            std=tuple(proc.get("image_std", data.std)),
-            crop_pct=float(proc.get("crop_pct") or 1.0),
-            interpolation="bicubic" if proc.get("resample") == 3 else "bilinear",
-        )
+        data = _processor_data_config(json.loads(proc_file.read_text()))
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label.get(i, id2label.get(str(i), f"class {i}"))).split(",")[0].strip() for i in range(len(id2label))] or None
     model.eval()
     return Classifier(model, data, names, spec, hf=True)
 
 
-def _load_hf_files(files: dict[str, bytes], spec: str) -> Classifier:
-    """An ``hf:<folder>`` classifier from its files' bytes (a worker that cannot see the folder):
-    written to a private temporary folder, loaded into memory, the folder removed."""
+def _processor_data_config(proc: dict[str, Any]) -> DataConfig:
+    """What a transformers image processor's config (``preprocessor_config.json``) says the model
+    expects: the crop's size, mean/std, and the resize before the crop (``size.shortest_edge``
+    over the crop, as ``crop_pct``: CLIP resizes to 224 and crops 224; others resize larger)."""
+    data = DataConfig()
+    size = proc.get("crop_size") or proc.get("size") or {}
+    if isinstance(size, int):
+        h = w = size
+    else:
+        h = size.get("height") or size.get("shortest_edge") or 224
+        w = size.get("width") or size.get("shortest_edge") or h
+    crop_pct = proc.get("crop_pct")
+    resize = proc.get("size")
+    if crop_pct is None and proc.get("crop_size") and isinstance(resize, dict) and resize.get("shortest_edge"):
+        crop_pct = min(int(h), int(w)) / int(resize["shortest_edge"])
+    return DataConfig(
+        input_size=(int(h), int(w)),
+        mean=tuple(proc.get("image_mean", data.mean)),
+        std=tuple(proc.get("image_std", data.std)),
+        crop_pct=float(crop_pct or 1.0),
+        interpolation="bicubic" if proc.get("resample") == 3 else "bilinear",
+    )
+
+
+def _in_temp_folder(files: dict[str, bytes], load: Any) -> Any:
+    """``load(folder)`` on ``files`` written to a private temporary folder (a worker that cannot see
+    the driver's folder), loaded into memory, the folder removed."""
     with tempfile.TemporaryDirectory(prefix="augment-hf-") as tmp:
         for name, data in files.items():
             (Path(tmp) / Path(name).name).write_bytes(data)
-        return _load_hf(tmp, spec)
+        return load(tmp)
+
+
+def _load_hf_files(files: dict[str, bytes], spec: str) -> Classifier:
+    """An ``hf:<folder>`` classifier from its files' bytes."""
+    return _in_temp_folder(files, lambda tmp: _load_hf(tmp, spec))
+
+
+#: the prompt each class is scored by (CLIP's zero-shot template)
+CLIP_TEMPLATE = "a photo of a {name}"
+
+
+class ClipZeroShot(nn.Module):
+    """CLIP's image tower against fixed class text embeddings: logits = scale * cos(image, text).
+
+    The text embeddings of ``CLIP_TEMPLATE`` per class are computed once, at load, and kept as a
+    buffer (the text tower is dropped), so a guidance step costs one image-tower pass. It offers
+    timm's ``forward_features`` / ``forward_head(pre_logits=True)`` so FID/KID read the
+    normalised image embedding as the penultimate feature."""
+
+    def __init__(self, model: nn.Module, text_embeds: torch.Tensor) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+        self.register_buffer("text_embeds", F.normalize(text_embeds.detach().float(), dim=-1))
+        self.register_buffer("logit_scale", model.logit_scale.detach().exp().float().reshape(()))
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return F.normalize(self.visual_projection(pooled), dim=-1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return features if pre_logits else self.logit_scale * features @ self.text_embeds.T
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(pixel_values))
+
+
+def _load_clip(where: str, names: tuple[str, ...], spec: str) -> Classifier:
+    """A zero-shot classifier over ``names`` from the CLIP model and processor in ``where`` (a
+    folder, or a hub id in the local cache), offline."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(where, local_files_only=True)
+        processor = CLIPProcessor.from_pretrained(where, local_files_only=True)
+    except pickle.UnpicklingError:
+        raise AugmentError(f"classifier {spec!r}: its .bin weights hold pickled objects; save the model with "
+                           "save_pretrained() as model.safetensors") from None
+    except (OSError, ValueError) as e:
+        raise AugmentError(
+            f"cannot load CLIP model {where!r} offline ({str(e).splitlines()[0][:120]}); pass a local folder holding "
+            "CLIPModel and CLIPProcessor saved with save_pretrained, or download the model first"
+        ) from None
+    model.eval()
+    prompts = [CLIP_TEMPLATE.format(name=n) for n in names]
+    tokens = processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        text = model.get_text_features(**tokens)
+    text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    data = _processor_data_config(processor.image_processor.to_dict())
+    return Classifier(ClipZeroShot(model, text), data, list(names), spec)
 
 
 def _parse(spec: str | None) -> ModelSpec:
@@ -299,13 +384,22 @@ def _parse(spec: str | None) -> ModelSpec:
     return require_supported(parse_spec(spec, "classifier"))
 
 
-def load_classifier(spec: str | ClassifierSource | None, device: str | torch.device = "cpu") -> Classifier:
+def load_classifier(spec: str | ClassifierSource | None, device: str | torch.device = "cpu",
+                    class_names: list[str] | None = None) -> Classifier:
     """The classifier for ``spec`` (read from this machine's disk) or for a :class:`ClassifierSource`
-    (from the bytes it carries), frozen (no grads on its weights), in float32 on ``device``."""
+    (from the bytes it carries), frozen (no grads on its weights), in float32 on ``device``.
+    ``class_names``: the dataset's, which a ``clip:`` classifier scores (a source carries its own)."""
     source = spec if isinstance(spec, ClassifierSource) else None
     parsed = _parse(source.spec if source is not None else spec)  # None: no classifier configured
     text = parsed.text
-    if parsed.scheme == "embedded":
+    if parsed.scheme == "clip":
+        names = _clip_names(parsed, source.class_names if source is not None and source.class_names else class_names)
+        if source is not None and source.files:
+            clf = _in_temp_folder(source.files, lambda tmp: _load_clip(tmp, names, text))
+        else:
+            clf = _load_clip(str(Path(parsed.name).expanduser()) if Path(parsed.name).expanduser().is_dir()
+                             else parsed.name, names, text)
+    elif parsed.scheme == "embedded":
         ckpt = embedded_dir() / f"{parsed.name}.safetensors"
         if not ckpt.exists():
             known = sorted(p.stem for p in embedded_dir().glob("*.safetensors"))

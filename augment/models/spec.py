@@ -46,7 +46,7 @@ SCHEMES: tuple[Scheme, ...] = (
            {"backbone": "embedded:<name>", "classifier": "embedded:<name>"}),
     Scheme("timm", "timm:", ("classifier",), {"classifier": "timm:<arch>[@checkpoint]"}, checkpoint=True),
     Scheme("hf", "hf:", ("backbone", "classifier"), {"classifier": "hf:<repo-or-folder>"}),
-    Scheme("clip", "clip:", ("classifier",), {}, supported=False),
+    Scheme("clip", "clip:", ("classifier",), {"classifier": "clip:<folder-or-hub-id>"}),
     Scheme("path", None, ("backbone",), {"backbone": "a local pipeline folder"}),
     Scheme("hub", None, ("backbone",), {"backbone": "a hub id like stabilityai/stable-diffusion-2-1-base"}),
 )

@@ -1,6 +1,6 @@
 """The path a user with their own images takes, through the real `augment` executable, on a
 folder of mixed sizes and modes (grey, CMYK, palette PNG with transparency, 16-bit, EXIF-rotated,
-17x31 to 640x480): a guide trained on the reals (`augment train --dataset folder`), then `build`,
+17x31 to 640x480): a guide trained on the reals (`augment guide --dataset folder`), then `build`,
 `eval`, `train` and `benchmark` with it, all exit 0. Tiny sizes (embedded diffusion model, a few
 steps); the classifier trains at 72 px, so timm's train transform is on the path too.
 """
@@ -44,7 +44,7 @@ def test_own_folder_of_mixed_images(tmp_path):
     (tmp_path / "small.yaml").write_text(SMALL)
     data = ("--dataset", "folder", "--data-root", "data", "--config", "small.yaml")
 
-    r = _augment("train", *data, "--real-k", "4", "--out", "guide", cwd=tmp_path)
+    r = _augment("guide", *data, "--k", "4", "--out", "guide", cwd=tmp_path)
     assert "--classifier timm:test_resnet@guide/best.safetensors" in r.stdout
     guide = "timm:test_resnet@guide/best.safetensors"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from augment.models.spec import (
 )
 
 MODEL_FORMS = "embedded:<name>, a local pipeline folder, or a hub id like stabilityai/stable-diffusion-2-1-base"
-CLASSIFIER_FORMS = "embedded:<name>, timm:<arch>[@checkpoint], or hf:<repo-or-folder>"
+CLASSIFIER_FORMS = "embedded:<name>, timm:<arch>[@checkpoint], hf:<repo-or-folder>, or clip:<folder-or-hub-id>"
 
 
 @pytest.mark.parametrize("text, kind, scheme, name, checkpoint", [
@@ -81,17 +82,20 @@ def test_forms_come_from_the_table():
     assert {s.name for s in SCHEMES} == {"embedded", "hf", "timm", "clip", "path", "hub"}
 
 
-def test_clip_is_read_and_refused_by_the_loaders():
+def test_clip_needs_the_class_names_it_scores():
     from augment.models.classifier import load_classifier, read_classifier_source
 
-    spec = parse_spec("clip:ViT-B-32", "classifier")
-    expected = ("classifier spec 'clip:ViT-B-32': clip: classifiers are not supported yet; "
-                f"use {CLASSIFIER_FORMS}")
-    for call in (lambda: require_supported(spec), lambda: read_classifier_source("clip:ViT-B-32"),
-                 lambda: load_classifier("clip:ViT-B-32")):
-        with pytest.raises(AugmentError) as e:
+    for call in (lambda: read_classifier_source("clip:ViT-B-32"), lambda: load_classifier("clip:ViT-B-32")):
+        with pytest.raises(AugmentError, match="^classifier 'clip:ViT-B-32' scores the dataset's class names"):
             call()
-        assert e.value.message == expected
+
+
+def test_unsupported_schemes_are_refused_in_one_line(monkeypatch):
+    import augment.models.spec as spec_module
+
+    monkeypatch.setitem(spec_module.BY_NAME, "clip", dataclasses.replace(spec_module.BY_NAME["clip"], supported=False))
+    with pytest.raises(AugmentError, match="clip: classifiers are not supported yet; use embedded:<name>"):
+        require_supported(parse_spec("clip:ViT-B-32", "classifier"))
     assert require_supported(parse_spec("timm:resnet18", "classifier")).scheme == "timm"
 
 
