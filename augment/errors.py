@@ -51,6 +51,10 @@ class Terminated(KeyboardInterrupt):
     says one line. Ray's driver installs a native SIGTERM handler that prints a C++ stack and
     aborts; :func:`augment.distributed.connection.connect` puts this one back."""
 
+    #: the signal last received by augment's handler (a KeyboardInterrupt that Ray raised in place
+    #: of a Terminated is told apart by it)
+    received: int | None = None
+
     def __init__(self, signum: int = 15) -> None:
         self.signum = signum
         super().__init__(f"terminated by signal {signum}")

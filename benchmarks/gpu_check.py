@@ -286,6 +286,8 @@ def e2e_section(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_model
 
+    from augment.io.rundir import RunDir
+
     rs = real_size()
     t0 = time.perf_counter()
     folder = work / f"{cfg['model']}-random"
@@ -314,11 +316,14 @@ def e2e_section(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.perf_counter() - t1
     arms = {}
-    for arm, where in (("token", run), ("baseline", run / "baseline")):
-        manifests = sorted((where / "manifests").glob("*.parquet")) if (where / "manifests").is_dir() else []
-        arms[arm] = {"shards": len(list((where / "shards").glob("*.tar"))) if (where / "shards").is_dir() else 0,
+    folder = RunDir(run)
+    for arm in ("token", "baseline"):
+        where = folder.arm_dir(arm)
+        manifests = sorted(where.manifests.glob("*.parquet")) if where.manifests.is_dir() else []
+        arms[arm] = {"shards": len(list(where.shards.glob("*.tar"))) if where.shards.is_dir() else 0,
                      "images": sum(pq.read_metadata(m).num_rows for m in manifests)}
-    tokens = len(list((run / "tokens").glob("*.safetensors"))) if (run / "tokens").is_dir() else 0
+    token_dir = folder.arm_dir("token").tokens
+    tokens = len(list(token_dir.glob("*.safetensors"))) if token_dir.is_dir() else 0
     want = 2 * cfg["per_class"]
     ok = proc.returncode == 0 and tokens == 2 and all(a["images"] == want for a in arms.values())
     status = "ok" if ok else (f"failed: exit {proc.returncode}, {tokens} tokens, images per arm "

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from augment.io.rundir import RunDir
+
 JUDGE = "embedded:digits-judge"
 FULL = "embedded:digits-guide"
 
@@ -42,14 +44,14 @@ def augment(*args: str) -> float:
 
 def _cells(run: Path) -> dict[tuple[str, int], str]:
     """(arm, k) -> 'mean±std' in % from a run's benchmark.json."""
-    doc = json.loads((run / "report" / "benchmark.json").read_text())
+    doc = json.loads(RunDir(run).benchmark_files()["json"].read_text())
     return {(row["arm"], row["k"]): f"{100 * row['mean']:.1f}±{100 * row['std']:.1f}"
             for row in doc["summary"] if row["mean"] is not None}
 
 
 def _top1(run: Path, images: str, classifier: str) -> str:
     """Top-1 % of ``classifier`` on ``images`` (an arm, or ``real test``) from the run's eval.json."""
-    doc = json.loads((run / "report" / "eval.json").read_text())
+    doc = json.loads(RunDir(run).eval_json.read_text())
     row = next(r for r in doc["accuracy"] if r["images"] == images and r["classifier"] == classifier)
     return f"{100 * row['top1']:.1f}"
 
@@ -83,7 +85,7 @@ def main() -> None:
         else:
             spec = FULL
         augment("build", "--classifier", spec, "--per-class", a.per_class, "--no-baseline", "--out", str(run), *common)
-        if not (run / "report" / "eval.json").is_file():
+        if not RunDir(run).eval_json.is_file():
             augment("eval", str(run), "--eval-classifier", JUDGE, "--eval-classifier", spec)
         grid_k = str(k) if k is not None else a.k
         augment("benchmark", "--out", str(run), "--k", grid_k, "--seeds", a.seeds, "--arm", "real", "--arm", "token",

@@ -281,7 +281,9 @@ def _lose_a_node_mid_unit(cluster: Any, monkeypatch: pytest.MonkeyPatch, folder:
     reached the driver."""
     seen: Counter = Counter()
 
-    def with_node_loss(factory, units, spec, on_result, on_error):
+    original = stage.Pool.run
+
+    def with_node_loss(pool, factory, units, on_result, on_error):
         def write(unit: Any, result: Any) -> None:
             if not seen:
                 deadline = time.monotonic() + 60
@@ -294,9 +296,9 @@ def _lose_a_node_mid_unit(cluster: Any, monkeypatch: pytest.MonkeyPatch, folder:
             seen[getattr(unit, "index", unit)] += 1
             on_result(unit, result)
 
-        run_units(partial(_Tracked, factory, str(folder)), units, spec, write, on_error)
+        return original(pool, partial(_Tracked, factory, str(folder)), units, write, on_error)
 
-    monkeypatch.setattr(stage, "run_units", with_node_loss)
+    monkeypatch.setattr(stage.Pool, "run", with_node_loss)
     return seen
 
 

@@ -81,11 +81,15 @@ def _invoke_mapped(invoke: Callable[[click.Context], Any], ctx: click.Context) -
         if line is None:
             raise
         raise UserError(line) from None
-    except Terminated as e:  # SIGTERM: the same clean-up as Ctrl-C, then 128 + the signal, as a shell reports it
-        click.echo(f"terminated; {_RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)}", err=True)
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; {_RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)}", err=True)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated; inside a blocking Ray call Ray
+        # raises a plain KeyboardInterrupt in its place, told apart by Terminated.received): the same
+        # clean-up, then 128 + the signal, as a shell reports it
+        hint = _RESUME_HINTS.get(_command_name(ctx), _RESTART_HINT)
+        signum = e.signum if isinstance(e, Terminated) else Terminated.received
+        if signum is not None:
+            click.echo(f"terminated; {hint}", err=True)
+            sys.exit(128 + signum)
+        click.echo(f"interrupted; {hint}", err=True)
         sys.exit(130)
 
 

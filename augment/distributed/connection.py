@@ -110,6 +110,9 @@ def check_pool(spec: PoolSpec) -> None:
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
+    # remembered too: when the signal lands inside a blocking Ray call, Ray's C++ side reports the
+    # interruption and its Cython layer raises a plain KeyboardInterrupt in place of this one
+    Terminated.received = signum
     raise Terminated(signum)
 
 

@@ -107,7 +107,7 @@ def test_embedded_cards():
     ("/no/such/folder", "/no/such/folder does not exist"),
     ("timm:not_an_arch", "unknown timm architecture"),
     ("timm:test_resnet@/no/ckpt.safetensors", "/no/ckpt.safetensors does not exist"),
-    ("clip:ViT-B-32", "not supported yet"),
+    ("clip:ViT-B-32", "ViT-B-32 does not exist"),
 ])
 def test_bad_specs_one_line(spec, fragment):
     assert fragment in show_error(spec)
