@@ -12,6 +12,9 @@ from augment.io import rundir
 
 ROOT = Path(augment.__file__).resolve().parents[1]
 OWNER = Path(rundir.__file__).resolve()
+#: the hostile probe edits run folders by their on-disk names, as a user with a shell would: the
+#: written layout is the contract it attacks, so it spells the paths out on purpose
+ATTACKERS = {(ROOT / "benchmarks" / "hostile_probe.py").resolve()}
 
 #: every name rundir.py gives a file or folder of a run (arms included)
 LAYOUT = {rundir.RUN_JSON, rundir.TOKENS_DIR, rundir.TOKENS_PARQUET, rundir.SHARDS_DIR, rundir.MANIFESTS_DIR,
@@ -52,7 +55,7 @@ def test_detector():
 def test_only_rundir_builds_run_paths():
     offenders = []
     for path in sorted([*(ROOT / "augment").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]):
-        if path.resolve() == OWNER:
+        if path.resolve() == OWNER or path.resolve() in ATTACKERS:
             continue
         for line in hand_built_paths(path.read_text(encoding="utf-8")):
             offenders.append(f"{path.relative_to(ROOT)}:{line}")
