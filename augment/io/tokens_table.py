@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from augment.errors import AugmentError
 from augment.io.manifest import TOKENS_SCHEMA, write_parquet
 
 __all__ = ["TokenRow", "read_token_rows", "write_token_rows"]
@@ -65,11 +67,20 @@ class TokenRow:
 
 
 def read_token_rows(path: str | os.PathLike[str]) -> dict[int, TokenRow]:
-    """The rows of ``path`` by class index; empty when the file does not exist yet."""
+    """The rows of ``path`` by class index; empty when the file does not exist yet. A file that is
+    not a readable tokens table (overwritten, cut short by something other than augment's atomic
+    writes) is one AugmentError naming it, never a pyarrow traceback: every stage that resumes
+    from it (tokens, generate, caso) reads it here."""
     path = Path(path)
     if not path.exists():
         return {}
-    return {int(r["class_index"]): TokenRow.from_json(r) for r in pq.read_table(path).to_pylist()}
+    try:
+        table = pq.read_table(path)
+        return {int(r["class_index"]): TokenRow.from_json(r) for r in table.to_pylist()}
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise AugmentError(f"{path} is not a readable tokens table ({first}); move it aside and re-run the same "
+                           "command (classes whose token file has no row are trained again)") from None
 
 
 def write_token_rows(path: str | os.PathLike[str], rows: Mapping[int, TokenRow]) -> Path:

@@ -58,3 +58,18 @@ def test_file_written_before_the_validation_columns_still_reads(tmp_path):
                                           "final_accuracy": 0.5}], schema=old_schema), tmp_path / "old.parquet")
     row = read_token_rows(tmp_path / "old.parquet")[1]
     assert row.final_accuracy == 0.5 and row.init_val_accuracy is None and row.n_vectors is None
+
+
+def test_a_garbage_tokens_table_is_one_line(tmp_path):
+    """A tokens.parquet overwritten with noise (hostile probe defect 4: a pyarrow traceback in
+    `augment tokens`) is one AugmentError naming the file and what to do."""
+    import pytest
+
+    from augment.errors import AugmentError
+    from augment.io.tokens_table import read_token_rows
+
+    path = tmp_path / "tokens.parquet"
+    path.write_bytes(bytes(range(100)))
+    with pytest.raises(AugmentError, match=r"tokens\.parquet is not a readable tokens table .*move it aside") as e:
+        read_token_rows(path)
+    assert "\n" not in e.value.message
