@@ -108,11 +108,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoSharedDisk]:
         return
 
 
+def _clean_env() -> dict[str, str]:
+    """This process's environment without what an in-process Ray left in it (``RAY_*`` variables of
+    a session an earlier test started and stopped): the nodes and the probe below belong to their
+    own cluster."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_AUTH_MODE"}
+
+
 def _start_nodes(temp_dir: str, runs: Path, ckpt: Path, clf: Path) -> tuple[str, list[subprocess.Popen]]:
     """A head without CPUs, and the worker node in its own mount namespace with empty tmpfs over
     both folders (checked before it starts)."""
     port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
+    env = dict(_clean_env(), HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
     procs = [subprocess.Popen(
         [RAY, "start", "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard=false",
          "--ray-client-server-port", str(_free_port()), *_node_args(temp_dir)],
@@ -141,7 +148,8 @@ def _wait_for_worker_cpus(address: str, procs: list[subprocess.Popen]) -> None:
              "    if ray.cluster_resources().get('CPU', 0) >= 2: break\n"
              "    time.sleep(1)\n"
              "print(ray.cluster_resources().get('CPU', 0))\n")
-    out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=240)
+    out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=240,
+                         env=_clean_env())
     dead = [p.args for p in procs if p.poll() is not None]
     assert out.stdout.strip().endswith("2.0") and not dead, (out.stdout[-300:], out.stderr[-800:], dead)
 
@@ -158,7 +166,7 @@ def _seen_by_the_worker_node(address: str, paths: list[Path]) -> list[bool]:
 
 
 def _augment(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
+    env = dict(_clean_env(), HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
     return subprocess.run([sys.executable, "-m", "augment", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
 
